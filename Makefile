@@ -1,0 +1,43 @@
+# torchrest: `make serve` installs and serves the default model on :8088; `make test` installs and tests.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch is pinned in every install step: an unpinned request pulls a multi-GB CUDA build.
+TORCH  := torch==2.13.0
+
+.PHONY: install install-dev serve test lint bench-core clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --progress-bar on "$(TORCH)"
+	$(BIN)/pip install --progress-bar on "$(TORCH)" -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --progress-bar on "$(TORCH)" -e ".[dev,bench]"
+	touch $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+serve: install
+	$(BIN)/torchrest serve $(ARGS)
+
+test: install-dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install-dev
+	$(BIN)/ruff check torchrest tests benchmark
+	$(BIN)/ruff format --check torchrest tests benchmark
+	$(BIN)/mypy torchrest
+
+# Served req/s at 1, 8, 100 connections beside the offline limit (needs wrk: apt-get install wrk).
+bench-core: install-dev
+	$(BIN)/python benchmark/core.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,134 @@
+"""POST /classify, /health, /metrics against the real server with the default model, over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import httpx
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import CAT_LABELS, PHOTOS, Server, metric_value
+
+
+def classify(server: Server, image: bytes, **params: object) -> httpx.Response:
+    files = {"image": ("photo.jpg", image, "image/jpeg")}
+    return httpx.post(f"{server.url}/classify", files=files, params=params, timeout=60)
+
+
+def test_cat_is_a_cat_seed_compatible_answer(server: Server) -> None:
+    response = classify(server, PHOTOS["cat"])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "success"
+    assert body["model"] == "efficientnet_lite0"
+    assert body["prediction"]["label"] in CAT_LABELS
+    assert 0 < body["prediction"]["confidence"] <= 1
+    assert body["top_k"] == [body["prediction"]]
+    assert response.headers["x-request-id"]
+
+
+def test_coffee_is_espresso_with_top_k(server: Server) -> None:
+    response = classify(server, PHOTOS["coffee"], top_k=5)
+    assert response.status_code == 200, response.text
+    top = response.json()["top_k"]
+    assert len(top) == 5
+    assert top[0]["label"] in {"espresso", "cup"}
+    confidences = [entry["confidence"] for entry in top]
+    assert confidences == sorted(confidences, reverse=True)
+    assert {"espresso", "cup"} <= {entry["label"] for entry in top}
+
+
+def test_raw_body_with_image_content_type(server: Server) -> None:
+    response = httpx.post(
+        f"{server.url}/classify", content=PHOTOS["cat"], headers={"content-type": "image/jpeg"}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["prediction"]["label"] in CAT_LABELS
+
+
+def test_png_with_alpha_and_grayscale_are_accepted(server: Server) -> None:
+    cat = Image.open(io.BytesIO(PHOTOS["cat"]))
+    for image in (cat.convert("RGBA"), cat.convert("L"), cat.convert("P")):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        response = httpx.post(
+            f"{server.url}/classify", content=buffer.getvalue(), headers={"content-type": "image/png"}, timeout=60
+        )
+        assert response.status_code == 200, (image.mode, response.text)
+    assert response.json()["prediction"]["label"] in CAT_LABELS | {"Persian cat", "lynx"}
+
+
+def test_request_id_is_echoed(server: Server) -> None:
+    response = httpx.post(
+        f"{server.url}/classify",
+        content=PHOTOS["cat"],
+        headers={"content-type": "image/jpeg", "x-request-id": "abc-123"},
+        timeout=60,
+    )
+    assert response.headers["x-request-id"] == "abc-123"
+
+
+def test_concurrent_mixed_photos_each_get_their_own_answer_in_batches(server: Server) -> None:
+    names = list(PHOTOS)
+    expected = {name: classify(server, PHOTOS[name], top_k=3).json()["top_k"] for name in names}
+    batches_before = metric_value(server.metrics(), "torchrest_batch_size_count")
+    requests_before = metric_value(server.metrics(), "torchrest_batch_size_sum")
+
+    async def burst() -> list[tuple[str, httpx.Response]]:
+        limits = httpx.Limits(max_connections=32)
+        async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
+            order = [names[i % len(names)] for i in range(32)]
+            responses = await asyncio.gather(
+                *(
+                    client.post(
+                        "/classify", params={"top_k": 3}, files={"image": (f"{n}.jpg", PHOTOS[n], "image/jpeg")}
+                    )
+                    for n in order
+                )
+            )
+            return list(zip(order, responses, strict=True))
+
+    for name, response in asyncio.run(burst()):
+        assert response.status_code == 200, response.text
+        top = response.json()["top_k"]
+        assert [e["label"] for e in top] == [e["label"] for e in expected[name]], name
+        for got, want in zip(top, expected[name], strict=True):
+            assert abs(got["confidence"] - want["confidence"]) < 1e-3
+
+    metrics = server.metrics()
+    batches = metric_value(metrics, "torchrest_batch_size_count") - batches_before
+    batched_requests = metric_value(metrics, "torchrest_batch_size_sum") - requests_before
+    assert batched_requests == 32
+    assert batches < 32, "32 concurrent requests ran one by one: no batch larger than 1"
+
+
+def test_health_and_metrics_parse(server: Server) -> None:
+    health = httpx.get(f"{server.url}/health", timeout=10)
+    assert health.status_code == 200
+    assert health.json() == {"status": "ready", "model": "efficientnet_lite0"}
+    classify(server, PHOTOS["cat"])
+    text = server.metrics()
+    families = {family.name for family in text_string_to_metric_families(text)}
+    assert {
+        "torchrest_requests",
+        "torchrest_request_duration_seconds",
+        "torchrest_stage_duration_seconds",
+        "torchrest_batch_size",
+        "torchrest_queue_depth",
+        "torchrest_in_flight",
+    } <= families
+    for stage in ("preprocess", "queue_wait", "inference", "total"):
+        count = metric_value(text, "torchrest_stage_duration_seconds_count", stage=stage)
+        assert count > 0, stage
+    assert metric_value(text, "torchrest_requests_total", route="/classify", status="200") > 0
+    assert metric_value(text, "torchrest_in_flight") == 0
+
+
+def test_info_describes_the_model(server: Server) -> None:
+    info = httpx.get(f"{server.url}/", timeout=10).json()
+    assert info["ready"] is True
+    assert info["model"]["name"] == "efficientnet_lite0"
+    assert info["model"]["pretrained"] is True
+    assert info["backend"] == "torch_eager"

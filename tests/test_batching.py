@@ -1,0 +1,115 @@
+"""The batching policy, driven by a hand-set clock: no sleeps."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+
+import numpy as np
+import pytest
+
+from torchrest.batching import Admission, BatchQueue, Job
+from torchrest.errors import QueueFull
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def job(clock: Clock, deadline_in_s: float = 10.0, name: str = "") -> Job:
+    return Job(np.zeros((2, 2, 3), np.uint8), clock.now + deadline_in_s, clock.now, name, Future())
+
+
+def test_lone_job_is_taken_at_once() -> None:
+    clock = Clock()
+    queue = BatchQueue(8, now=clock)
+    queue.put(job(clock, name="a"))
+    taken = queue.take()
+    assert taken is not None and [j.request_id for j in taken.batch] == ["a"]
+
+
+def test_free_instance_takes_everything_waiting_up_to_the_limit() -> None:
+    clock = Clock()
+    queue = BatchQueue(4, now=clock)
+    for i in range(10):
+        queue.put(job(clock, name=str(i)))
+    sizes = []
+    while len(queue):
+        taken = queue.take()
+        assert taken is not None
+        sizes.append(len(taken.batch))
+    assert sizes == [4, 4, 2]
+
+
+def test_fifo_order_within_and_across_batches() -> None:
+    clock = Clock()
+    queue = BatchQueue(3, now=clock)
+    for i in range(5):
+        queue.put(job(clock, name=str(i)))
+    first, second = queue.take(), queue.take()
+    assert first and second
+    assert [j.request_id for j in first.batch + second.batch] == ["0", "1", "2", "3", "4"]
+
+
+def test_expired_and_abandoned_jobs_never_reach_the_batch() -> None:
+    clock = Clock()
+    queue = BatchQueue(8, now=clock)
+    late, gone, live = job(clock, 0.5, "late"), job(clock, name="gone"), job(clock, name="live")
+    gone.future.cancel()
+    for j in (late, gone, live):
+        queue.put(j)
+    clock.now += 1.0
+    taken = queue.take()
+    assert taken is not None
+    assert [j.request_id for j in taken.batch] == ["live"]
+    assert taken.expired == [late] and taken.abandoned == [gone]
+
+
+def test_max_wait_flushes_when_the_clock_passes_it() -> None:
+    clock = Clock()
+    queue = BatchQueue(8, max_wait_s=0.05, now=clock)
+    queue.put(job(clock, name="a"))
+    clock.now += 0.06  # the first job has waited long enough: no real waiting happens
+    taken = queue.take()
+    assert taken is not None and len(taken.batch) == 1
+
+
+def test_max_wait_returns_early_when_the_batch_fills() -> None:
+    clock = Clock()
+    queue = BatchQueue(2, max_wait_s=30.0, now=clock)  # the clock never moves: only a full batch ends the wait
+    queue.put(job(clock, name="a"))
+    result: list[int] = []
+    taker = threading.Thread(target=lambda: result.append(len(queue.take().batch)))  # type: ignore[union-attr]
+    taker.start()
+    queue.put(job(clock, name="b"))
+    taker.join(timeout=10)
+    assert not taker.is_alive() and result == [2]
+
+
+def test_close_wakes_idle_takers() -> None:
+    queue = BatchQueue(4)
+    results: list[object] = []
+    taker = threading.Thread(target=lambda: results.append(queue.take()))
+    taker.start()
+    queue.close()
+    taker.join(timeout=10)
+    assert results == [None]
+
+
+def test_idle_timeout_returns_none() -> None:
+    assert BatchQueue(4).take(idle_timeout_s=0.01) is None
+
+
+def test_admission_bounds_in_flight() -> None:
+    admission = Admission(2)
+    admission.admit()
+    admission.admit()
+    with pytest.raises(QueueFull):
+        admission.admit()
+    admission.release()
+    admission.admit()
+    assert admission.in_flight == 2

@@ -1,0 +1,63 @@
+"""Start-up failures: one line on stderr, exit status 2, no traceback."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import torchrest_command
+
+
+def start(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(torchrest_command("serve", *args), capture_output=True, text=True, timeout=120)
+
+
+def assert_one_line_failure(result: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("torchrest: error:")]
+    assert len(errors) == 1 and fragment in errors[0], result.stderr
+
+
+def test_unknown_model_name() -> None:
+    assert_one_line_failure(start("--model", "resnet999"), "unknown model 'resnet999'")
+
+
+def test_missing_weights_file(tmp_path: Path) -> None:
+    assert_one_line_failure(
+        start("--model", "resnet18", "--weights", str(tmp_path / "no.pth")), "weights file not found"
+    )
+
+
+@pytest.mark.parametrize("content", [b"", b"definitely not a checkpoint"])
+def test_corrupt_weights_file(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "corrupt.pth"
+    path.write_bytes(content)
+    assert_one_line_failure(start("--model", "resnet18", "--weights", str(path)), "not a PyTorch state dict")
+
+
+def test_corrupt_torchscript_file(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"PK\x03\x04 nope")
+    assert_one_line_failure(start("--model", str(path)), "not a TorchScript model")
+
+
+def test_port_in_use() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert_one_line_failure(start("--host", "127.0.0.1", "--port", str(port)), "cannot listen")
+
+
+def test_bad_option_value() -> None:
+    assert_one_line_failure(start("--max-batch-size", "0"), "--max-batch-size must be positive")
+
+
+def test_help_lists_options_with_env_names() -> None:
+    result = subprocess.run(torchrest_command("serve", "--help"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "--max-batch-size" in result.stdout and "TORCHREST_MAX_BATCH_SIZE" in result.stdout

@@ -1,0 +1,218 @@
+"""Every error a client can get from /classify: right status, JSON body, request id, server stays up."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import CAT_LABELS, PHOTOS, Server, metric_value, running_server
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, str]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["status"] == "failed"
+    assert body["code"] == code
+    assert body["message"]
+    assert response.headers["x-request-id"]
+    return body
+
+
+def post_raw(server: Server, content: bytes, content_type: str = "image/jpeg") -> httpx.Response:
+    return httpx.post(f"{server.url}/classify", content=content, headers={"content-type": content_type}, timeout=60)
+
+
+def forged_png(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose header then claims width x height (a decompression bomb's signature)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = bytearray(data[12:29])  # b"IHDR" + 13 bytes
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(data)
+
+
+def test_missing_image_field(server: Server) -> None:
+    response = httpx.post(f"{server.url}/classify", files={"photo": ("x.jpg", PHOTOS["cat"])}, timeout=60)
+    assert_error(response, 400, "missing_image")
+
+
+def test_empty_raw_body(server: Server) -> None:
+    assert_error(post_raw(server, b""), 400, "missing_image")
+
+
+def test_multipart_without_boundary(server: Server) -> None:
+    assert_error(post_raw(server, b"--x\r\n", "multipart/form-data"), 400, "malformed_request")
+
+
+def test_multipart_cut_inside_the_image(server: Server) -> None:
+    body = b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n' + PHOTOS["cat"][:2000]
+    assert_error(post_raw(server, body, "multipart/form-data; boundary=xyz"), 400, "malformed_request")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"this is not an image",
+        PHOTOS["cat"][: len(PHOTOS["cat"]) // 2],  # truncated JPEG
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 64,  # PNG signature, garbage after
+        b"GIF89a" + b"\xff" * 32,
+    ],
+)
+def test_undecodable_bytes(server: Server, payload: bytes) -> None:
+    assert_error(post_raw(server, payload), 400, "invalid_image")
+
+
+def test_unsupported_format_tiff(server: Server) -> None:
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(PHOTOS["cat"])).save(buffer, format="TIFF")
+    assert_error(post_raw(server, buffer.getvalue(), "image/tiff"), 400, "invalid_image")
+
+
+def test_unsupported_content_type(server: Server) -> None:
+    assert_error(post_raw(server, b"hello", "text/plain"), 415, "unsupported_media_type")
+
+
+def test_decompression_bomb_header(server: Server) -> None:
+    body = assert_error(post_raw(server, forged_png(100_000, 100_000), "image/png"), 413, "image_too_large")
+    assert "megapixels" in body["message"]
+
+
+@pytest.mark.parametrize("top_k", ["0", "21", "abc", "-1"])
+def test_bad_top_k(server: Server, top_k: str) -> None:
+    response = httpx.post(
+        f"{server.url}/classify", params={"top_k": top_k}, files={"image": ("c.jpg", PHOTOS["cat"])}, timeout=60
+    )
+    assert_error(response, 400, "invalid_parameter")
+
+
+def test_unknown_route_and_wrong_method(server: Server) -> None:
+    assert_error(httpx.get(f"{server.url}/nope", timeout=10), 404, "not_found")
+    response = httpx.get(f"{server.url}/classify", timeout=10)
+    assert_error(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "POST"
+
+
+def test_server_still_serves_after_errors(server: Server) -> None:
+    response = post_raw(server, PHOTOS["cat"])
+    assert response.status_code == 200
+    assert response.json()["prediction"]["label"] in CAT_LABELS
+
+
+@pytest.fixture(scope="module")
+def tight_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One request at a time, 1 MiB bodies, 1 megapixel images."""
+    with running_server(
+        tmp_path_factory.mktemp("tight"),
+        "--model",
+        "resnet18",
+        "--max-queue",
+        "1",
+        "--max-batch-size",
+        "1",
+        "--max-body-mb",
+        "1",
+        "--max-image-megapixels",
+        "1",
+    ) as running:
+        yield running
+
+
+def test_body_over_limit_is_refused_from_its_declared_length(tight_server: Server) -> None:
+    response = post_raw(tight_server, b"\xff" * (2 * 1024 * 1024))
+    assert_error(response, 413, "body_too_large")
+    assert response.headers["connection"] == "close"
+
+
+def test_chunked_body_over_limit_is_refused_while_streaming(tight_server: Server) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(48):
+            yield b"\xff" * 65536
+
+    response = httpx.post(
+        f"{tight_server.url}/classify", content=chunks(), headers={"content-type": "image/jpeg"}, timeout=60
+    )
+    assert_error(response, 413, "body_too_large")
+
+
+def test_image_over_pixel_limit(tight_server: Server) -> None:
+    buffer = io.BytesIO()
+    Image.new("L", (1500, 1000)).save(buffer, format="PNG")  # 1.5 MP, a few KB
+    assert_error(post_raw(tight_server, buffer.getvalue(), "image/png"), 413, "image_too_large")
+
+
+def test_queue_full_is_503_with_retry_after(tight_server: Server) -> None:
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=tight_server.url, timeout=120) as client:
+            return list(
+                await asyncio.gather(
+                    *(
+                        client.post("/classify", content=PHOTOS["cat"], headers={"content-type": "image/jpeg"})
+                        for _ in range(12)
+                    )
+                )
+            )
+
+    responses = asyncio.run(burst())
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503}, statuses
+    assert 200 in statuses
+    shed = [r for r in responses if r.status_code == 503]
+    assert shed, statuses
+    for response in shed:
+        assert_error(response, 503, "queue_full")
+        assert response.headers["retry-after"] == "1"
+    metrics = tight_server.metrics()
+    assert metric_value(metrics, "torchrest_requests_total", route="/classify", status="503") == len(shed)
+    assert metric_value(metrics, "torchrest_dropped_requests_total", reason="shed") == len(shed)
+
+
+def test_deadline_passed_in_queue_is_504_and_never_reaches_the_model(tmp_path: Path) -> None:
+    with running_server(tmp_path, "--model", "resnet18", "--timeout-ms", "1") as server:
+        for _ in range(3):
+            assert_error(post_raw(server, PHOTOS["cat"]), 504, "deadline_exceeded")
+        metrics = server.metrics()
+        assert metric_value(metrics, "torchrest_batch_size_count") == 0
+        assert metric_value(metrics, "torchrest_dropped_requests_total", reason="expired") == 3
+
+
+class RaisesOnWhite(torch.nn.Module):
+    """A real TorchScript classifier (4 classes from channel means) that raises on a white image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x.mean() > 2.0):
+            raise RuntimeError("this model cannot look at white images")
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_model_error_fails_that_batch_only(tmp_path: Path) -> None:
+    model_path = tmp_path / "raises_on_white.pt"
+    torch.jit.script(RaisesOnWhite()).save(str(model_path))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("north\neast\nsouth\nwest\n")
+    white = io.BytesIO()
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(white, format="PNG")
+    with running_server(tmp_path, "--model", str(model_path), "--labels", str(labels)) as server:
+        ok = post_raw(server, PHOTOS["cat"])
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["prediction"]["label"] in {"north", "east", "south", "west"}
+        assert_error(post_raw(server, white.getvalue(), "image/png"), 500, "model_error")
+        again = post_raw(server, PHOTOS["coffee"])
+        assert again.status_code == 200, again.text
+        assert metric_value(server.metrics(), "torchrest_model_errors_total") == 1
+        assert "cannot look at white images" in server.log()

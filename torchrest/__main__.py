@@ -1,0 +1,3 @@
+from torchrest.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,21 @@
+"""HTTP surface: the ASGI app and its routes. One module per concern: `http` (primitives), `forms`
+(body -> image bytes), `classify` (POST /classify), `health` (/health, /metrics, /)."""
+
+from __future__ import annotations
+
+from torchrest.api.app import App, AppState, Handler
+from torchrest.api.classify import classify
+from torchrest.api.health import health, info, metrics
+
+
+def build_app(state: AppState) -> App:
+    routes: dict[str, dict[str, Handler]] = {
+        "/classify": {"POST": classify},
+        "/health": {"GET": health},
+        "/metrics": {"GET": metrics},
+        "/": {"GET": info},
+    }
+    return App(state, routes)
+
+
+__all__ = ["App", "AppState", "build_app"]

@@ -1,0 +1,119 @@
+"""The ASGI application: routing, request ids, one error handler, per-route metrics, lifespan.
+
+    uvicorn (httptools) -> App.__call__ -> route handler -> Response -> send
+
+Handlers raise `TorchrestError` subclasses; this module is the only place that turns them into HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from torchrest.api.http import (
+    ClientDisconnected,
+    Receive,
+    Request,
+    Response,
+    Scope,
+    Send,
+    error_response,
+    send_response,
+)
+from torchrest.config import ServerConfig
+from torchrest.errors import MethodNotAllowed, ModelError, NotFound, TorchrestError
+from torchrest.metrics import Metrics
+from torchrest.runtime import ModelRuntime
+
+log = logging.getLogger("torchrest.api")
+
+Handler = Callable[[Request, "AppState"], Awaitable[Response]]
+Hook = Callable[[], Awaitable[None]]
+CLIENT_CLOSED = 499  # nginx's status for "client closed request", used in metrics only
+
+
+@dataclass(slots=True)
+class AppState:
+    """What the handlers share; `server.py` fills it and sets `runtime` once the model is loaded."""
+
+    config: ServerConfig
+    metrics: Metrics
+    decode_pool: Executor
+    runtime: ModelRuntime | None = None
+    load_error: str | None = None
+    startup: Hook | None = None
+    shutdown: Hook | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class App:
+    def __init__(self, state: AppState, routes: dict[str, dict[str, Handler]]) -> None:
+        self.state = state
+        self.routes = routes
+        self._requests = state.metrics.requests
+        self._latency = {path: state.metrics.request_latency.labels(path) for path in routes}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive, time.monotonic())
+        methods = self.routes.get(request.path)
+        route = request.path if methods is not None else "other"
+        try:
+            if methods is None:
+                raise NotFound(f"no route {request.path}")
+            handler = methods.get(request.method)
+            if handler is None:
+                error = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+                error.headers = {"allow": ", ".join(methods)}
+                raise error
+            response = await handler(request, self.state)
+        except TorchrestError as error:
+            self._log(request, error)
+            response = error_response(error)
+        except ClientDisconnected:
+            self._requests.labels(route, CLIENT_CLOSED).inc()
+            return
+        except Exception:  # a bug of ours: answer in JSON, keep serving, and leave the traceback
+            log.exception("%s %s [%s] failed", request.method, request.path, request.request_id)
+            response = error_response(TorchrestError("internal server error"))
+        await send_response(send, response, request.request_id)
+        self._requests.labels(route, response.status).inc()
+        if methods is not None:
+            self._latency[route].observe(time.monotonic() - request.started_s)
+
+    @staticmethod
+    def _log(request: Request, error: TorchrestError) -> None:
+        if isinstance(error, ModelError):
+            return  # the runtime logged the batch's failure once, with every request id in it
+        level = logging.WARNING if error.status >= 500 else logging.INFO
+        log.log(
+            level,
+            "%s %s -> %d %s [%s]: %s",
+            request.method,
+            request.path,
+            error.status,
+            error.code,
+            request.request_id,
+            error.message,
+        )
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if self.state.startup:
+                    await self.state.startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.state.shutdown:
+                    await self.state.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return

@@ -1,0 +1,68 @@
+"""POST /classify: the seed-compatible endpoint.
+
+    admit (503 if full) -> read body (413/415/400) -> decode in the pool (400/413) -> runtime (504/500)
+    -> top-k -> {"status": "success", "model", "prediction": {"label", "class_id", "confidence"}, "top_k"}
+
+Admission comes first, so an overloaded server answers 503 without reading or decoding anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from torchrest.api.app import AppState
+from torchrest.api.forms import read_image
+from torchrest.api.http import Request, Response, json_response
+from torchrest.errors import BadRequest, NotReady
+from torchrest.postprocess import top_k
+from torchrest.preprocess import decode_image
+from torchrest.runtime import ModelRuntime
+
+MAX_TOP_K = 20
+
+
+async def classify(request: Request, state: AppState) -> Response:
+    runtime = ready_runtime(state)
+    k = parse_top_k(request.query.get("top_k"))
+    config = state.config
+    deadline_s = request.started_s + config.timeout_ms / 1000
+    runtime.admit()
+    try:
+        data = await read_image(request, config.max_body_bytes)
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        pixels = await loop.run_in_executor(
+            state.decode_pool, decode_image, data, runtime.model.input_spec, config.max_image_pixels
+        )
+        stages = state.metrics.stage_latency
+        stages.labels(runtime.name, "preprocess").observe(time.monotonic() - started)
+        probabilities = await runtime.infer(pixels, deadline_s, request.request_id)
+    finally:
+        runtime.release()
+    predictions = top_k(probabilities, k, runtime.model.labels)
+    stages.labels(runtime.name, "total").observe(time.monotonic() - request.started_s)
+    return json_response(
+        200,
+        {
+            "status": "success",
+            "model": runtime.name,
+            "prediction": predictions[0].as_dict(),
+            "top_k": [p.as_dict() for p in predictions],
+        },
+    )
+
+
+def ready_runtime(state: AppState) -> ModelRuntime:
+    if state.runtime is None:
+        reason = state.load_error or "model is still loading"
+        raise NotReady(reason)
+    return state.runtime
+
+
+def parse_top_k(raw: str | None) -> int:
+    if raw is None:
+        return 1
+    if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_TOP_K:
+        raise BadRequest(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {raw!r}")
+    return int(raw)

@@ -1,0 +1,40 @@
+"""Operational endpoints: GET /health (readiness), GET /metrics (Prometheus), GET / (what is served)."""
+
+from __future__ import annotations
+
+from torchrest import __version__
+from torchrest.api.app import AppState
+from torchrest.api.classify import ready_runtime
+from torchrest.api.http import Request, Response, json_response
+
+
+async def health(request: Request, state: AppState) -> Response:
+    runtime = ready_runtime(state)  # 503 not_ready until the model is loaded and warmed up
+    return json_response(200, {"status": "ready", "model": runtime.name})
+
+
+async def metrics(request: Request, state: AppState) -> Response:
+    return Response(200, state.metrics.render(), content_type=state.metrics.content_type)
+
+
+async def info(request: Request, state: AppState) -> Response:
+    runtime = state.runtime
+    config = state.config
+    return json_response(
+        200,
+        {
+            "name": "torchrest",
+            "version": __version__,
+            "ready": runtime is not None,
+            "model": runtime.model.describe() if runtime else None,
+            "backend": runtime.backends[0].name if runtime else None,
+            "device": runtime.backends[0].device if runtime else None,
+            "batching": {
+                "max_batch_size": config.max_batch_size,
+                "max_wait_ms": config.max_wait_ms,
+                "instances": config.instances,
+                "threads_per_instance": config.threads_per_instance,
+            },
+            "endpoints": ["POST /classify", "GET /health", "GET /metrics"],
+        },
+    )

@@ -1,0 +1,115 @@
+"""The ASGI request and response primitives the handlers share: headers, query, a body read under a
+byte limit, and JSON or plain responses. Kept to what we use; uvicorn and httptools parse HTTP itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+from torchrest.errors import BodyTooLarge, TorchrestError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+REQUEST_ID_MAX_LENGTH = 64
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before its request body was read."""
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def json_response(status: int, payload: object, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return Response(status, body, headers=headers or {})
+
+
+def error_response(error: TorchrestError) -> Response:
+    payload = {"status": "failed", "code": error.code, "message": error.message}
+    return json_response(error.status, payload, dict(error.headers))
+
+
+class Request:
+    __slots__ = ("scope", "receive", "method", "path", "headers", "request_id", "started_s", "_query")
+
+    def __init__(self, scope: Scope, receive: Receive, started_s: float) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        self.request_id = _request_id(self.headers.get("x-request-id"))
+        self.started_s = started_s
+        self._query: dict[str, str] | None = None
+
+    @property
+    def query(self) -> dict[str, str]:
+        if self._query is None:
+            raw = self.scope.get("query_string", b"").decode("latin-1")
+            self._query = dict(parse_qsl(raw, keep_blank_values=True))
+        return self._query
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "")
+
+    def declared_length(self) -> int | None:
+        value = self.headers.get("content-length")
+        if value is None or not value.strip().isdigit():
+            return None
+        return int(value)
+
+    async def body_chunks(self, limit_bytes: int) -> AsyncIterator[bytes]:
+        """Yield the body as it arrives; refuse it (413) as soon as it would pass `limit_bytes`."""
+        declared = self.declared_length()
+        if declared is not None and declared > limit_bytes:
+            raise BodyTooLarge(f"body of {declared} bytes is over the limit of {limit_bytes}")
+        received = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected()
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > limit_bytes:
+                raise BodyTooLarge(f"body is over the limit of {limit_bytes} bytes")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
+
+    async def body(self, limit_bytes: int) -> bytes:
+        parts = [chunk async for chunk in self.body_chunks(limit_bytes)]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def send_response(send: Send, response: Response, request_id: str) -> None:
+    headers = [
+        (b"content-type", response.content_type.encode()),
+        (b"content-length", str(len(response.body)).encode()),
+        (b"x-request-id", request_id.encode()),
+    ]
+    headers += [(name.encode(), value.encode()) for name, value in response.headers.items()]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+def _request_id(supplied: str | None) -> str:
+    """The client's X-Request-Id when it is short and printable, else a fresh random one."""
+    if supplied and len(supplied) <= REQUEST_ID_MAX_LENGTH and supplied.isprintable() and supplied.isascii():
+        return supplied
+    return os.urandom(8).hex()

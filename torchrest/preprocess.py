@@ -1,0 +1,92 @@
+"""Stage 2 of a request: encoded image bytes -> (S, S, 3) uint8 RGB pixels for the batcher.
+
+    bytes -> header (format, size: bomb check) -> JPEG DCT-scaled decode -> EXIF orientation
+          -> RGB -> resize of the centre-crop box straight to S x S -> ndarray
+
+Runs in a thread pool (Pillow releases the GIL while decoding), never on the event loop. Resizing only
+the crop box in one pass is the same arithmetic as "resize the shorter side, then crop", without
+resampling the pixels that the crop throws away.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.JpegImagePlugin import JpegImageFile
+
+from torchrest.config import InputSpec
+from torchrest.errors import ImageTooLarge, InvalidImage
+
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+
+# We check the declared size ourselves before decoding; Pillow's own bomb guard would only warn below
+# twice its limit, so it is switched off in favour of ours.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def decode_image(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
+    """Decode and pre-process one image. Raises InvalidImage or ImageTooLarge, nothing else."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _decode(data, spec, max_pixels)
+    except (ImageTooLarge, InvalidImage):
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        raise InvalidImage(f"cannot decode image: {_reason(exc)}") from None
+    except (MemoryError, Image.DecompressionBombError) as exc:
+        raise ImageTooLarge(f"image too large to decode: {_reason(exc)}") from None
+
+
+def _decode(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
+    image: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise InvalidImage(f"image declares an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"image is {width}x{height} = {width * height / 1e6:.1f} megapixels, "
+            f"over the limit of {max_pixels / 1e6:.1f}"
+        )
+    if isinstance(image, JpegImageFile):
+        # Let libjpeg scale by 1/2, 1/4 or 1/8 in the DCT while the crop box stays >= the target size.
+        scale = min(width, height) * spec.crop_fraction / spec.crop_size
+        if scale >= 2:
+            image.draft("RGB", (int(width / scale) + 1, int(height / scale) + 1))
+    image = _to_rgb(ImageOps.exif_transpose(image))
+    width, height = image.size
+    crop = min(width, height) * spec.crop_fraction
+    left, top = (width - crop) / 2, (height - crop) / 2
+    box = (left, top, left + crop, top + crop)
+    resized = image.resize((spec.crop_size, spec.crop_size), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(resized)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode Pillow decodes -> RGB: alpha composited on white, 16-bit scaled, palette expanded."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I;16") or mode == "I":
+        wide = np.asarray(image, dtype=np.uint32)
+        shift = 8 if mode.startswith("I;16") or wide.max(initial=0) > 255 else 0
+        return Image.fromarray((wide >> shift).astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        return Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in {"RGBA", "LA", "PA", "RGBa", "La"}:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]

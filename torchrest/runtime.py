@@ -1,0 +1,148 @@
+"""Stage 4: a model's runtime -- its admission bound, its batch queue, and one inference thread per
+instance, each owning a Backend.
+
+    infer(pixels) --Job--> BatchQueue --take()--> instance thread: copy rows into the batch buffer,
+    backend.run, softmax --one call_soon_threadsafe per batch--> every caller's future gets its row
+
+Only the hand-off back to the event loop crosses threads per batch, not per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+import numpy as np
+
+from torchrest.backends import Backend
+from torchrest.batching import Admission, BatchQueue, Job, Taken
+from torchrest.errors import DeadlineExceeded, ModelError, QueueFull, TorchrestError
+from torchrest.metrics import Metrics
+from torchrest.models.common import LoadedModel
+from torchrest.postprocess import softmax
+
+log = logging.getLogger("torchrest.runtime")
+
+
+class ModelRuntime:
+    def __init__(
+        self,
+        model: LoadedModel,
+        backends: list[Backend],
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue: int,
+        metrics: Metrics,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.model = model
+        self.backends = backends
+        self.queue = BatchQueue(max_batch_size, max_wait_s)
+        self.admission = Admission(max_queue)
+        self.metrics = metrics
+        self.loop = loop
+        self._threads: list[threading.Thread] = []
+        name = model.name
+        self._batch_size = metrics.batch_size.labels(name)
+        self._queue_wait = metrics.stage_latency.labels(name, "queue_wait")
+        self._inference = metrics.stage_latency.labels(name, "inference")
+        self._errors = metrics.model_errors.labels(name)
+        self._expired = metrics.dropped.labels(name, "expired")
+        self._cancelled = metrics.dropped.labels(name, "cancelled")
+        self._shed = metrics.dropped.labels(name, "shed")
+        metrics.queue_depth.labels(name).set_function(lambda: len(self.queue))
+        metrics.in_flight.labels(name).set_function(lambda: self.admission.in_flight)
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def start(self) -> None:
+        for index, backend in enumerate(self.backends):
+            thread = threading.Thread(
+                target=self._serve, args=(backend,), name=f"infer-{self.name}-{index}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self.queue.close()
+        for thread in self._threads:
+            thread.join(timeout_s)
+
+    def admit(self) -> None:
+        """Take a place in this model's bound, or raise QueueFull (503) before any work is done."""
+        try:
+            self.admission.admit()
+        except QueueFull:
+            self._shed.inc()
+            raise
+
+    def release(self) -> None:
+        self.admission.release()
+
+    async def infer(self, pixels: np.ndarray, deadline_s: float, request_id: str) -> np.ndarray:
+        """Queue one decoded image; return its row of class probabilities."""
+        future: asyncio.Future[np.ndarray] = self.loop.create_future()
+        self.queue.put(Job(pixels, deadline_s, time.monotonic(), request_id, future))
+        return await future
+
+    def warm_up(self, sizes: tuple[int, ...]) -> None:
+        """Run each backend once per batch size so the first requests do not pay for kernel set-up."""
+        side = self.model.input_spec.crop_size
+        for backend in self.backends:
+            backend.prepare_thread()
+            for size in sizes:
+                backend.run(np.zeros((min(size, self.queue.max_batch_size), side, side, 3), np.uint8))
+
+    def _serve(self, backend: Backend) -> None:
+        backend.prepare_thread()
+        side = self.model.input_spec.crop_size
+        buffer = backend.input_buffer(self.queue.max_batch_size, side)
+        while (taken := self.queue.take()) is not None:
+            self._drop_dead(taken)
+            if taken.batch:
+                self._run_batch(backend, buffer, taken.batch)
+
+    def _run_batch(self, backend: Backend, buffer: np.ndarray, batch: list[Job]) -> None:
+        started = time.monotonic()
+        for job in batch:
+            self._queue_wait.observe(started - job.enqueued_s)
+        size = len(batch)
+        try:
+            for row, job in enumerate(batch):
+                buffer[row] = job.pixels
+            probabilities = softmax(backend.run(buffer[:size]))
+        except Exception as exc:  # noqa: BLE001 - any failure of the model fails this batch only
+            self._errors.inc()
+            ids = ", ".join(job.request_id for job in batch)
+            log.error("model %s failed on a batch of %d [%s]: %s: %s", self.name, size, ids, type(exc).__name__, exc)
+            error = ModelError(f"model {self.name} failed on this batch: {type(exc).__name__}")
+            self.loop.call_soon_threadsafe(_fail, batch, error)
+            return
+        self._inference.observe(time.monotonic() - started)
+        self._batch_size.observe(size)
+        self.loop.call_soon_threadsafe(_settle, batch, probabilities)
+
+    def _drop_dead(self, taken: Taken) -> None:
+        if taken.expired:
+            self._expired.inc(len(taken.expired))
+            error = DeadlineExceeded("request waited past its deadline before reaching the model")
+            self.loop.call_soon_threadsafe(_fail, taken.expired, error)
+        if taken.abandoned:
+            self._cancelled.inc(len(taken.abandoned))
+
+
+def _settle(batch: list[Job], probabilities: np.ndarray) -> None:
+    for row, job in enumerate(batch):
+        if not job.future.done():
+            job.future.set_result(probabilities[row])
+
+
+def _fail(jobs: list[Job], error: TorchrestError) -> None:
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(error)

@@ -1,0 +1,144 @@
+"""Wires the stages together and runs them: model -> backends -> runtime -> app -> uvicorn.
+
+Start-up order: validate the config, load the model (a bad name or file fails here, before the port is
+taken), bind the port (a port in use fails here), then serve. Warm-up runs after the port is open, so
+`/health` answers 503 until the first real request can be served at full speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+import uvicorn
+
+from torchrest.api import AppState, build_app
+from torchrest.backends import TorchBackend, resolve_device
+from torchrest.config import ServerConfig
+from torchrest.errors import StartupError
+from torchrest.metrics import Metrics
+from torchrest.models.common import LoadedModel
+from torchrest.models.registry import load_model
+from torchrest.runtime import ModelRuntime
+
+log = logging.getLogger("torchrest.server")
+
+
+def serve(config: ServerConfig) -> int:
+    """Run the server until SIGINT/SIGTERM; returns the process exit status."""
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    device = resolve_device(config.device)
+    configure_torch(config)
+    model = load_model(config)
+    sock = bind(config.host, config.port)
+    state = AppState(config=config, metrics=Metrics(), decode_pool=_decode_pool(config))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_app(state),
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_level=config.log_level,
+            timeout_keep_alive=30,
+            backlog=4096,
+        )
+    )
+    state.startup = lambda: _start_loading(state, model, device, server)
+    state.shutdown = lambda: _stop(state)
+    host, port = sock.getsockname()[:2]
+    log.info(
+        "torchrest serving %s on http://%s:%d (device %s, %d threads x %d instances)",
+        model.name,
+        host,
+        port,
+        device,
+        config.threads_per_instance,
+        config.instances,
+    )
+    server.run(sockets=[sock])
+    return 1 if state.load_error else 0
+
+
+def configure_torch(config: ServerConfig) -> None:
+    """One intra-op pool sized to the cores an instance owns; no inter-op pool to oversubscribe them."""
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process (tests, embedding)
+        pass
+    torch.set_num_threads(config.threads_per_instance)
+    torch.set_flush_denormal(True)
+
+
+def build_runtime(
+    model: LoadedModel,
+    device: str,
+    config: ServerConfig,
+    metrics: Metrics,
+    loop: asyncio.AbstractEventLoop,
+) -> ModelRuntime:
+    name = "torchscript" if model.metadata.get("format") == "torchscript" else "torch_eager"
+    backends = [
+        TorchBackend(model.module, device=device, threads=config.threads_per_instance, name=name)
+        for _ in range(config.instances)
+    ]
+    return ModelRuntime(
+        model,
+        list(backends),
+        max_batch_size=config.max_batch_size,
+        max_wait_s=config.max_wait_ms / 1000,
+        max_queue=config.max_queue,
+        metrics=metrics,
+        loop=loop,
+    )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _decode_pool(config: ServerConfig) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode")
+
+
+async def _start_loading(state: AppState, model: LoadedModel, device: str, server: uvicorn.Server) -> None:
+    loop = asyncio.get_running_loop()
+
+    async def load() -> None:
+        try:
+            runtime = build_runtime(model, device, state.config, state.metrics, loop)
+            sizes = tuple(sorted({1, state.config.max_batch_size}))
+            await loop.run_in_executor(None, runtime.warm_up, sizes)
+        except Exception as exc:  # noqa: BLE001 - any failure here is reported and ends the server
+            state.load_error = f"model {model.name} failed to load: {type(exc).__name__}: {exc}"
+            log.error("%s", state.load_error)
+            server.should_exit = True
+            return
+        runtime.start()
+        state.runtime = runtime
+        log.info(
+            "model %s ready (%s)", model.name, "pretrained" if model.pretrained else "RANDOM WEIGHTS, benchmark only"
+        )
+
+    state.extra["loader"] = asyncio.create_task(load())
+
+
+async def _stop(state: AppState) -> None:
+    if state.runtime is not None:
+        await asyncio.get_running_loop().run_in_executor(None, state.runtime.stop)
+    state.decode_pool.shutdown(wait=False, cancel_futures=True)
