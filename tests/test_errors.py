@@ -179,12 +179,32 @@ def test_queue_full_is_503_with_retry_after(tight_server: Server) -> None:
 
 
 def test_deadline_passed_in_queue_is_504_and_never_reaches_the_model(tmp_path: Path) -> None:
-    with running_server(tmp_path, "--model", "resnet18", "--timeout-ms", "1") as server:
-        for _ in range(3):
-            assert_error(post_raw(server, PHOTOS["cat"]), 504, "deadline_exceeded")
+    """One image at a time (~50+ ms each) and a 40 ms deadline: of 8 concurrent requests, the first is
+    served and those still queued at their deadline get 504 without ever reaching the model."""
+    args = ("--model", "resnet18", "--max-batch-size", "1", "--timeout-ms", "40")
+    with running_server(tmp_path, *args) as server:
+
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+                return list(
+                    await asyncio.gather(
+                        *(
+                            client.post("/classify", content=PHOTOS["cat"], headers={"content-type": "image/jpeg"})
+                            for _ in range(8)
+                        )
+                    )
+                )
+
+        responses = asyncio.run(burst())
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) <= {200, 504}, statuses
+        late = [r for r in responses if r.status_code == 504]
+        assert late, statuses
+        for response in late:
+            assert_error(response, 504, "deadline_exceeded")
         metrics = server.metrics()
-        assert metric_value(metrics, "torchrest_batch_size_count") == 0
-        assert metric_value(metrics, "torchrest_dropped_requests_total", reason="expired") == 3
+        assert metric_value(metrics, "torchrest_batch_size_sum") == statuses.count(200)
+        assert metric_value(metrics, "torchrest_dropped_requests_total", reason="expired") == len(late)
 
 
 class RaisesOnWhite(torch.nn.Module):
@@ -216,3 +236,20 @@ def test_model_error_fails_that_batch_only(tmp_path: Path) -> None:
         assert again.status_code == 200, again.text
         assert metric_value(server.metrics(), "torchrest_model_errors_total") == 1
         assert "cannot look at white images" in server.log()
+
+
+def test_bad_images_in_a_batch_fail_alone(server: Server) -> None:
+    """Undecodable images batched with good ones get 400; the good ones still get their own answers."""
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            bodies = [PHOTOS["cat"] if i % 2 == 0 else b"not an image %d" % i for i in range(16)]
+            requests = (client.post("/classify", content=b, headers={"content-type": "image/jpeg"}) for b in bodies)
+            return list(await asyncio.gather(*requests))
+
+    for index, response in enumerate(asyncio.run(burst())):
+        if index % 2 == 0:
+            assert response.status_code == 200, response.text
+            assert response.json()["prediction"]["label"] in CAT_LABELS
+        else:
+            assert_error(response, 400, "invalid_image")

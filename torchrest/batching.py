@@ -1,6 +1,6 @@
 """Stage 3: admission control and the adaptive batcher between the event loop and the inference threads.
 
-    api (event loop) --admit()--> decode --put(Job)--> BatchQueue --take()--> runtime thread(s)
+    api (event loop) --admit()--> read body --put(Job)--> BatchQueue --take()--> runtime thread(s)
 
 The policy: an instance that is free takes every waiting job up to `max_batch_size` at once, so a lone
 request runs immediately and batches grow by themselves exactly when the model is the bottleneck. A
@@ -17,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from torchrest.errors import QueueFull
 
 Clock = Callable[[], float]
@@ -28,7 +26,7 @@ Clock = Callable[[], float]
 class Job:
     """One request on its way through the batcher."""
 
-    pixels: np.ndarray  # (H, W, 3) uint8, already pre-processed
+    image: bytes  # encoded; decoded by the runtime into the batch buffer just before the model runs
     deadline_s: float  # monotonic clock
     enqueued_s: float
     request_id: str

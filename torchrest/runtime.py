@@ -1,10 +1,11 @@
-"""Stage 4: a model's runtime -- its admission bound, its batch queue, and one inference thread per
-instance, each owning a Backend.
+"""A model's runtime: its admission bound, its batch queue, and one inference thread per instance,
+each owning a Backend.
 
-    infer(pixels) --Job--> BatchQueue --take()--> instance thread: copy rows into the batch buffer,
-    backend.run, softmax --one call_soon_threadsafe per batch--> every caller's future gets its row
+    infer(bytes) --Job--> BatchQueue --take()--> instance thread: decode the batch into the batch buffer
+    (in parallel), backend.run, softmax --one call_soon_threadsafe per batch--> each future gets its row
 
-Only the hand-off back to the event loop crosses threads per batch, not per request.
+Decode and model take turns on the same cores instead of fighting over them, and only the hand-off back
+to the event loop crosses threads, once per batch.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torchrest.errors import DeadlineExceeded, ModelError, QueueFull, TorchrestE
 from torchrest.metrics import Metrics
 from torchrest.models.common import LoadedModel
 from torchrest.postprocess import softmax
+from torchrest.preprocess import Preprocessor
 
 log = logging.getLogger("torchrest.runtime")
 
@@ -31,6 +33,7 @@ class ModelRuntime:
         self,
         model: LoadedModel,
         backends: list[Backend],
+        preprocessor: Preprocessor,
         *,
         max_batch_size: int,
         max_wait_s: float,
@@ -40,6 +43,7 @@ class ModelRuntime:
     ) -> None:
         self.model = model
         self.backends = backends
+        self.preprocessor = preprocessor
         self.queue = BatchQueue(max_batch_size, max_wait_s)
         self.admission = Admission(max_queue)
         self.metrics = metrics
@@ -49,6 +53,8 @@ class ModelRuntime:
         self._batch_size = metrics.batch_size.labels(name)
         self._queue_wait = metrics.stage_latency.labels(name, "queue_wait")
         self._inference = metrics.stage_latency.labels(name, "inference")
+        self._preprocess = metrics.stage_latency.labels(name, "preprocess")
+        self._total = metrics.stage_latency.labels(name, "total")
         self._errors = metrics.model_errors.labels(name)
         self._expired = metrics.dropped.labels(name, "expired")
         self._cancelled = metrics.dropped.labels(name, "cancelled")
@@ -72,6 +78,7 @@ class ModelRuntime:
         self.queue.close()
         for thread in self._threads:
             thread.join(timeout_s)
+        self.preprocessor.close()
 
     def admit(self) -> None:
         """Take a place in this model's bound, or raise QueueFull (503) before any work is done."""
@@ -84,10 +91,13 @@ class ModelRuntime:
     def release(self) -> None:
         self.admission.release()
 
-    async def infer(self, pixels: np.ndarray, deadline_s: float, request_id: str) -> np.ndarray:
-        """Queue one decoded image; return its row of class probabilities."""
+    def observe_total(self, seconds: float) -> None:
+        self._total.observe(seconds)
+
+    async def infer(self, image: bytes, deadline_s: float, request_id: str) -> np.ndarray:
+        """Queue one encoded image; return its row of class probabilities (or raise its error)."""
         future: asyncio.Future[np.ndarray] = self.loop.create_future()
-        self.queue.put(Job(pixels, deadline_s, time.monotonic(), request_id, future))
+        self.queue.put(Job(image, deadline_s, time.monotonic(), request_id, future))
         return await future
 
     def warm_up(self, sizes: tuple[int, ...]) -> None:
@@ -111,10 +121,12 @@ class ModelRuntime:
         started = time.monotonic()
         for job in batch:
             self._queue_wait.observe(started - job.enqueued_s)
+        batch = self._decode(batch, buffer)
+        decoded = time.monotonic()
         size = len(batch)
+        if not size:
+            return
         try:
-            for row, job in enumerate(batch):
-                buffer[row] = job.pixels
             probabilities = softmax(backend.run(buffer[:size]))
         except Exception as exc:  # noqa: BLE001 - any failure of the model fails this batch only
             self._errors.inc()
@@ -123,9 +135,25 @@ class ModelRuntime:
             error = ModelError(f"model {self.name} failed on this batch: {type(exc).__name__}")
             self.loop.call_soon_threadsafe(_fail, batch, error)
             return
-        self._inference.observe(time.monotonic() - started)
+        self._inference.observe(time.monotonic() - decoded)
         self._batch_size.observe(size)
         self.loop.call_soon_threadsafe(_settle, batch, probabilities)
+
+    def _decode(self, batch: list[Job], buffer: np.ndarray) -> list[Job]:
+        """Fill buffer rows 0..k-1 with the batch's decodable images; fail the others (4xx)."""
+        started = time.monotonic()
+        errors = self.preprocessor.fill([job.image for job in batch], buffer)
+        per_image_s = (time.monotonic() - started) / len(batch)
+        for _ in batch:
+            self._preprocess.observe(per_image_s)
+        if not any(errors):
+            return batch
+        live_rows = [row for row, error in enumerate(errors) if error is None]
+        buffer[: len(live_rows)] = buffer[live_rows]
+        for job, error in zip(batch, errors, strict=True):
+            if error is not None:
+                self.loop.call_soon_threadsafe(_fail, [job], error)
+        return [batch[row] for row in live_rows]
 
     def _drop_dead(self, taken: Taken) -> None:
         if taken.expired:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import uvicorn
@@ -22,6 +21,7 @@ from torchrest.errors import StartupError
 from torchrest.metrics import Metrics
 from torchrest.models.common import LoadedModel
 from torchrest.models.registry import load_model
+from torchrest.preprocess import Preprocessor
 from torchrest.runtime import ModelRuntime
 
 log = logging.getLogger("torchrest.server")
@@ -37,7 +37,7 @@ def serve(config: ServerConfig) -> int:
     configure_torch(config)
     model = load_model(config)
     sock = bind(config.host, config.port)
-    state = AppState(config=config, metrics=Metrics(), decode_pool=_decode_pool(config))
+    state = AppState(config=config, metrics=Metrics())
     server = uvicorn.Server(
         uvicorn.Config(
             build_app(state),
@@ -88,9 +88,11 @@ def build_runtime(
         TorchBackend(model.module, device=device, threads=config.threads_per_instance, name=name)
         for _ in range(config.instances)
     ]
+    preprocessor = Preprocessor(model.input_spec, config.max_image_pixels, config.decode_threads)
     return ModelRuntime(
         model,
         list(backends),
+        preprocessor,
         max_batch_size=config.max_batch_size,
         max_wait_s=config.max_wait_ms / 1000,
         max_queue=config.max_queue,
@@ -110,10 +112,6 @@ def bind(host: str, port: int) -> socket.socket:
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.set_inheritable(True)
     return sock
-
-
-def _decode_pool(config: ServerConfig) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode")
 
 
 async def _start_loading(state: AppState, model: LoadedModel, device: str, server: uvicorn.Server) -> None:
@@ -141,4 +139,3 @@ async def _start_loading(state: AppState, model: LoadedModel, device: str, serve
 async def _stop(state: AppState) -> None:
     if state.runtime is not None:
         await asyncio.get_running_loop().run_in_executor(None, state.runtime.stop)
-    state.decode_pool.shutdown(wait=False, cancel_futures=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from torchrest.api.http import (
@@ -41,7 +40,6 @@ class AppState:
 
     config: ServerConfig
     metrics: Metrics
-    decode_pool: Executor
     runtime: ModelRuntime | None = None
     load_error: str | None = None
     startup: Hook | None = None

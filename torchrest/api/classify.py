@@ -1,14 +1,14 @@
 """POST /classify: the seed-compatible endpoint.
 
-    admit (503 if full) -> read body (413/415/400) -> decode in the pool (400/413) -> runtime (504/500)
-    -> top-k -> {"status": "success", "model", "prediction": {"label", "class_id", "confidence"}, "top_k"}
+    admit (503 if full) -> read body (413/415/400) -> runtime: deadline (504), decode into the batch
+    (400/413), model (500) -> top-k
+    -> {"status": "success", "model", "prediction": {"label", "class_id", "confidence"}, "top_k": [...]}
 
 Admission comes first, so an overloaded server answers 503 without reading or decoding anything.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from torchrest.api.app import AppState
@@ -16,7 +16,6 @@ from torchrest.api.forms import read_image
 from torchrest.api.http import Request, Response, json_response
 from torchrest.errors import BadRequest, NotReady
 from torchrest.postprocess import top_k
-from torchrest.preprocess import decode_image
 from torchrest.runtime import ModelRuntime
 
 MAX_TOP_K = 20
@@ -30,18 +29,11 @@ async def classify(request: Request, state: AppState) -> Response:
     runtime.admit()
     try:
         data = await read_image(request, config.max_body_bytes)
-        started = time.monotonic()
-        loop = asyncio.get_running_loop()
-        pixels = await loop.run_in_executor(
-            state.decode_pool, decode_image, data, runtime.model.input_spec, config.max_image_pixels
-        )
-        stages = state.metrics.stage_latency
-        stages.labels(runtime.name, "preprocess").observe(time.monotonic() - started)
-        probabilities = await runtime.infer(pixels, deadline_s, request.request_id)
+        probabilities = await runtime.infer(data, deadline_s, request.request_id)
     finally:
         runtime.release()
     predictions = top_k(probabilities, k, runtime.model.labels)
-    stages.labels(runtime.name, "total").observe(time.monotonic() - request.started_s)
+    runtime.observe_total(time.monotonic() - request.started_s)
     return json_response(
         200,
         {

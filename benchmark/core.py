@@ -1,0 +1,283 @@
+"""Served throughput beside the offline limit, measured in one run on this machine.
+
+For each model (torch eager):
+  1. offline: decode + pre-process + model in a tight loop, one process, the server's thread budget, at
+     each batch size; the best is the limit a server could reach; batch 1 gives the single-image latency;
+  2. served: `torchrest serve` in a subprocess, wrk uploading the photo as multipart (as curl -F does) at
+     1, 8 and 100 connections.
+Writes benchmark/results/<date>/core.{json,md,png}. Needs wrk (apt-get install wrk).
+
+    python benchmark/core.py [--models resnet18,efficientnet_lite0] [--duration 15] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from torchrest.backends import TorchBackend  # noqa: E402
+from torchrest.config import ServerConfig  # noqa: E402
+from torchrest.models.registry import load_model  # noqa: E402
+from torchrest.preprocess import decode_image  # noqa: E402
+from torchrest.server import configure_torch  # noqa: E402
+
+WRK_DIR = ROOT / "benchmark" / "wrk"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def offline(model_name: str, image: bytes, batch_sizes: list[int], seconds: float) -> dict[str, Any]:
+    """Decode + model in a tight loop: what one process does with no HTTP and no queue."""
+    config = ServerConfig(model=model_name)
+    configure_torch(config)
+    model = load_model(config)
+    backend = TorchBackend(model.module, threads=config.threads_per_instance)
+    backend.prepare_thread()
+    spec, limit = model.input_spec, config.max_image_pixels
+    buffer = backend.input_buffer(max(batch_sizes), spec.crop_size)
+    per_batch: dict[int, float] = {}
+    latencies_ms: list[float] = []
+    for size in batch_sizes:
+        for row in range(size):  # warm-up
+            buffer[row] = decode_image(image, spec, limit)
+        backend.run(buffer[:size])
+        images, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            batch_started = time.perf_counter()
+            for row in range(size):
+                buffer[row] = decode_image(image, spec, limit)
+            backend.run(buffer[:size])
+            images += size
+            if size == 1:
+                latencies_ms.append((time.perf_counter() - batch_started) * 1000)
+        per_batch[size] = images / (time.perf_counter() - started)
+        log(f"  offline {model_name} batch {size:>2}: {per_batch[size]:7.1f} img/s")
+    best = max(per_batch, key=lambda size: per_batch[size])
+    return {
+        "img_per_s_by_batch": per_batch,
+        "best_batch_size": best,
+        "best_img_per_s": per_batch[best],
+        "single_image_latency_ms_p50": float(np.median(latencies_ms)),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def server(model_name: str, extra: list[str]) -> Any:
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "torchrest",
+        "serve",
+        "--model",
+        model_name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *extra,
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited: {process.stderr.read().decode() if process.stderr else ''}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise TimeoutError("server not ready in 180 s")
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def wrk(url: str, connections: int, seconds: float, image: Path, script: str = "upload.lua") -> dict[str, Any]:
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(WRK_DIR / script),
+        url,
+    ]
+    env = {**os.environ, "IMAGE": str(image), "WRK_LUA_DIR": str(WRK_DIR)}
+    output = subprocess.run(command, capture_output=True, text=True, env=env, timeout=seconds + 60).stdout
+    line = next(line for line in output.splitlines() if line.startswith("WRK_JSON "))
+    result = json.loads(line.removeprefix("WRK_JSON "))
+    result["req_per_s"] = result["requests"] / result["duration_s"]
+    result["connections"] = connections
+    result["error_count"] = sum(result["errors"].values())
+    return result
+
+
+def served(model_name: str, image: Path, connections: list[int], seconds: float, extra: list[str]) -> list[dict]:
+    runs = []
+    with server(model_name, extra) as url:
+        wrk(url, 8, min(5.0, seconds), image)  # warm-up: allocator, oneDNN primitives for bigger batches
+        for count in connections:
+            result = wrk(url, count, seconds, image)
+            log(
+                f"  served  {model_name} {count:>3} conn: {result['req_per_s']:7.1f} req/s  "
+                f"p50 {result['latency_ms']['p50']:7.1f} ms  p99 {result['latency_ms']['p99']:7.1f} ms  "
+                f"errors {result['error_count']}"
+            )
+            runs.append(result)
+    return runs
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "core.json").write_text(json.dumps(results, indent=2))
+    lines = [
+        f"# torchrest core benchmark, {results['date']}",
+        "",
+        f"Machine: {results['machine']}. Image: `{results['image']}`. Backend: torch eager fp32. "
+        f"Command: `{results['command']}`",
+        "",
+        "| model | offline img/s (best batch) | bs1 latency ms | connections | served req/s | served/offline "
+        "| p50 ms | p99 ms | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, model in results["models"].items():
+        off = model["offline"]
+        for run in model["served"]:
+            lines.append(
+                f"| {name} | {off['best_img_per_s']:.1f} (bs {off['best_batch_size']}) "
+                f"| {off['single_image_latency_ms_p50']:.1f} | {run['connections']} | {run['req_per_s']:.1f} "
+                f"| {run['req_per_s'] / off['best_img_per_s']:.0%} | {run['latency_ms']['p50']:.1f} "
+                f"| {run['latency_ms']['p99']:.1f} | {run['error_count']} |"
+            )
+    (out / "core.md").write_text("\n".join(lines) + "\n")
+    plot(results, out / "core.png")
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = results["models"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, model in models.items():
+        conns = [run["connections"] for run in model["served"]]
+        axes[0].plot(conns, [run["req_per_s"] for run in model["served"]], "o-", label=f"{name} served")
+        axes[0].axhline(
+            model["offline"]["best_img_per_s"],
+            linestyle="--",
+            linewidth=1,
+            color=axes[0].lines[-1].get_color(),
+            label=f"{name} offline limit",
+        )
+        p50 = [run["latency_ms"]["p50"] for run in model["served"]]
+        p99 = [run["latency_ms"]["p99"] for run in model["served"]]
+        line = axes[1].plot(conns, p50, "o-", label=f"{name} p50")[0]
+        axes[1].plot(conns, p99, "s--", color=line.get_color(), label=f"{name} p99")
+    axes[0].set(xscale="log", xlabel="connections", ylabel="req/s", title="Throughput vs connections")
+    axes[1].set(xscale="log", yscale="log", xlabel="connections", ylabel="latency ms", title="Latency percentiles")
+    for axis in axes:
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    fig.suptitle(f"torchrest, torch eager fp32, {results['machine']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="resnet18,efficientnet_lite0")
+    parser.add_argument("--image", type=Path, default=ROOT / "tests" / "data" / "cat.jpg")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per wrk run")
+    parser.add_argument("--offline-seconds", type=float, default=4.0, help="seconds per offline batch size")
+    parser.add_argument("--connections", default="1,8,100")
+    parser.add_argument("--batch-sizes", default="1,4,8,16,32")
+    parser.add_argument("--server-args", default="", help="extra flags for torchrest serve")
+    parser.add_argument("--quick", action="store_true", help="short runs (5 s wrk, 2 s offline)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("benchmark/core.py: error: wrk not found (apt-get install wrk)", file=sys.stderr)
+        return 2
+    if args.quick:
+        args.duration, args.offline_seconds = 5.0, 2.0
+    image_bytes = args.image.read_bytes()
+    results: dict[str, Any] = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": f"{os.cpu_count()} cores, {platform_name()}",
+        "image": str(args.image.relative_to(ROOT) if args.image.is_relative_to(ROOT) else args.image),
+        "command": "python " + " ".join(sys.argv),
+        "models": {},
+    }
+    for name in args.models.split(","):
+        log(f"{name}: offline decode + model, batch sizes {args.batch_sizes}")
+        off = offline(name, image_bytes, [int(b) for b in args.batch_sizes.split(",")], args.offline_seconds)
+        log(f"{name}: served, wrk at {args.connections} connections, {args.duration:.0f} s each")
+        runs = served(
+            name, args.image, [int(c) for c in args.connections.split(",")], args.duration, args.server_args.split()
+        )
+        results["models"][name] = {"offline": off, "served": runs}
+        for run in runs:
+            run["ratio_to_offline"] = run["req_per_s"] / off["best_img_per_s"]
+    out = args.out or ROOT / "benchmark" / "results" / dt.date.today().isoformat()
+    write_report(results, out)
+    print((out / "core.md").read_text())
+    log(f"wrote {out}/core.json, core.md, core.png")
+    return 0
+
+
+def platform_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
