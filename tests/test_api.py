@@ -101,7 +101,14 @@ def test_concurrent_mixed_photos_each_get_their_own_answer_in_batches(server: Se
     batches = metric_value(metrics, "torchrest_batch_size_count") - batches_before
     batched_requests = metric_value(metrics, "torchrest_batch_size_sum") - requests_before
     assert batched_requests == 32
-    assert batches < 32, "32 concurrent requests ran one by one: no batch larger than 1"
+    cap = httpx.get(f"{server.url}/", timeout=10).json()["batching"]["tuned_batch_size"]
+    assert 1 <= cap <= 32
+    if cap > 1:
+        assert batches < 32, "32 concurrent requests ran one by one: no batch larger than 1"
+    over_cap = metric_value(metrics, "torchrest_batch_size_count") - metric_value(
+        metrics, "torchrest_batch_size_bucket", le=str(float(2 ** (cap - 1).bit_length()))
+    )
+    assert over_cap == 0, f"a batch larger than the tuned cap {cap} ran"
 
 
 def test_health_and_metrics_parse(server: Server) -> None:

@@ -113,3 +113,49 @@ def test_admission_bounds_in_flight() -> None:
     admission.release()
     admission.admit()
     assert admission.in_flight == 2
+
+
+class PeaksAtFour:
+    """A stand-in device whose per-image speed peaks at batch 4 (as small CPUs do), timed for real."""
+
+    name = "peaks_at_four"
+    device = "cpu"
+
+    def prepare_thread(self) -> None:
+        pass
+
+    def input_buffer(self, max_batch_size: int, size: int) -> np.ndarray:
+        return np.empty((max_batch_size, size, size, 3), np.uint8)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        per_image_s = {1: 0.004, 2: 0.003, 4: 0.002, 8: 0.0025, 16: 0.003}[len(batch)]
+        threading.Event().wait(per_image_s * len(batch))
+        return np.zeros((len(batch), 3), np.float32)
+
+
+def test_warm_up_caps_batches_at_the_fastest_size() -> None:
+    import asyncio
+
+    from torchrest.config import InputSpec
+    from torchrest.metrics import Metrics
+    from torchrest.models.common import LoadedModel
+    from torchrest.preprocess import Preprocessor
+    from torchrest.runtime import ModelRuntime
+
+    spec = InputSpec(8, 8)
+    model = LoadedModel("toy", module=None, labels=["a", "b", "c"], input_spec=spec, pretrained=True, source="t")  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    runtime = ModelRuntime(
+        model,
+        [PeaksAtFour()],
+        Preprocessor(spec, 10**6, 1),
+        max_batch_size=16,
+        max_wait_s=0,
+        max_queue=8,
+        metrics=Metrics(),
+        loop=loop,
+    )
+    measured = runtime.warm_up(tune_batch=True)
+    loop.close()
+    assert sorted(measured) == [1, 2, 4, 8, 16]
+    assert runtime.queue.max_batch_size == 4

@@ -15,7 +15,16 @@ from torchrest import __version__
 from torchrest.config import ServerConfig, config_fields, env_name, flag_name
 from torchrest.errors import StartupError
 
-CONVERTERS: dict[str, Any] = {"str": str, "int": int, "float": float, "Path | None": Path}
+
+def parse_bool(text: str) -> bool:
+    if text.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if text.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+CONVERTERS: dict[str, Any] = {"str": str, "int": int, "float": float, "Path | None": Path, "bool": parse_bool}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +47,15 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         convert = CONVERTERS[str(spec.type)]
         env = env_name(spec.name)
         default = convert(os.environ[env]) if env in os.environ else spec.default
+        if convert is parse_bool:
+            parser.add_argument(
+                f"--{flag_name(spec.name)}",
+                dest=spec.name,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=f"{spec.metadata['help']} [env {env}]",
+            )
+            continue
         parser.add_argument(
             f"--{flag_name(spec.name)}",
             dest=spec.name,

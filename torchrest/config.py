@@ -52,6 +52,7 @@ class ServerConfig:
     port: int = option(8088, "port to listen on")
     device: str = option("cpu", "cpu, cuda, cuda:N, or auto (cuda when available)")
     max_batch_size: int = option(32, "largest batch an instance runs at once")
+    tune_batch: bool = option(True, "at start-up, cap batches at the size with the best measured throughput")
     max_wait_ms: float = option(0.0, "extra time a lone request waits for company (0: run at once)")
     instances: int = option(1, "model instances, each with its own inference thread")
     threads: int = option(0, "intra-op threads for all instances together (0: one per core)")

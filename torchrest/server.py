@@ -120,8 +120,7 @@ async def _start_loading(state: AppState, model: LoadedModel, device: str, serve
     async def load() -> None:
         try:
             runtime = build_runtime(model, device, state.config, state.metrics, loop)
-            sizes = tuple(sorted({1, state.config.max_batch_size}))
-            await loop.run_in_executor(None, runtime.warm_up, sizes)
+            await loop.run_in_executor(None, runtime.warm_up, state.config.tune_batch)
         except Exception as exc:  # noqa: BLE001 - any failure here is reported and ends the server
             state.load_error = f"model {model.name} failed to load: {type(exc).__name__}: {exc}"
             log.error("%s", state.load_error)

@@ -31,6 +31,7 @@ async def info(request: Request, state: AppState) -> Response:
             "device": runtime.backends[0].device if runtime else None,
             "batching": {
                 "max_batch_size": config.max_batch_size,
+                "tuned_batch_size": runtime.queue.max_batch_size if runtime else None,
                 "max_wait_ms": config.max_wait_ms,
                 "instances": config.instances,
                 "threads_per_instance": config.threads_per_instance,
