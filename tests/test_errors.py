@@ -31,6 +31,17 @@ def post_raw(server: Server, content: bytes, content_type: str = "image/jpeg") -
     return httpx.post(f"{server.url}/classify", content=content, headers={"content-type": content_type}, timeout=60)
 
 
+def concurrent_posts(server: Server, bodies: list[bytes], content_type: str = "image/jpeg") -> list[httpx.Response]:
+    """POST every body to /classify at once, each on its own connection; answers in order."""
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            posts = (client.post("/classify", content=b, headers={"content-type": content_type}) for b in bodies)
+            return list(await asyncio.gather(*posts))
+
+    return asyncio.run(burst())
+
+
 def forged_png(width: int, height: int) -> bytes:
     """A valid 1x1 PNG whose header then claims width x height (a decompression bomb's signature)."""
     buffer = io.BytesIO()
@@ -153,18 +164,7 @@ def test_image_over_pixel_limit(tight_server: Server) -> None:
 
 
 def test_queue_full_is_503_with_retry_after(tight_server: Server) -> None:
-    async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=tight_server.url, timeout=120) as client:
-            return list(
-                await asyncio.gather(
-                    *(
-                        client.post("/classify", content=PHOTOS["cat"], headers={"content-type": "image/jpeg"})
-                        for _ in range(12)
-                    )
-                )
-            )
-
-    responses = asyncio.run(burst())
+    responses = concurrent_posts(tight_server, [PHOTOS["cat"]] * 12)
     statuses = [r.status_code for r in responses]
     assert set(statuses) <= {200, 503}, statuses
     assert 200 in statuses
@@ -183,19 +183,7 @@ def test_deadline_passed_in_queue_is_504_and_never_reaches_the_model(tmp_path: P
     served and those still queued at their deadline get 504 without ever reaching the model."""
     args = ("--model", "resnet18", "--max-batch-size", "1", "--timeout-ms", "40")
     with running_server(tmp_path, *args) as server:
-
-        async def burst() -> list[httpx.Response]:
-            async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
-                return list(
-                    await asyncio.gather(
-                        *(
-                            client.post("/classify", content=PHOTOS["cat"], headers={"content-type": "image/jpeg"})
-                            for _ in range(8)
-                        )
-                    )
-                )
-
-        responses = asyncio.run(burst())
+        responses = concurrent_posts(server, [PHOTOS["cat"]] * 8)
         statuses = [r.status_code for r in responses]
         assert set(statuses) <= {200, 504}, statuses
         late = [r for r in responses if r.status_code == 504]
@@ -241,13 +229,8 @@ def test_model_error_fails_that_batch_only(tmp_path: Path) -> None:
 def test_bad_images_in_a_batch_fail_alone(server: Server) -> None:
     """Undecodable images batched with good ones get 400; the good ones still get their own answers."""
 
-    async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
-            bodies = [PHOTOS["cat"] if i % 2 == 0 else b"not an image %d" % i for i in range(16)]
-            requests = (client.post("/classify", content=b, headers={"content-type": "image/jpeg"}) for b in bodies)
-            return list(await asyncio.gather(*requests))
-
-    for index, response in enumerate(asyncio.run(burst())):
+    bodies = [PHOTOS["cat"] if i % 2 == 0 else b"not an image %d" % i for i in range(16)]
+    for index, response in enumerate(concurrent_posts(server, bodies)):
         if index % 2 == 0:
             assert response.status_code == 200, response.text
             assert response.json()["prediction"]["label"] in CAT_LABELS
