@@ -91,7 +91,8 @@ class App:
     def _log(request: Request, error: TorchrestError) -> None:
         if isinstance(error, ModelError):
             return  # the runtime logged the batch's failure once, with every request id in it
-        level = logging.WARNING if error.status >= 500 else logging.INFO
+        # 503s (loading, shedding) are the server working as designed; other 5xx deserve attention
+        level = logging.WARNING if error.status >= 500 and error.status != 503 else logging.INFO
         log.log(
             level,
             "%s %s -> %d %s [%s]: %s",
