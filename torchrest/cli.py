@@ -47,21 +47,16 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         convert = CONVERTERS[str(spec.type)]
         env = env_name(spec.name)
         default = convert(os.environ[env]) if env in os.environ else spec.default
-        if convert is parse_bool:
-            parser.add_argument(
-                f"--{flag_name(spec.name)}",
-                dest=spec.name,
-                action=argparse.BooleanOptionalAction,
-                default=default,
-                help=f"{spec.metadata['help']} [env {env}]",
-            )
-            continue
+        # a boolean field becomes a --flag / --no-flag pair; every other field takes a value
+        kind: dict[str, Any] = (
+            {"action": argparse.BooleanOptionalAction} if convert is parse_bool else {"type": convert}
+        )
         parser.add_argument(
             f"--{flag_name(spec.name)}",
             dest=spec.name,
-            type=convert,
             default=default,
             help=f"{spec.metadata['help']} [env {env}]",
+            **kind,
         )
 
 
