@@ -1,6 +1,6 @@
 """Served throughput beside the offline limit, measured in one run on this machine.
 
-For each model (torch eager):
+For each model (torch eager, or with --model-repository the folder `torchrest optimize` wrote):
   1. offline: decode + pre-process + model in a tight loop, one process, the server's thread budget, at
      each batch size; the best is the limit a server could reach; batch 1 gives the single-image latency;
   2. served: `torchrest serve` in a subprocess, wrk uploading the photo as multipart (as curl -F does) at
@@ -8,6 +8,7 @@ For each model (torch eager):
 Writes benchmark/results/<date>/core.{json,md,png}. Needs wrk (apt-get install wrk).
 
     python benchmark/core.py [--models resnet18,efficientnet_lite0] [--duration 15] [--quick]
+                             [--model-repository DIR --stem core-optimized]
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from torchrest.backends import TorchBackend  # noqa: E402
 from torchrest.config import ServerConfig  # noqa: E402
 from torchrest.models.registry import load_model  # noqa: E402
 from torchrest.preprocess import decode_image  # noqa: E402
@@ -45,12 +45,14 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def offline(model_name: str, image: bytes, batch_sizes: list[int], seconds: float) -> dict[str, Any]:
+def offline(
+    model_name: str, image: bytes, batch_sizes: list[int], seconds: float, repository: Path | None
+) -> dict[str, Any]:
     """Decode + model in a tight loop: what one process does with no HTTP and no queue."""
-    config = ServerConfig(model=model_name)
+    config = ServerConfig(model=model_name, model_repository=repository)
     configure_torch(config)
     model = load_model(config)
-    backend = TorchBackend(model.module, threads=config.threads_per_instance)
+    backend = model.open_backend("cpu", config.threads_per_instance)
     backend.prepare_thread()
     spec, limit = model.input_spec, config.max_image_pixels
     buffer = backend.input_buffer(max(batch_sizes), spec.crop_size)
@@ -73,6 +75,7 @@ def offline(model_name: str, image: bytes, batch_sizes: list[int], seconds: floa
         log(f"  offline {model_name} batch {size:>2}: {per_batch[size]:7.1f} img/s")
     best = max(per_batch, key=lambda size: per_batch[size])
     return {
+        "backend": backend.name,
         "img_per_s_by_batch": per_batch,
         "best_batch_size": best,
         "best_img_per_s": per_batch[best],
@@ -167,13 +170,14 @@ def served(model_name: str, image: Path, connections: list[int], seconds: float,
     return runs
 
 
-def write_report(results: dict[str, Any], out: Path) -> None:
+def write_report(results: dict[str, Any], out: Path, stem: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "core.json").write_text(json.dumps(results, indent=2))
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    backends = ", ".join(sorted({model["offline"]["backend"] for model in results["models"].values()}))
     lines = [
         f"# torchrest core benchmark, {results['date']}",
         "",
-        f"Machine: {results['machine']}. Image: `{results['image']}`. Backend: torch eager fp32. "
+        f"Machine: {results['machine']}. Image: `{results['image']}`. Backend: {backends}. "
         f"Command: `{results['command']}`",
         "",
         "| model | offline img/s (best batch) | bs1 latency ms | connections | served req/s | served/offline "
@@ -189,11 +193,11 @@ def write_report(results: dict[str, Any], out: Path) -> None:
                 f"| {run['req_per_s'] / off['best_img_per_s']:.0%} | {run['latency_ms']['p50']:.1f} "
                 f"| {run['latency_ms']['p99']:.1f} | {run['error_count']} |"
             )
-    (out / "core.md").write_text("\n".join(lines) + "\n")
-    plot(results, out / "core.png")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    plot(results, out / f"{stem}.png", backends)
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
+def plot(results: dict[str, Any], path: Path, backends: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -220,7 +224,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for axis in axes:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    fig.suptitle(f"torchrest, torch eager fp32, {results['machine']}")
+    fig.suptitle(f"torchrest, {backends}, {results['machine']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -236,6 +240,8 @@ def main() -> int:
     parser.add_argument("--server-args", default="", help="extra flags for torchrest serve")
     parser.add_argument("--quick", action="store_true", help="short runs (5 s wrk, 2 s offline)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--model-repository", type=Path, default=None, help="serve models `torchrest optimize` wrote")
+    parser.add_argument("--stem", default="core", help="result file names: <stem>.json, .md, .png")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("benchmark/core.py: error: wrk not found (apt-get install wrk)", file=sys.stderr)
@@ -252,18 +258,20 @@ def main() -> int:
     }
     for name in args.models.split(","):
         log(f"{name}: offline decode + model, batch sizes {args.batch_sizes}")
-        off = offline(name, image_bytes, [int(b) for b in args.batch_sizes.split(",")], args.offline_seconds)
+        sizes = [int(b) for b in args.batch_sizes.split(",")]
+        off = offline(name, image_bytes, sizes, args.offline_seconds, args.model_repository)
         log(f"{name}: served, wrk at {args.connections} connections, {args.duration:.0f} s each")
-        runs = served(
-            name, args.image, [int(c) for c in args.connections.split(",")], args.duration, args.server_args.split()
-        )
+        extra = args.server_args.split()
+        if args.model_repository:
+            extra += ["--model-repository", str(args.model_repository)]
+        runs = served(name, args.image, [int(c) for c in args.connections.split(",")], args.duration, extra)
         results["models"][name] = {"offline": off, "served": runs}
         for run in runs:
             run["ratio_to_offline"] = run["req_per_s"] / off["best_img_per_s"]
     out = args.out or ROOT / "benchmark" / "results" / dt.date.today().isoformat()
-    write_report(results, out)
-    print((out / "core.md").read_text())
-    log(f"wrote {out}/core.json, core.md, core.png")
+    write_report(results, out, args.stem)
+    print((out / f"{args.stem}.md").read_text())
+    log(f"wrote {out}/{args.stem}.json, .md, .png")
     return 0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from torchrest import __version__
-from torchrest.config import ServerConfig, config_fields, env_name, flag_name
+from torchrest.config import OptimizeConfig, ServerConfig, config_fields, env_name, flag_name
 from torchrest.errors import StartupError
 
 
@@ -24,7 +24,15 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
-CONVERTERS: dict[str, Any] = {"str": str, "int": int, "float": float, "Path | None": Path, "bool": parse_bool}
+CONVERTERS: dict[str, Any] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "Path": Path,
+    "Path | None": Path,
+    "bool": parse_bool,
+}
+COMMANDS: dict[str, type] = {"serve": ServerConfig, "optimize": OptimizeConfig}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,18 +45,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve an image classifier: POST /classify, GET /health, GET /metrics.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_config_flags(serve)
+    add_config_flags(serve, ServerConfig)
+    optimize = commands.add_parser(
+        "optimize",
+        help="find the fastest faithful backend for a model on this machine",
+        description="Measure every candidate backend on this machine (speed, and agreement with fp32 on "
+        "held-out inputs), reject the unfaithful, and write the fastest as <out>/<model>/ for "
+        "`torchrest serve --model-repository <out>`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_config_flags(optimize, OptimizeConfig)
     return parser
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per ServerConfig field; the default comes from TORCHREST_<FIELD> when it is set."""
-    for spec in config_fields():
+def add_config_flags(parser: argparse.ArgumentParser, kind: type) -> None:
+    """One flag per field of `kind`; the default comes from TORCHREST_<FIELD> when it is set."""
+    for spec in config_fields(kind):
         convert = CONVERTERS[str(spec.type)]
         env = env_name(spec.name)
         default = convert(os.environ[env]) if env in os.environ else spec.default
         # a boolean field becomes a --flag / --no-flag pair; every other field takes a value
-        kind: dict[str, Any] = (
+        style: dict[str, Any] = (
             {"action": argparse.BooleanOptionalAction} if convert is parse_bool else {"type": convert}
         )
         parser.add_argument(
@@ -56,7 +73,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             dest=spec.name,
             default=default,
             help=f"{spec.metadata['help']} [env {env}]",
-            **kind,
+            **style,
         )
 
 
@@ -70,10 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    options = {spec.name: getattr(args, spec.name) for spec in config_fields()}
-    config = ServerConfig(**options)
+    kind = COMMANDS[args.command]
+    config = kind(**{spec.name: getattr(args, spec.name) for spec in config_fields(kind)})
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if isinstance(config, OptimizeConfig):
+            return run_optimize(config)
         from torchrest.server import serve
 
         return serve(config)
@@ -82,3 +101,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def run_optimize(config: OptimizeConfig) -> int:
+    from torchrest.optimize import optimize
+
+    outcome = optimize(config)
+    report = outcome.report
+    chosen = next(c for c in report.candidates if c.chosen)
+    print(
+        f"chose {chosen.name}: {chosen.best_throughput:.1f} img/s at batch {chosen.best_batch_size} "
+        f"({chosen.speedup:.2f}x torch eager), top-1 agreement {chosen.top1_agreement:.1%}\n"
+        f"wrote {outcome.folder} (report.md, report.png); serve it with: "
+        f"torchrest serve --model-repository {outcome.folder.parent}"
+    )
+    for note in report.notes:
+        print(f"note: {note}")
+    return 0

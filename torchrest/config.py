@@ -8,8 +8,9 @@ environment.
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,9 @@ class InputSpec:
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     model: str = option("efficientnet_lite0", "built-in model name or path to a TorchScript file")
+    model_repository: Path | None = option(
+        None, "serve a model folder written by `torchrest optimize` (the one named by --model, or the only one)"
+    )
     weights: Path | None = option(None, "state-dict file for a built-in model (torchvision keys for resnet18)")
     labels: Path | None = option(None, "class names, one per line (or a JSON list); default ImageNet-1k")
     input_size: int = option(224, "crop size fed to a TorchScript model")
@@ -101,6 +105,115 @@ class ServerConfig:
             raise ValueError("--resize-size must be at least --input-size")
 
 
+@dataclass(frozen=True, slots=True)
+class OptimizeConfig:
+    model: str = option("efficientnet_lite0", "built-in model name or path to a TorchScript file")
+    weights: Path | None = option(None, "state-dict file for a built-in model (torchvision keys for resnet18)")
+    labels: Path | None = option(None, "class names, one per line (or a JSON list); default ImageNet-1k")
+    input_size: int = option(224, "crop size fed to a TorchScript model")
+    resize_size: int = option(256, "shorter-side resize before the centre crop, for a TorchScript model")
+    calibration: Path | None = option(None, "folder of sample images: INT8 calibration and the fidelity set")
+    out: Path = option(Path("model-repository"), "model repository to write <out>/<model>/ into")
+    batch_sizes: str = option("1,2,4,8,16,32", "batch sizes to measure throughput at")
+    max_top1_disagreement: str = option("1%", "reject a candidate whose top-1 differs from fp32 more often")
+    device: str = option("cpu", "cpu, cuda, cuda:N, or auto (cuda when available)")
+    threads: int = option(0, "threads every candidate may use, as the server gives them (0: one per core)")
+    candidates: str = option("all", "comma-separated candidate names to try (see report.md), or all")
+    fidelity_samples: int = option(256, "held-out inputs the fidelity check compares on (at least 200)")
+    calibration_samples: int = option(128, "inputs INT8 calibration sees")
+    seconds_per_point: float = option(2.0, "time spent measuring each batch size of each candidate")
+    log_level: str = option("warning", "debug, info, warning or error")
+
+    @property
+    def total_threads(self) -> int:
+        return self.threads if self.threads > 0 else available_cores()
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec(crop_size=self.input_size, resize_size=self.resize_size)
+
+    def batch_size_list(self) -> list[int]:
+        try:
+            sizes = sorted({int(part) for part in self.batch_sizes.split(",") if part.strip()})
+        except ValueError:
+            raise ValueError(f"--batch-sizes must be comma-separated integers, got {self.batch_sizes!r}") from None
+        if not sizes or sizes[0] <= 0:
+            raise ValueError(f"--batch-sizes must list positive integers, got {self.batch_sizes!r}")
+        return sizes
+
+    def disagreement_bound(self) -> float:
+        """'1%' or '0.01' -> 0.01."""
+        text = self.max_top1_disagreement.strip()
+        try:
+            value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            raise ValueError(f"--max-top1-disagreement must look like 1% or 0.01, got {text!r}") from None
+        if not 0 <= value <= 1:
+            raise ValueError(f"--max-top1-disagreement must be between 0% and 100%, got {text!r}")
+        return value
+
+    def validate(self) -> None:
+        self.batch_size_list()
+        self.disagreement_bound()
+        if self.calibration is None:
+            raise ValueError("--calibration DIR is required: a folder of sample images")
+        if self.fidelity_samples <= 0 or self.calibration_samples <= 0 or self.seconds_per_point <= 0:
+            raise ValueError("--fidelity-samples, --calibration-samples and --seconds-per-point must be positive")
+        if self.threads < 0:
+            raise ValueError("--threads cannot be negative")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """What a model folder's config.json holds: how to load its artifact and how to feed it.
+
+    The artifact takes (N, crop, crop, 3) uint8 and returns (N, classes) logits, normalisation inside.
+    """
+
+    name: str
+    backend: str  # a key of torchrest.backends.BACKENDS
+    artifact: str  # relative to the model folder
+    precision: str = "fp32"  # fp32, bf16, fp16, int8
+    crop_size: int = 224
+    resize_size: int = 256
+    labels: str = "labels.txt"  # relative to the model folder
+    candidate: str = ""  # the optimize candidate that produced it
+    batch_sizes: tuple[int, ...] = ()  # the sizes optimize measured
+    best_batch_size: int = 0
+    threads: int = 0  # the thread budget it was tuned with
+    backend_options: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec(crop_size=self.crop_size, resize_size=self.resize_size)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> ModelConfig:
+        """Raises ValueError with a one-line reason for a missing, malformed or incomplete file."""
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"{path} not found") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path} is not readable JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path} must hold a JSON object")
+        known = {spec.name for spec in fields(cls)}
+        missing = [name for name in ("name", "backend", "artifact") if name not in raw]
+        if missing:
+            raise ValueError(f"{path} lacks {', '.join(missing)}")
+        try:
+            values = {key: value for key, value in raw.items() if key in known}
+            values["batch_sizes"] = tuple(values.get("batch_sizes", ()))
+            return cls(**values)
+        except TypeError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+
 def flag_name(field_name: str) -> str:
     return field_name.replace("_", "-")
 
@@ -109,5 +222,5 @@ def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
 
 
-def config_fields() -> list[Any]:
-    return list(fields(ServerConfig))
+def config_fields(kind: type = ServerConfig) -> list[Any]:
+    return list(fields(kind))

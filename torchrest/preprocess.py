@@ -88,7 +88,7 @@ def _decode(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
         scale = min(width, height) * spec.crop_fraction / spec.crop_size
         if scale >= 2:
             image.draft("RGB", (int(width / scale) + 1, int(height / scale) + 1))
-    image = _to_rgb(ImageOps.exif_transpose(image))
+    image = to_rgb(ImageOps.exif_transpose(image))
     width, height = image.size
     crop = min(width, height) * spec.crop_fraction
     left, top = (width - crop) / 2, (height - crop) / 2
@@ -97,7 +97,7 @@ def _decode(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
     return np.asarray(resized)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """Any mode Pillow decodes -> RGB: alpha composited on white, 16-bit scaled, palette expanded."""
     mode = image.mode
     if mode == "RGB":

@@ -15,7 +15,7 @@ import torch
 import uvicorn
 
 from torchrest.api import AppState, build_app
-from torchrest.backends import TorchBackend, resolve_device
+from torchrest.backends import resolve_device
 from torchrest.config import ServerConfig
 from torchrest.errors import StartupError
 from torchrest.metrics import Metrics
@@ -83,11 +83,7 @@ def build_runtime(
     metrics: Metrics,
     loop: asyncio.AbstractEventLoop,
 ) -> ModelRuntime:
-    name = "torchscript" if model.metadata.get("format") == "torchscript" else "torch_eager"
-    backends = [
-        TorchBackend(model.module, device=device, threads=config.threads_per_instance, name=name)
-        for _ in range(config.instances)
-    ]
+    backends = [model.open_backend(device, config.threads_per_instance) for _ in range(config.instances)]
     preprocessor = Preprocessor(model.input_spec, config.max_image_pixels, config.decode_threads)
     return ModelRuntime(
         model,

@@ -1,15 +1,19 @@
 """Backends run one loaded model on one device: (N, H, W, 3) uint8 -> (N, classes) float32 logits.
 
-A new backend is one module here and one line in `BACKENDS`.
+A new backend is one module here and one line in `BACKENDS` (how to open its artifact from a model folder).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from torchrest.backends.torch_backend import TorchBackend, resolve_device
+from torchrest.backends.openvino_backend import OpenVINOBackend, open_openvino, openvino_available
+from torchrest.backends.ort_backend import OnnxRuntimeBackend, open_onnxruntime, ort_available
+from torchrest.backends.torch_backend import TorchBackend, open_torchscript, resolve_device
 
 
 class Backend(Protocol):
@@ -28,6 +32,27 @@ class Backend(Protocol):
         """(N, H, W, 3) uint8 -> (N, classes) float32 logits."""
 
 
-BACKENDS = {"torch": TorchBackend}
+# artifact path, device, threads, backend options (from config.json) -> a loaded Backend
+Opener = Callable[..., Backend]
+BACKENDS: dict[str, Opener] = {
+    "torch": open_torchscript,
+    "onnxruntime": open_onnxruntime,
+    "openvino": open_openvino,
+}
 
-__all__ = ["BACKENDS", "Backend", "TorchBackend", "resolve_device"]
+
+def open_backend(kind: str, path: Path, *, device: str, threads: int, options: dict[str, str]) -> Backend:
+    return BACKENDS[kind](path, device=device, threads=threads, options=options)
+
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "OnnxRuntimeBackend",
+    "OpenVINOBackend",
+    "TorchBackend",
+    "open_backend",
+    "openvino_available",
+    "ort_available",
+    "resolve_device",
+]

@@ -7,13 +7,16 @@ host-to-device copy is a single DMA, the model runs in fp16, and only the logits
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
 
 from torchrest.errors import StartupError
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def resolve_device(requested: str) -> str:
@@ -35,18 +38,22 @@ class TorchBackend:
         module: nn.Module,
         *,
         device: str = "cpu",
-        dtype: str | None = None,
+        precision: str | None = None,
         threads: int = 1,
+        channels_last: bool = True,
         name: str = "torch_eager",
     ) -> None:
         self.name = name
         self.device = device
         self.threads = threads
         self.on_cuda = device.startswith("cuda")
-        self.dtype = DTYPES[dtype or ("float16" if self.on_cuda else "float32")]
-        module = module.eval().to(device=device, dtype=self.dtype)
-        if not self.on_cuda:
-            module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.dtype = DTYPES[precision or ("fp16" if self.on_cuda else "fp32")]
+        with warnings.catch_warnings():
+            # a TorchScript submodule makes nn.Module.to() touch .grad of non-leaf tensors, harmlessly
+            warnings.simplefilter("ignore", UserWarning)
+            module = module.eval().to(device=device, dtype=self.dtype)
+            if channels_last and not self.on_cuda:
+                module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.module = module
 
     def prepare_thread(self) -> None:
@@ -68,3 +75,35 @@ class TorchBackend:
             pixels = pixels.to(self.device, non_blocking=True)
         logits = self.module(pixels)
         return logits.float().cpu().numpy()
+
+
+def open_torchscript(path: Path, *, device: str, threads: int, options: dict[str, str]) -> TorchBackend:
+    """A TorchScript artifact written by `torchrest optimize`: it takes uint8 NHWC itself."""
+    if options.get("requires") == "torch_tensorrt":
+        try:
+            import torch_tensorrt  # noqa: F401 - registers the TensorRT engine ops the artifact calls
+        except ImportError:
+            raise StartupError(f"{path} is a TensorRT engine: pip install torch-tensorrt to serve it") from None
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or ["unreadable"])[0]
+        raise StartupError(f"{path} is not a TorchScript model: {first}") from None
+    if options.get("freeze") == "true":
+        module = freeze(module)
+    return TorchBackend(
+        module,
+        device=device,
+        precision=options.get("precision"),
+        threads=threads,
+        channels_last=options.get("channels_last", "true") == "true",
+        name=options.get("name", "torchscript"),
+    )
+
+
+def freeze(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
+    """Fold weights into the graph as constants and fuse for inference (conv+bn, oneDNN prepacking).
+
+    Done at load time: a frozen module does not survive torch.jit.save/load in torch 2.13."""
+    with torch.no_grad():
+        return torch.jit.optimize_for_inference(torch.jit.freeze(module.eval()))

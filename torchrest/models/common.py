@@ -6,11 +6,13 @@ normalisation, so pre-processing stays model-agnostic and the batch crosses to t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from torchrest.backends import Backend, TorchBackend
 from torchrest.config import InputSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -49,15 +51,28 @@ class Uint8Classifier(nn.Module):
 
 @dataclass(slots=True)
 class LoadedModel:
-    """A model ready for a backend: the uint8-input module plus what the API needs to describe it."""
+    """A model ready for a backend: how to open one, plus what the API needs to describe it.
+
+    Built-in and TorchScript models carry their uint8-input torch `module` (optimize starts from it);
+    a model folder from a repository carries an `opener` for its artifact instead.
+    """
 
     name: str
-    module: nn.Module
+    module: nn.Module | None
     labels: list[str]
     input_spec: InputSpec
     pretrained: bool
     source: str
     metadata: dict[str, object] = field(default_factory=dict)
+    opener: Callable[[str, int], Backend] | None = None  # (device, threads) -> Backend
+
+    def open_backend(self, device: str, threads: int) -> Backend:
+        """One instance of this model on `device`, pinned to `threads` intra-op threads."""
+        if self.opener is not None:
+            return self.opener(device, threads)
+        assert self.module is not None, "a LoadedModel has a module or an opener"
+        name = "torchscript" if self.metadata.get("format") == "torchscript" else "torch_eager"
+        return TorchBackend(self.module, device=device, threads=threads, name=name)
 
     def describe(self) -> dict[str, object]:
         return {

@@ -19,6 +19,7 @@ from torchrest.errors import StartupError
 from torchrest.models.common import LoadedModel, Uint8Classifier
 from torchrest.models.efficientnet_lite import efficientnet_lite0, published_lite0_weights
 from torchrest.models.labels import imagenet_labels, read_labels
+from torchrest.models.repository import load_from_repository
 from torchrest.models.resnet import resnet18
 
 log = logging.getLogger("torchrest.models")
@@ -33,6 +34,8 @@ BUILTIN: dict[str, tuple[Builder, Callable[[], str | None], InputSpec]] = {
 
 def load_model(config: ServerConfig) -> LoadedModel:
     """Build the model `config` names; raises StartupError with a one-line reason on any failure."""
+    if config.model_repository is not None:
+        return load_from_repository(config.model_repository, config.model)
     labels = read_labels(config.labels) if config.labels else list(imagenet_labels())
     path = Path(config.model)
     if config.model in BUILTIN:
@@ -42,7 +45,8 @@ def load_model(config: ServerConfig) -> LoadedModel:
     else:
         names = ", ".join(sorted(BUILTIN))
         raise StartupError(f"unknown model {config.model!r}: choose one of {names}, or a TorchScript file")
-    model.module.eval()
+    if model.module is not None:
+        model.module.eval()
     return model
 
 

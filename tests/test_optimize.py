@@ -1,0 +1,188 @@
+"""`torchrest optimize` end to end: real candidates measured on this machine, the report, the model
+folder, and `torchrest serve --model-repository` answering from what it chose."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from tests.conftest import CAT_LABELS, DATA, PHOTOS, running_server, torchrest_command
+from tests.test_cli import assert_one_line_failure
+
+pytestmark = pytest.mark.slow
+
+QUICK = ("--batch-sizes", "1,2", "--seconds-per-point", "0.2", "--fidelity-samples", "200")
+
+
+def optimize(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(torchrest_command("optimize", *args), capture_output=True, text=True, timeout=600)
+
+
+def read_report(folder: Path) -> dict:
+    return json.loads((folder / "report.json").read_text())
+
+
+def by_name(report: dict) -> dict[str, dict]:
+    return {candidate["name"]: candidate for candidate in report["candidates"]}
+
+
+@pytest.fixture(scope="module")
+def int8_repository(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """EfficientNet-Lite0 with INT8 (QDQ, run by OpenVINO) as the only contender, any fidelity allowed."""
+    out = tmp_path_factory.mktemp("repository")
+    result = optimize(
+        *("--model", "efficientnet_lite0", "--calibration", str(DATA), "--out", str(out)),
+        *("--candidates", "openvino-int8", "--max-top1-disagreement", "100%", "--calibration-samples", "32"),
+        *QUICK,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "chose openvino-int8" in result.stdout
+    yield out
+
+
+def test_model_folder_holds_artifact_config_labels_and_report(int8_repository: Path) -> None:
+    folder = int8_repository / "efficientnet_lite0"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["backend"] == "openvino" and config["precision"] == "int8"
+    assert config["candidate"] == "openvino-int8"
+    assert config["crop_size"] == 224 and config["resize_size"] == 256
+    assert config["batch_sizes"] == [1, 2] and config["best_batch_size"] in (1, 2)
+    assert (folder / config["artifact"]).stat().st_size > 1_000_000
+    labels = (folder / config["labels"]).read_text().splitlines()
+    assert len(labels) == 1000 and labels[285] == "Egyptian cat"
+    assert (folder / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (folder / "report.md").read_text()
+    assert "| **openvino-int8** | int8 | ok (chosen) |" in table
+
+
+def test_report_lists_every_candidate_with_its_status(int8_repository: Path) -> None:
+    report = read_report(int8_repository / "efficientnet_lite0")
+    assert report["chosen"] == "openvino-int8" and report["samples"]["held_out"] == 200
+    candidates = by_name(report)
+    assert [c["name"] for c in report["candidates"] if c["chosen"]] == ["openvino-int8"]
+    reference = candidates["torch-eager"]
+    assert reference["status"] == "ok" and reference["top1_agreement"] == 1.0
+    assert reference["fidelity"]["max_probability_diff"] == 0.0
+    int8 = candidates["openvino-int8"]
+    assert set(int8["throughput"]) == {"1", "2"} and int8["best_throughput"] > 0
+    assert int8["latency_bs1_ms"] > 0 and 0 < int8["top1_agreement"] <= 1
+    assert 0 < int8["fidelity"]["top5_overlap"] <= 1 and int8["fidelity"]["samples"] == 200
+    # every candidate is listed: those not named were not run, those that cannot run here say why
+    assert set(candidates) >= {"torchscript-frozen", "onnxruntime-fp32", "openvino-fp32", "onnxruntime-int8"}
+    assert candidates["onnxruntime-fp32"]["status"] == "skipped"
+    assert candidates["onnxruntime-fp32"]["reason"] == "not named in --candidates"
+    if not torch.cuda.is_available():
+        assert candidates["torch-fp16"]["reason"] == "needs --device cuda"
+
+
+def test_serve_model_repository_answers_with_the_int8_model(int8_repository: Path, tmp_path: Path) -> None:
+    with running_server(tmp_path, "--model-repository", str(int8_repository)) as server:
+        answer = httpx.post(f"{server.url}/classify", files={"image": PHOTOS["cat"]}, timeout=60).json()
+        assert answer["status"] == "success"
+        assert answer["prediction"]["label"] in CAT_LABELS
+        model = httpx.get(server.url, timeout=10).json()["model"]
+        assert model["backend"] == "openvino" and model["precision"] == "int8"
+
+
+def test_unfaithful_candidate_is_rejected_and_the_reference_written(tmp_path: Path) -> None:
+    # INT8 Lite0 disagrees with fp32 on a share of the augmented held-out views; a 0% bound rejects it
+    result = optimize(
+        *("--model", "efficientnet_lite0", "--calibration", str(DATA), "--out", str(tmp_path)),
+        *("--candidates", "onnxruntime-int8", "--max-top1-disagreement", "0%", "--calibration-samples", "16"),
+        *QUICK,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = read_report(tmp_path / "efficientnet_lite0")
+    int8 = by_name(report)["onnxruntime-int8"]
+    assert int8["status"] == "rejected" and not int8["chosen"]
+    assert int8["reason"].startswith("top-1 disagreement") and int8["top1_agreement"] < 1
+    assert report["chosen"] == "torch-eager"
+    assert json.loads((tmp_path / "efficientnet_lite0" / "config.json").read_text())["backend"] == "torch"
+
+
+class NotExportable(torch.nn.Module):
+    """A user's TorchScript model whose last op has no ONNX equivalent (aten::special_erfcx)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classify = torch.nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.special.erfcx(self.classify(x.mean((2, 3))))
+
+
+def test_candidate_that_crashes_on_export_is_reported_failed_and_the_rest_go_on(tmp_path: Path) -> None:
+    model_path = tmp_path / "custom.pt"
+    torch.jit.script(NotExportable()).save(str(model_path))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\nd\n")
+    result = optimize(
+        *("--model", str(model_path), "--labels", str(labels), "--input-size", "64", "--resize-size", "72"),
+        *("--calibration", str(DATA), "--out", str(tmp_path / "out")),
+        *("--candidates", "onnxruntime-fp32,torchscript-frozen"),
+        *QUICK,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    candidates = by_name(read_report(tmp_path / "out" / "custom"))
+    assert candidates["onnxruntime-fp32"]["status"] == "failed"
+    assert "erfcx" in candidates["onnxruntime-fp32"]["reason"]
+    assert candidates["torchscript-frozen"]["status"] == "ok"
+    assert candidates["torchscript-frozen"]["top1_agreement"] == 1.0
+    chosen = [name for name, c in candidates.items() if c["chosen"]]
+    assert chosen in (["torch-eager"], ["torchscript-frozen"])
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--model", "resnet999"), "unknown model 'resnet999'"),
+        (("--candidates", "openvino-int4"), "unknown candidate openvino-int4"),
+        (("--max-top1-disagreement", "lots"), "--max-top1-disagreement must look like"),
+        (("--batch-sizes", "1,zero"), "--batch-sizes must be comma-separated integers"),
+    ],
+)
+def test_bad_arguments_fail_in_one_line(args: tuple[str, ...], fragment: str, tmp_path: Path) -> None:
+    assert_one_line_failure(optimize("--calibration", str(DATA), "--out", str(tmp_path), *args), fragment)
+
+
+def test_non_model_file_fails_in_one_line(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.pt"
+    notes.write_text("these are not weights")
+    result = optimize("--model", str(notes), "--calibration", str(DATA), "--out", str(tmp_path / "out"))
+    assert_one_line_failure(result, "not a TorchScript model")
+
+
+def test_calibration_folder_without_images_fails_in_one_line(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no pictures here")
+    (empty / "fake.jpg").write_bytes(b"not a jpeg at all")
+    result = optimize("--calibration", str(empty), "--out", str(tmp_path / "out"))
+    assert_one_line_failure(result, "holds no image torchrest can decode")
+    assert_one_line_failure(optimize("--out", str(tmp_path / "out")), "--calibration DIR is required")
+
+
+def test_unwritable_output_fails_in_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = optimize("--calibration", str(DATA), "--out", str(blocker / "repository"))
+    assert_one_line_failure(result, "cannot write to output folder")
+
+
+def test_serve_rejects_a_broken_model_folder(tmp_path: Path) -> None:
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(torchrest_command("serve", *args), capture_output=True, text=True, timeout=120)
+
+    assert_one_line_failure(serve("--model-repository", str(tmp_path)), "holds no model folder")
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"name": "broken", "backend": "onnxruntime", "artifact": "1/model.onnx"}')
+    assert_one_line_failure(serve("--model-repository", str(tmp_path)), "names artifact 1/model.onnx, which is missing")
+    (folder / "config.json").write_text("{not json")
+    assert_one_line_failure(serve("--model-repository", str(tmp_path)), "is not readable JSON")

@@ -1,0 +1,61 @@
+"""ONNX Runtime backend: an ONNX graph (fp32 or INT8 QDQ) taking (N, H, W, 3) uint8 and returning logits.
+
+The session owns exactly the threads the server gives this instance (intra-op pool, no inter-op pool),
+and its workers do not spin between batches: the same cores decode the next batch in the meantime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from torchrest.errors import StartupError
+
+
+def ort_available() -> str | None:
+    """None when ONNX Runtime can be imported, else the reason it cannot."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        return f"onnxruntime is not installed ({exc.name})"
+    return None
+
+
+class OnnxRuntimeBackend:
+    def __init__(self, path: Path, *, device: str = "cpu", threads: int = 1, name: str = "onnxruntime") -> None:
+        import onnxruntime as ort
+
+        self.name = name
+        self.device = device
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            index = device.partition(":")[2] or "0"
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))  # type: ignore[arg-type]
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors for bad files
+            first = (str(exc).strip().splitlines() or ["unreadable"])[0]
+            raise StartupError(f"ONNX Runtime cannot load {path}: {first}") from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def prepare_thread(self) -> None:
+        pass
+
+    def input_buffer(self, max_batch_size: int, size: int) -> np.ndarray:
+        return np.empty((max_batch_size, size, size, 3), dtype=np.uint8)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        logits = self.session.run(None, {self.input_name: batch})[0]
+        return np.asarray(logits, dtype=np.float32)
+
+
+def open_onnxruntime(path: Path, *, device: str, threads: int, options: dict[str, str]) -> OnnxRuntimeBackend:
+    return OnnxRuntimeBackend(path, device=device, threads=threads, name=options.get("name", "onnxruntime"))

@@ -1,0 +1,373 @@
+"""The candidates optimize tries: each one a route from the fp32 torch model to a faster Backend.
+
+A candidate says why it cannot run here (a missing package, a CPU without bf16, the wrong device)
+before anything is built, and otherwise builds its Backend plus the artifact a model folder would hold.
+Expensive intermediate forms (the traced module, the ONNX export, the INT8 QDQ graph) are made once
+in the `Context` and shared by every candidate that needs them.
+
+A new candidate is one `Candidate(...)` line in `CANDIDATES` and, when it needs a new form, one
+Context method.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from torchrest.backends import Backend, OnnxRuntimeBackend, OpenVINOBackend, TorchBackend, open_torchscript
+from torchrest.backends.openvino_backend import cpu_capabilities, openvino_available
+from torchrest.backends.ort_backend import ort_available
+
+log = logging.getLogger("torchrest.optimize")
+
+REFERENCE = "torch-eager"
+ONNX_OPSET = 17
+CALIBRATION_BATCH = 16
+
+
+@dataclass
+class Context:
+    """What every candidate builds from, and the forms they share."""
+
+    module: nn.Module  # fp32, uint8 NHWC in, logits out
+    crop_size: int
+    device: str
+    threads: int
+    workdir: Path
+    calibration: np.ndarray
+    _forms: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def module_copy(self) -> nn.Module:
+        """For backends that convert weights in place (layout, dtype); tracing and export read `module`."""
+        return copy.deepcopy(self.module).eval()
+
+    def example(self, device: str = "cpu") -> torch.Tensor:
+        return torch.zeros((2, self.crop_size, self.crop_size, 3), dtype=torch.uint8, device=device)
+
+    def traced(self, precision: str = "fp32") -> Path:
+        """The module traced to TorchScript in `precision` (fp32 on the CPU, fp16 on the GPU)."""
+        key = f"traced-{precision}"
+        if key not in self._forms:
+            device = self.device if precision == "fp16" else "cpu"
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+            module = self.module if precision == "fp32" else self.module_copy().to(device=device, dtype=dtype)
+            with torch.inference_mode(False), torch.no_grad(), _quiet():
+                traced = torch.jit.trace(module, self.example(device), check_trace=False)
+            path = self.workdir / f"model-{precision}.pt"
+            traced.save(str(path))
+            self._forms[key] = path
+        return self._forms[key]
+
+    def onnx(self) -> Path:
+        """ONNX export (opset 17) of the traced module, with a dynamic batch dimension.
+
+        Exporting the traced module rather than `module` lets a user's TorchScript model (wrapped in our
+        uint8 stem) export too: the exporter cannot re-trace through a ScriptModule inside an nn.Module.
+        """
+        if "onnx" not in self._forms:
+            path = self.workdir / "model.onnx"
+            traced = torch.jit.load(str(self.traced()), map_location="cpu")
+            with torch.no_grad(), _quiet():
+                torch.onnx.export(
+                    traced,
+                    (self.example(),),
+                    str(path),
+                    dynamo=False,
+                    input_names=["pixels"],
+                    output_names=["logits"],
+                    dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
+                    opset_version=ONNX_OPSET,
+                    do_constant_folding=True,
+                )
+            self._forms["onnx"] = path
+        return self._forms["onnx"]
+
+    def onnx_int8(self) -> Path:
+        """Static INT8 post-training quantization of the ONNX graph, in QDQ form, calibrated here.
+
+        Weights per channel (symmetric int8), activations per tensor (asymmetric uint8, min-max over
+        the calibration set). The first convolution and the classifier stay in float: they see the raw
+        pixels and produce the logits, where 8 bits cost the most agreement. Without VNNI, x86 int8
+        kernels (VPMADDUBSW) can saturate, so weights are reduced to 7 bits there, as ONNX Runtime
+        advises.
+        """
+        if "onnx-int8" not in self._forms:
+            import onnx
+            from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            prepared = self.workdir / "model-prepared.onnx"
+            path = self.workdir / "model-int8.onnx"
+            with _quiet():
+                quant_pre_process(str(self.onnx()), str(prepared), skip_symbolic_shape=True)
+            weighted = [node.name for node in onnx.load(str(prepared)).graph.node if node.op_type in WEIGHTED_OPS]
+            with _quiet():
+                quantize_static(
+                    str(prepared),
+                    str(path),
+                    _CalibrationReader(self.calibration),
+                    quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    per_channel=True,
+                    reduce_range=not has_vnni(),
+                    calibrate_method=CalibrationMethod.MinMax,
+                    nodes_to_exclude=[weighted[0], weighted[-1]] if len(weighted) > 2 else [],
+                )
+            self._forms["onnx-int8"] = path
+        return self._forms["onnx-int8"]
+
+
+WEIGHTED_OPS = {"Conv", "Gemm", "MatMul"}
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    backend: Backend | None  # None once measured: only the artifact is kept
+    artifact: Path
+    kind: str  # the serving backend that opens the artifact (a key of torchrest.backends.BACKENDS)
+    options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    name: str
+    precision: str
+    route: str  # how it is made, for the report
+    unavailable: Callable[[Context], str | None]  # the reason it cannot run here, or None
+    build: Callable[[Context], Built]
+
+
+# --- availability -----------------------------------------------------------------------------------
+
+
+def cpu_only(ctx: Context) -> str | None:
+    return f"runs on the CPU; --device is {ctx.device}" if ctx.on_cuda else None
+
+
+def cuda_only(ctx: Context) -> str | None:
+    return None if ctx.on_cuda else "needs --device cuda"
+
+
+def torch_bf16(ctx: Context) -> str | None:
+    if ctx.on_cuda:
+        return None if torch.cuda.is_bf16_supported() else "this GPU has no bf16"
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return "this CPU has no native bf16 (oneDNN needs AVX512-BF16 or AMX); emulated bf16 is slower than fp32"
+    return None
+
+
+def onnxruntime_here(ctx: Context) -> str | None:
+    if reason := ort_available():
+        return reason
+    if ctx.on_cuda:
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            return "this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)"
+    return None
+
+
+def openvino_here(ctx: Context) -> str | None:
+    return openvino_available() or cpu_only(ctx)
+
+
+def openvino_bf16(ctx: Context) -> str | None:
+    if reason := openvino_here(ctx):
+        return reason
+    capabilities = cpu_capabilities()
+    return None if "BF16" in capabilities else f"this CPU has no native bf16 (OpenVINO: {', '.join(capabilities)})"
+
+
+def int8_here(ctx: Context) -> str | None:
+    try:
+        import onnx  # noqa: F401
+        from onnxruntime import quantization  # noqa: F401
+    except ImportError as exc:
+        return f"INT8 quantization needs onnx and onnxruntime ({exc.name} is missing)"
+    return cpu_only(ctx)
+
+
+def openvino_int8(ctx: Context) -> str | None:
+    return int8_here(ctx) or openvino_here(ctx)
+
+
+def tensorrt_here(ctx: Context) -> str | None:
+    if reason := cuda_only(ctx):
+        return reason
+    try:
+        import torch_tensorrt  # noqa: F401
+    except ImportError:
+        return "torch_tensorrt is not installed"
+    return None
+
+
+def has_vnni() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+# --- builders ---------------------------------------------------------------------------------------
+
+
+def eager(channels_last: bool, name: str) -> Callable[[Context], Built]:
+    def build(ctx: Context) -> Built:
+        backend = TorchBackend(
+            ctx.module_copy(), device=ctx.device, threads=ctx.threads, channels_last=channels_last, name=name
+        )
+        options = {"channels_last": str(channels_last).lower()}
+        return Built(backend, ctx.traced(), "torch", options)
+
+    return build
+
+
+def torchscript_frozen(ctx: Context) -> Built:
+    """The traced module is the artifact; freezing happens when it is loaded (here, and in the server)."""
+    options = {"channels_last": "false", "freeze": "true", "name": "torchscript-frozen"}
+    return Built(
+        open_torchscript(ctx.traced(), device=ctx.device, threads=ctx.threads, options=options),
+        ctx.traced(),
+        "torch",
+        options,
+    )
+
+
+def torch_lower_precision(precision: str) -> Callable[[Context], Built]:
+    def build(ctx: Context) -> Built:
+        backend = TorchBackend(
+            ctx.module_copy(), device=ctx.device, precision=precision, threads=ctx.threads, name=f"torch-{precision}"
+        )
+        return Built(backend, ctx.traced(precision), "torch", {"channels_last": "true"})
+
+    return build
+
+
+def onnxruntime_fp32(ctx: Context) -> Built:
+    return Built(OnnxRuntimeBackend(ctx.onnx(), device=ctx.device, threads=ctx.threads), ctx.onnx(), "onnxruntime")
+
+
+def onnxruntime_int8(ctx: Context) -> Built:
+    path = ctx.onnx_int8()
+    return Built(OnnxRuntimeBackend(path, device=ctx.device, threads=ctx.threads), path, "onnxruntime")
+
+
+def openvino(precision: str, int8: bool = False) -> Callable[[Context], Built]:
+    def build(ctx: Context) -> Built:
+        path = ctx.onnx_int8() if int8 else ctx.onnx()
+        backend = OpenVINOBackend(path, threads=ctx.threads, precision=precision)
+        return Built(backend, path, "openvino", {"inference_precision": precision})
+
+    return build
+
+
+def tensorrt(ctx: Context) -> Built:
+    import torch_tensorrt
+
+    side = ctx.crop_size
+    module = ctx.module_copy().to(ctx.device)
+    spec = torch_tensorrt.Input(
+        min_shape=(1, side, side, 3), opt_shape=(8, side, side, 3), max_shape=(32, side, side, 3), dtype=torch.uint8
+    )
+    with torch.no_grad(), _quiet():
+        traced = torch.jit.trace(module, ctx.example(ctx.device), check_trace=False)
+        compiled = torch_tensorrt.compile(traced, ir="ts", inputs=[spec], enabled_precisions={torch.half})
+    path = ctx.workdir / "model-tensorrt.ts"
+    torch.jit.save(compiled, str(path))
+    options = {"channels_last": "false", "requires": "torch_tensorrt"}
+    backend = TorchBackend(compiled, device=ctx.device, threads=ctx.threads, channels_last=False, name="tensorrt")
+    return Built(backend, path, "torch", options)
+
+
+CANDIDATES: list[Candidate] = [
+    Candidate(REFERENCE, "fp32", "torch eager, as loaded (the reference)", lambda ctx: None, eager(False, REFERENCE)),
+    Candidate(
+        "torch-channels-last",
+        "fp32",
+        "torch eager, channels-last weights",
+        lambda ctx: None,
+        eager(True, "torch-channels-last"),
+    ),
+    Candidate(
+        "torchscript-frozen",
+        "fp32",
+        "torch.jit.trace + freeze + optimize_for_inference",
+        lambda ctx: None,
+        torchscript_frozen,
+    ),
+    Candidate(
+        "torch-bf16", "bf16", "torch eager, weights converted to bf16", torch_bf16, torch_lower_precision("bf16")
+    ),
+    Candidate("torch-fp16", "fp16", "torch eager on CUDA, fp16 weights", cuda_only, torch_lower_precision("fp16")),
+    Candidate("tensorrt", "fp16", "torch_tensorrt (TorchScript IR), fp16 kernels", tensorrt_here, tensorrt),
+    Candidate("onnxruntime-fp32", "fp32", "ONNX export, ONNX Runtime", onnxruntime_here, onnxruntime_fp32),
+    Candidate("openvino-fp32", "fp32", "ONNX export, OpenVINO CPU", openvino_here, openvino("fp32")),
+    Candidate(
+        "openvino-bf16",
+        "bf16",
+        "ONNX export, OpenVINO CPU with bf16 inference precision",
+        openvino_bf16,
+        openvino("bf16"),
+    ),
+    Candidate("onnxruntime-int8", "int8", "static INT8 QDQ (calibrated), ONNX Runtime", int8_here, onnxruntime_int8),
+    Candidate(
+        "openvino-int8",
+        "int8",
+        "static INT8 QDQ (calibrated), OpenVINO CPU",
+        openvino_int8,
+        openvino("fp32", int8=True),
+    ),
+]
+CANDIDATE_NAMES = [candidate.name for candidate in CANDIDATES]
+
+
+class _CalibrationReader:
+    """Feeds the calibration set to ONNX Runtime's calibrator, a batch at a time."""
+
+    def __init__(self, calibration: np.ndarray) -> None:
+        self._batches: Iterator[np.ndarray] = (
+            calibration[start : start + CALIBRATION_BATCH] for start in range(0, len(calibration), CALIBRATION_BATCH)
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {"pixels": batch}
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Exporters and quantizers warn at length about things that are fine here (tracer, deprecations),
+    and the ONNX exporter prints whole graphs from C++ when an operator is missing: the exception that
+    follows already says which. Both output descriptors are muted while they work."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    try:
+        with open(os.devnull, "w") as devnull, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for fd in saved:
+                os.dup2(devnull.fileno(), fd)
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy_fd in saved.items():
+            os.dup2(copy_fd, fd)
+            os.close(copy_fd)

@@ -1,0 +1,42 @@
+"""Fidelity: how far a candidate's answers are from the fp32 reference on the same held-out inputs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from torchrest.postprocess import softmax
+
+
+@dataclass(frozen=True, slots=True)
+class Fidelity:
+    samples: int
+    top1_agreement: float  # share of inputs whose top-1 class is the reference's
+    top5_overlap: float  # mean share of the reference's top-5 classes also in the candidate's top-5
+    max_probability_diff: float  # largest |p - p_ref| over every input and class
+
+    @property
+    def top1_disagreement(self) -> float:
+        return 1.0 - self.top1_agreement
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def compare(reference_logits: np.ndarray, logits: np.ndarray) -> Fidelity:
+    """Both (N, classes); raises ValueError when the shapes differ (a candidate that lost its classes)."""
+    if reference_logits.shape != logits.shape:
+        raise ValueError(f"candidate answers have shape {logits.shape}, the reference {reference_logits.shape}")
+    reference_p = softmax(reference_logits.astype(np.float32))
+    candidate_p = softmax(logits.astype(np.float32))
+    k = min(5, reference_p.shape[1])
+    top_reference = np.argsort(-reference_p, axis=1)[:, :k]
+    top_candidate = np.argsort(-candidate_p, axis=1)[:, :k]
+    overlap = [len(set(a) & set(b)) / k for a, b in zip(top_reference, top_candidate, strict=True)]
+    return Fidelity(
+        samples=len(reference_p),
+        top1_agreement=float(np.mean(top_reference[:, 0] == top_candidate[:, 0])),
+        top5_overlap=float(np.mean(overlap)),
+        max_probability_diff=float(np.max(np.abs(reference_p - candidate_p))),
+    )

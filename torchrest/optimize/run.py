@@ -1,0 +1,299 @@
+"""`torchrest optimize`: every candidate measured on this machine, the unfaithful rejected, the fastest
+faithful one written as a model folder the server loads.
+
+    model (fp32 torch) -> reference answers on the held-out set
+    for each candidate: skip (why) | build -> answers -> fidelity -> speed per batch size | failed (why)
+    -> choose the fastest within the bound -> <out>/<model>/{config.json, labels.txt, 1/model.*, report.*}
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gc
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from torchrest.backends import Backend, resolve_device
+from torchrest.config import ModelConfig, OptimizeConfig, ServerConfig
+from torchrest.errors import StartupError
+from torchrest.models.common import LoadedModel
+from torchrest.models.registry import load_model
+from torchrest.models.repository import CONFIG_FILE
+from torchrest.optimize.candidates import CANDIDATE_NAMES, CANDIDATES, REFERENCE, Built, Candidate, Context
+from torchrest.optimize.fidelity import compare
+from torchrest.optimize.measure import Speed, measure
+from torchrest.optimize.report import FAILED, OK, REJECTED, SKIPPED, CandidateResult, Report, write_report
+from torchrest.optimize.samples import SampleSets, sample_sets
+
+log = logging.getLogger("torchrest.optimize")
+
+VERSION_DIR = "1"
+FIDELITY_BATCH = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    folder: Path
+    report: Report
+
+
+def optimize(config: OptimizeConfig) -> Outcome:
+    """Raises StartupError (one line, exit 2) for input the run cannot start from."""
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    assert config.calibration is not None
+    wanted = _wanted(config.candidates)
+    device = resolve_device(config.device)
+    out = _writable(config.out)
+    model = load_model(
+        ServerConfig(
+            model=config.model,
+            weights=config.weights,
+            labels=config.labels,
+            input_size=config.input_size,
+            resize_size=config.resize_size,
+        )
+    )
+    if model.module is None:
+        raise StartupError(f"{config.model} has no torch module to optimize")
+    samples = sample_sets(config.calibration, model.input_spec, config.calibration_samples, config.fidelity_samples)
+    threads = config.total_threads
+    torch.set_num_threads(threads)
+    bound = config.disagreement_bound()
+    batch_sizes = config.batch_size_list()
+
+    with tempfile.TemporaryDirectory(prefix=".optimize-", dir=out) as scratch:
+        work = Path(scratch)
+        ctx = Context(model.module, model.input_spec.crop_size, device, threads, work, samples.calibration)
+        results, artifacts, reference_top1 = _run_candidates(
+            ctx, wanted, samples, batch_sizes, config.seconds_per_point, bound
+        )
+        chosen = _choose(results)
+        report = Report(
+            model=model.name,
+            device=device,
+            threads=threads,
+            machine=_machine(),
+            versions=_versions(),
+            batch_sizes=batch_sizes,
+            max_top1_disagreement=bound,
+            samples={
+                "photos": samples.photos,
+                "unreadable": samples.unreadable,
+                "calibration": len(samples.calibration),
+                "held_out": len(samples.held_out),
+                "split": samples.split,
+            },
+            candidates=results,
+            created=dt.datetime.now().isoformat(timespec="seconds"),
+            chosen=chosen.name,
+            notes=_notes(model, reference_top1),
+        )
+        folder = _write_model_folder(out, work, model, report, chosen, artifacts[chosen.name])
+    return Outcome(folder=folder, report=report)
+
+
+def _run_candidates(
+    ctx: Context,
+    wanted: set[str],
+    samples: SampleSets,
+    batch_sizes: list[int],
+    seconds: float,
+    bound: float,
+) -> tuple[list[CandidateResult], dict[str, Built], np.ndarray]:
+    results: list[CandidateResult] = []
+    artifacts: dict[str, Built] = {}  # what each candidate that ran would put in the model folder
+    reference: np.ndarray | None = None
+    reference_best: float | None = None
+    progress = tqdm(CANDIDATES, desc="optimize", unit="candidate", dynamic_ncols=True)
+    for candidate in progress:
+        result = CandidateResult(candidate.name, candidate.precision, candidate.route, candidate.name in wanted)
+        results.append(result)
+        reason = candidate.unavailable(ctx)
+        if not reason and not result.contender and candidate.name != REFERENCE:
+            reason = "not named in --candidates"
+        if reason:
+            result.status, result.reason = SKIPPED, reason
+            progress.write(f"  {candidate.name:<20} skipped: {reason}")
+            continue
+
+        def step(text: str, name: str = candidate.name) -> None:
+            progress.set_postfix_str(f"{name}: {text}")
+
+        try:
+            built, answers, speed, result.build_s = _trial(candidate, ctx, samples.held_out, batch_sizes, seconds, step)
+        except Exception as exc:  # noqa: BLE001 - a candidate that crashes is reported, and the rest go on
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            result.status, result.reason = FAILED, f"{type(exc).__name__}: {first}"
+            log.debug("candidate %s failed", candidate.name, exc_info=True)
+            progress.write(f"  {candidate.name:<20} failed: {result.reason}")
+            if candidate.name == REFERENCE:
+                raise StartupError(f"the fp32 reference cannot run this model: {result.reason}") from None
+            continue
+        finally:
+            gc.collect()
+        artifacts[candidate.name] = built
+        reference = answers if reference is None else reference
+        reference_best = reference_best or speed.best_throughput
+        fidelity = result.fidelity = compare(reference, answers)
+        result.throughput = speed.throughput
+        result.best_throughput = speed.best_throughput
+        result.best_batch_size = speed.best_batch_size
+        result.latency_bs1_ms = speed.latency_bs1_ms
+        result.speedup = speed.best_throughput / reference_best
+        if fidelity.top1_disagreement > bound:
+            result.status = REJECTED
+            result.reason = f"top-1 disagreement {fidelity.top1_disagreement:.1%} > {bound:.1%}"
+        else:
+            result.status = OK
+        progress.write(
+            f"  {candidate.name:<20} {result.status:<8} {speed.best_throughput:7.1f} img/s (batch "
+            f"{speed.best_batch_size}), {result.speedup:.2f}x eager, batch-1 {speed.latency_bs1_ms:.1f} ms, "
+            f"top-1 agreement {fidelity.top1_agreement:.1%}"
+        )
+    progress.close()
+    assert reference is not None  # the reference either ran or raised
+    return results, artifacts, reference.argmax(axis=1)
+
+
+def _trial(
+    candidate: Candidate,
+    ctx: Context,
+    held_out: np.ndarray,
+    batch_sizes: list[int],
+    seconds: float,
+    step: Callable[[str], None],
+) -> tuple[Built, np.ndarray, Speed, float]:
+    """Build the candidate, answer the held-out set, time it; only the artifact outlives the call."""
+    step("building")
+    started = time.perf_counter()
+    built = candidate.build(ctx)
+    backend = built.backend
+    assert backend is not None
+    backend.prepare_thread()
+    build_s = time.perf_counter() - started
+    step(f"fidelity on {len(held_out)} inputs")
+    answers = _answer(backend, held_out)
+    speed = measure(backend.run, held_out, batch_sizes, seconds, on_point=lambda size: step(f"batch {size}"))
+    return replace(built, backend=None), answers, speed, build_s
+
+
+def _answer(backend: Backend, inputs: np.ndarray) -> np.ndarray:
+    return np.concatenate(
+        [backend.run(inputs[start : start + FIDELITY_BATCH]) for start in range(0, len(inputs), FIDELITY_BATCH)]
+    )
+
+
+def _choose(results: list[CandidateResult]) -> CandidateResult:
+    """The fastest faithful contender; the reference when no contender is faithful (it always is)."""
+    faithful = [r for r in results if r.status == OK and r.contender and r.best_throughput]
+    if faithful:
+        chosen = max(faithful, key=lambda r: r.best_throughput or 0.0)
+    else:
+        chosen = next(r for r in results if r.name == REFERENCE)
+        log.warning("no candidate named in --candidates met the fidelity bound: writing the fp32 reference")
+    chosen.chosen = True
+    return chosen
+
+
+def _write_model_folder(
+    out: Path, work: Path, model: LoadedModel, report: Report, chosen: CandidateResult, built: Built
+) -> Path:
+    """Stage the folder in the scratch space, then swap it in for any earlier one in a single rename."""
+    staged = work / "staged"
+    (staged / VERSION_DIR).mkdir(parents=True)
+    artifact = f"{VERSION_DIR}/model{built.artifact.suffix}"
+    shutil.copyfile(built.artifact, staged / artifact)
+    (staged / "labels.txt").write_text("\n".join(model.labels) + "\n")
+    ModelConfig(
+        name=model.name,
+        backend=built.kind,
+        artifact=artifact,
+        precision=chosen.precision,
+        crop_size=model.input_spec.crop_size,
+        resize_size=model.input_spec.resize_size,
+        candidate=chosen.name,
+        batch_sizes=tuple(report.batch_sizes),
+        best_batch_size=chosen.best_batch_size or 1,
+        threads=report.threads,
+        backend_options=built.options,
+        source=model.source,
+    ).write(staged / CONFIG_FILE)
+    write_report(report, staged)
+    folder = out / model.name
+    retired = work / "retired"
+    if folder.exists():
+        folder.rename(retired)
+    staged.rename(folder)
+    return folder
+
+
+def _notes(model: LoadedModel, reference_top1: np.ndarray) -> list[str]:
+    notes = []
+    if not model.pretrained:
+        notes.append(f"{model.name} has random weights: agreement with the reference says little about a trained model")
+    distinct = len(set(reference_top1.tolist()))
+    if distinct < min(10, len(reference_top1) // 10):
+        notes.append(
+            f"the reference gives only {distinct} distinct top-1 classes over the held-out set, "
+            "so top-1 agreement is easy to reach; pass more varied --calibration photos"
+        )
+    return notes
+
+
+def _wanted(text: str) -> set[str]:
+    if text.strip() in {"", "all"}:
+        return set(CANDIDATE_NAMES)
+    names = {name.strip() for name in text.split(",") if name.strip()}
+    unknown = sorted(names - set(CANDIDATE_NAMES))
+    if unknown:
+        raise StartupError(f"unknown candidate {', '.join(unknown)}: choose from {', '.join(CANDIDATE_NAMES)}")
+    return names
+
+
+def _writable(out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise StartupError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu} ({cores} cores){gpu}"
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for package in ("torchrest", "torch", "onnxruntime", "openvino", "onnx", "torch_tensorrt"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions

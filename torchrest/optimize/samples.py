@@ -1,0 +1,102 @@
+"""The inputs optimize feeds candidates: a calibration set for INT8 and a held-out set for fidelity.
+
+Both come from the user's sample folder, already pre-processed as the server would ((N, crop, crop, 3)
+uint8). Each photo appears once as the server would see it, then as random crops, flips and colour
+jitter of itself. With ten photos or more, one in five is held out whole; with fewer, the two sets
+are different random views (different seeds) of the same photos, and the report says so.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
+
+from torchrest.config import InputSpec
+from torchrest.errors import StartupError, TorchrestError
+from torchrest.preprocess import decode_image, to_rgb
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+MAX_PIXELS = 64_000_000
+HOLD_OUT_EVERY = 5  # with enough photos, every fifth is kept out of calibration
+SPLIT_FROM = 10
+
+
+@dataclass(frozen=True, slots=True)
+class SampleSets:
+    calibration: np.ndarray  # (N, crop, crop, 3) uint8
+    held_out: np.ndarray  # (M, crop, crop, 3) uint8
+    photos: int
+    unreadable: list[str]
+    split: str  # how the held-out set was kept apart from calibration
+
+
+def sample_sets(folder: Path, spec: InputSpec, calibration_samples: int, fidelity_samples: int) -> SampleSets:
+    """Raises StartupError when `folder` is not a folder or holds no image this server can decode."""
+    if not folder.is_dir():
+        raise StartupError(f"calibration folder {folder} does not exist or is not a folder")
+    files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+    photos: list[tuple[bytes, Image.Image]] = []
+    unreadable: list[str] = []
+    for path in files:
+        data = path.read_bytes()
+        try:
+            decode_image(data, spec, MAX_PIXELS)
+        except TorchrestError:
+            unreadable.append(path.name)
+            continue
+        photos.append((data, _open_rgb(data)))
+    if not photos:
+        raise StartupError(f"calibration folder {folder} holds no image torchrest can decode (jpg, png, webp, bmp)")
+    if len(photos) >= SPLIT_FROM:
+        held = [photo for index, photo in enumerate(photos) if index % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1]
+        calibrating = [photo for index, photo in enumerate(photos) if index % HOLD_OUT_EVERY != HOLD_OUT_EVERY - 1]
+        split = f"{len(held)} of {len(photos)} photos held out whole, never seen by calibration"
+    else:
+        held = calibrating = photos
+        split = f"only {len(photos)} photos: calibration and fidelity use different random views of the same photos"
+    return SampleSets(
+        calibration=_views(calibrating, spec, calibration_samples, seed=1),
+        held_out=_views(held, spec, fidelity_samples, seed=2),
+        photos=len(photos),
+        unreadable=unreadable,
+        split=split,
+    )
+
+
+def _open_rgb(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as image:
+        return to_rgb(ImageOps.exif_transpose(image))
+
+
+def _views(photos: list[tuple[bytes, Image.Image]], spec: InputSpec, count: int, seed: int) -> np.ndarray:
+    """Each photo as the server sees it, then random views of them, `count` in all."""
+    rng = np.random.default_rng(seed)
+    views = [decode_image(data, spec, MAX_PIXELS) for data, _ in photos[:count]]
+    while len(views) < count:
+        _, image = photos[int(rng.integers(len(photos)))]
+        views.append(_random_view(image, spec.crop_size, rng))
+    return np.stack(views)
+
+
+def _random_view(image: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A random crop (30-100% of the area, aspect 3:4 to 4:3), maybe mirrored, with colour jitter."""
+    width, height = image.size
+    area = width * height * rng.uniform(0.3, 1.0)
+    aspect = float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
+    crop_w = int(min(width, round((area * aspect) ** 0.5)))
+    crop_h = int(min(height, round((area / aspect) ** 0.5)))
+    left = int(rng.integers(0, width - crop_w + 1))
+    top = int(rng.integers(0, height - crop_h + 1))
+    view = image.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + crop_w, top + crop_h))
+    if rng.random() < 0.5:
+        view = ImageOps.mirror(view)
+    for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        view = enhance(view).enhance(float(rng.uniform(0.8, 1.2)))
+    return np.asarray(view, dtype=np.uint8)
+
+
+__all__ = ["IMAGE_SUFFIXES", "SampleSets", "sample_sets"]
