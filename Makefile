@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # torch is pinned in every install step: an unpinned request pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: install install-dev serve test lint bench-core clean
+.PHONY: install install-dev serve test lint bench bench-quick bench-core clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -34,6 +34,13 @@ lint: install-dev
 	$(BIN)/ruff check torchrest tests benchmark
 	$(BIN)/ruff format --check torchrest tests benchmark
 	$(BIN)/mypy torchrest
+
+# torchrest (eager and optimized) vs the naive FastAPI baseline vs the offline limit (needs wrk).
+bench: install-dev
+	$(BIN)/python benchmark/bench.py $(ARGS)
+
+bench-quick: install-dev
+	$(BIN)/python benchmark/bench.py --quick $(ARGS)
 
 # Served req/s at 1, 8, 100 connections beside the offline limit (needs wrk: apt-get install wrk).
 bench-core: install-dev

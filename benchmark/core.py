@@ -18,146 +18,17 @@ import datetime as dt
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from torchrest.config import ServerConfig  # noqa: E402
-from torchrest.models.registry import load_model  # noqa: E402
-from torchrest.preprocess import decode_image  # noqa: E402
-from torchrest.server import configure_torch  # noqa: E402
-
-WRK_DIR = ROOT / "benchmark" / "wrk"
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def offline(
-    model_name: str, image: bytes, batch_sizes: list[int], seconds: float, repository: Path | None
-) -> dict[str, Any]:
-    """Decode + model in a tight loop: what one process does with no HTTP and no queue."""
-    config = ServerConfig(model=model_name, model_repository=repository)
-    configure_torch(config)
-    model = load_model(config)
-    backend = model.open_backend("cpu", config.threads_per_instance)
-    backend.prepare_thread()
-    spec, limit = model.input_spec, config.max_image_pixels
-    buffer = backend.input_buffer(max(batch_sizes), spec.crop_size)
-    per_batch: dict[int, float] = {}
-    latencies_ms: list[float] = []
-    for size in batch_sizes:
-        for row in range(size):  # warm-up
-            buffer[row] = decode_image(image, spec, limit)
-        backend.run(buffer[:size])
-        images, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            batch_started = time.perf_counter()
-            for row in range(size):
-                buffer[row] = decode_image(image, spec, limit)
-            backend.run(buffer[:size])
-            images += size
-            if size == 1:
-                latencies_ms.append((time.perf_counter() - batch_started) * 1000)
-        per_batch[size] = images / (time.perf_counter() - started)
-        log(f"  offline {model_name} batch {size:>2}: {per_batch[size]:7.1f} img/s")
-    best = max(per_batch, key=lambda size: per_batch[size])
-    return {
-        "backend": backend.name,
-        "img_per_s_by_batch": per_batch,
-        "best_batch_size": best,
-        "best_img_per_s": per_batch[best],
-        "single_image_latency_ms_p50": float(np.median(latencies_ms)),
-    }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def server(model_name: str, extra: list[str]) -> Any:
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "torchrest",
-        "serve",
-        "--model",
-        model_name,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        *extra,
-    ]
-    process = subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited: {process.stderr.read().decode() if process.stderr else ''}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            raise TimeoutError("server not ready in 180 s")
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-
-
-def wrk(url: str, connections: int, seconds: float, image: Path, script: str = "upload.lua") -> dict[str, Any]:
-    command = [
-        "wrk",
-        "-t1",
-        f"-c{connections}",
-        f"-d{max(1, round(seconds))}s",
-        "--timeout",
-        "30s",
-        "-s",
-        str(WRK_DIR / script),
-        url,
-    ]
-    env = {**os.environ, "IMAGE": str(image), "WRK_LUA_DIR": str(WRK_DIR)}
-    output = subprocess.run(command, capture_output=True, text=True, env=env, timeout=seconds + 60).stdout
-    line = next(line for line in output.splitlines() if line.startswith("WRK_JSON "))
-    result = json.loads(line.removeprefix("WRK_JSON "))
-    result["req_per_s"] = result["requests"] / result["duration_s"]
-    result["connections"] = connections
-    result["error_count"] = sum(result["errors"].values())
-    return result
+from harness import ROOT, free_port, log, offline, platform_name, serving, torchrest_command, wrk
 
 
 def served(model_name: str, image: Path, connections: list[int], seconds: float, extra: list[str]) -> list[dict]:
     runs = []
-    with server(model_name, extra) as url:
+    port = free_port()
+    with serving(torchrest_command(model_name, port, extra), port) as url:
         wrk(url, 8, min(5.0, seconds), image)  # warm-up: allocator, oneDNN primitives for bigger batches
         for count in connections:
             result = wrk(url, count, seconds, image)
@@ -273,18 +144,6 @@ def main() -> int:
     print((out / f"{args.stem}.md").read_text())
     log(f"wrote {out}/{args.stem}.json, .md, .png")
     return 0
-
-
-def platform_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

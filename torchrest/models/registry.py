@@ -52,7 +52,9 @@ def load_model(config: ServerConfig) -> LoadedModel:
 
 def _load_builtin(name: str, weights: Path | None, labels: list[str]) -> LoadedModel:
     builder, default_weights, spec = BUILTIN[name]
-    network = builder(len(labels))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # without weights, every process builds the same random model
+        network = builder(len(labels))
     weights_file = str(weights) if weights else default_weights()
     if weights_file:
         state = _read_state_dict(Path(weights_file))
@@ -63,7 +65,7 @@ def _load_builtin(name: str, weights: Path | None, labels: list[str]) -> LoadedM
             raise StartupError(f"weights {weights_file} do not fit {name}: {first}") from None
         source = weights_file
     else:
-        source = "random initialisation"
+        source = "random initialisation (seed 0)"
         log.warning(
             "MODEL %s HAS NO PRETRAINED WEIGHTS: running random-initialised, its answers are "
             "meaningless; use it for benchmarks only, or pass --weights FILE",

@@ -1,0 +1,188 @@
+"""What every benchmark here shares: the offline limit, server processes that always stop, wrk runs.
+
+Servers run in their own process group: leaving a `with serving(...)` block, by success, error or
+Ctrl-C, kills the whole group (gunicorn's workers included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from torchrest.config import ServerConfig  # noqa: E402
+from torchrest.models.registry import load_model  # noqa: E402
+from torchrest.preprocess import decode_image  # noqa: E402
+from torchrest.server import configure_torch  # noqa: E402
+
+WRK_DIR = ROOT / "benchmark" / "wrk"
+READY_TIMEOUT_S = 300
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def offline(
+    model_name: str, image: bytes, batch_sizes: list[int], seconds: float, repository: Path | None = None
+) -> dict[str, Any]:
+    """Decode + pre-process + model in a tight loop: what one process does with no HTTP and no queue."""
+    config = ServerConfig(model=model_name, model_repository=repository)
+    configure_torch(config)
+    model = load_model(config)
+    backend = model.open_backend("cpu", config.threads_per_instance)
+    backend.prepare_thread()
+    spec, limit = model.input_spec, config.max_image_pixels
+    buffer = backend.input_buffer(max(batch_sizes), spec.crop_size)
+    per_batch: dict[int, float] = {}
+    latencies_ms: list[float] = []
+    for size in batch_sizes:
+        for row in range(size):  # warm-up
+            buffer[row] = decode_image(image, spec, limit)
+        backend.run(buffer[:size])
+        images, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds or images < 3 * size:
+            batch_started = time.perf_counter()
+            for row in range(size):
+                buffer[row] = decode_image(image, spec, limit)
+            backend.run(buffer[:size])
+            images += size
+            if size == 1:
+                latencies_ms.append((time.perf_counter() - batch_started) * 1000)
+        per_batch[size] = images / (time.perf_counter() - started)
+        log(f"  offline {model_name} ({backend.name}) batch {size:>2}: {per_batch[size]:7.1f} img/s")
+    best = max(per_batch, key=lambda size: per_batch[size])
+    return {
+        "backend": backend.name,
+        "img_per_s_by_batch": per_batch,
+        "best_batch_size": best,
+        "best_img_per_s": per_batch[best],
+        "single_image_latency_ms_p50": float(np.median(latencies_ms)) if latencies_ms else None,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def torchrest_command(model_name: str, port: int, extra: list[str]) -> list[str]:
+    return [
+        *(sys.executable, "-m", "torchrest", "serve", "--model", model_name),
+        *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra),
+    ]
+
+
+@contextmanager
+def serving(command: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start `command` (a server listening on `port`), wait for /health, yield its URL; always stop it."""
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited: {process.stderr.read().decode() if process.stderr else ''}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise TimeoutError(f"server not ready in {READY_TIMEOUT_S} s")
+        yield url
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    with _suppress_lookup():
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with _suppress_lookup():
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@contextmanager
+def _suppress_lookup() -> Iterator[None]:
+    try:
+        yield
+    except ProcessLookupError:  # already gone
+        pass
+
+
+def wrk(url: str, connections: int, seconds: float, image: Path, script: str = "upload.lua") -> dict[str, Any]:
+    """One closed-loop wrk run, bounded in time; throughput, latency percentiles and every error kind."""
+    command = [
+        *("wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "30s"),
+        *("-s", str(WRK_DIR / script), url),
+    ]
+    env = {**os.environ, "IMAGE": str(image), "WRK_LUA_DIR": str(WRK_DIR)}
+    output = subprocess.run(command, capture_output=True, text=True, env=env, timeout=seconds + 60).stdout
+    line = next(line for line in output.splitlines() if line.startswith("WRK_JSON "))
+    result = json.loads(line.removeprefix("WRK_JSON "))
+    result["req_per_s"] = result["requests"] / result["duration_s"]
+    result["connections"] = connections
+    result["error_count"] = sum(result["errors"].values())
+    return result
+
+
+def idle_latency_ms(url: str, image: bytes) -> float:
+    """Latency of one request to a server with nothing else to do: the fastest of three in a row."""
+    return min(_probe_ms(url, image) for _ in range(3))
+
+
+def settle(url: str, image: bytes, idle_ms: float, limit_s: float = 60.0) -> float:
+    """Wait until requests a finished run left behind are served: a client that goes away at the end
+    of a run leaves its request queued, and the next run would otherwise pay for it. Returns seconds
+    waited (bounded by `limit_s`)."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        if _probe_ms(url, image) <= 2 * idle_ms + 20:
+            break
+    return time.monotonic() - started
+
+
+def _probe_ms(url: str, image: bytes) -> float:
+    from openloop import open_loop
+
+    result = open_loop(url, image, rate=1.0, seconds=1.0, timeout_s=60.0)
+    return result["latency_ms"]["p50"] if result["answered"] else float("inf")
+
+
+def platform_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
