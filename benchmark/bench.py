@@ -269,44 +269,53 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "Closed loop (wrk):",
         "",
-        "| server | connections | req/s | p50 ms | p90 ms | p99 ms | errors | timeouts | vs baseline | vs offline |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, server in results["servers"].items():
-        for run in server["closed_loop"]:
-            lines.append(
-                f"| {name} | {run['connections']} | {run['req_per_s']:.1f} | {_ms(run, 'p50')} | {_ms(run, 'p90')} | "
-                f"{_ms(run, 'p99')} | {run['error_count']} | {run['errors']['timeout']} | "
-                f"{_ratio(run['ratio_to_baseline'], 'x')} | {_ratio(run['ratio_to_offline'], '%')} |"
-            )
-    lines += [
+        *_table(
+            ["server", "connections", "req/s", *PERCENTILES, "errors", "timeouts", "vs baseline", "vs offline"],
+            [
+                [name, str(run["connections"]), f"{run['req_per_s']:.1f}", *_percentiles(run)]
+                + [str(run["error_count"]), str(run["errors"]["timeout"])]
+                + [_ratio(run["ratio_to_baseline"], "x"), _ratio(run["ratio_to_offline"], "%")]
+                for name, server in results["servers"].items()
+                for run in server["closed_loop"]
+            ],
+        ),
         "",
         "Open loop (fixed request rate; latency from each scheduled send):",
         "",
-        "| server | share of capacity | target req/s | achieved req/s | p50 ms | p90 ms | p99 ms | errors | "
-        "p99 / p50 at 1 conn |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, server in results["servers"].items():
-        for run in server["open_loop"]:
-            lines.append(
-                f"| {name} | {run['share_of_capacity']:.0%} | {run['target_rate']:.1f} | {run['achieved_rate']:.1f} "
-                f"| {_ms(run, 'p50')} | {_ms(run, 'p90')} | {_ms(run, 'p99')} | {run['error_count']} "
-                f"| {run['p99_over_p50_at_1_conn']:.2f} |"
-            )
-    lines += [
+        *_table(
+            ["server", "share of capacity", "target req/s", "achieved req/s", *PERCENTILES, "errors"]
+            + ["p99 / p50 at 1 conn"],
+            [
+                [name, f"{run['share_of_capacity']:.0%}", f"{run['target_rate']:.1f}", f"{run['achieved_rate']:.1f}"]
+                + [*_percentiles(run), str(run["error_count"]), f"{run['p99_over_p50_at_1_conn']:.2f}"]
+                for name, server in results["servers"].items()
+                for run in server["open_loop"]
+            ],
+        ),
         "",
         f"Large photo ({results['large_image']}, wrk, {results['plan']['large_connections']} connections):",
         "",
-        "| server | req/s | p50 ms | p99 ms | errors |",
-        "|---|---|---|---|---|",
+        *_table(
+            ["server", "req/s", *PERCENTILES, "errors"],
+            [
+                [name, f"{server['large_photo']['req_per_s']:.1f}", *_percentiles(server["large_photo"])]
+                + [str(server["large_photo"]["error_count"])]
+                for name, server in results["servers"].items()
+            ],
+        ),
     ]
-    for name, server in results["servers"].items():
-        run = server["large_photo"]
-        lines.append(
-            f"| {name} | {run['req_per_s']:.1f} | {_ms(run, 'p50')} | {_ms(run, 'p99')} | {run['error_count']} |"
-        )
     return "\n".join(lines) + "\n"
+
+
+PERCENTILES = ["p50 ms", "p90 ms", "p99 ms"]
+
+
+def _percentiles(run: dict[str, Any]) -> list[str]:
+    return [f"{run['latency_ms'][q]:.1f}" for q in ("p50", "p90", "p99")]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -375,10 +384,6 @@ def _line(run: dict[str, Any]) -> str:
         f"{run['req_per_s']:7.1f} req/s  p50 {run['latency_ms']['p50']:7.1f} ms  "
         f"p99 {run['latency_ms']['p99']:7.1f} ms  errors {run['error_count']}"
     )
-
-
-def _ms(run: dict[str, Any], quantile: str) -> str:
-    return f"{run['latency_ms'][quantile]:.1f}"
 
 
 def _ratio(value: float | None, kind: str) -> str:

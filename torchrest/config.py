@@ -43,15 +43,25 @@ class InputSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class ServerConfig:
+class ModelSource:
+    """Which model to load and how to feed it: the options `serve` and `optimize` share."""
+
     model: str = option("efficientnet_lite0", "built-in model name or path to a TorchScript file")
-    model_repository: Path | None = option(
-        None, "serve a model folder written by `torchrest optimize` (the one named by --model, or the only one)"
-    )
     weights: Path | None = option(None, "state-dict file for a built-in model (torchvision keys for resnet18)")
     labels: Path | None = option(None, "class names, one per line (or a JSON list); default ImageNet-1k")
     input_size: int = option(224, "crop size fed to a TorchScript model")
     resize_size: int = option(256, "shorter-side resize before the centre crop, for a TorchScript model")
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec(crop_size=self.input_size, resize_size=self.resize_size)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig(ModelSource):
+    model_repository: Path | None = option(
+        None, "serve a model folder written by `torchrest optimize` (the one named by --model, or the only one)"
+    )
     host: str = option("0.0.0.0", "address to listen on")
     port: int = option(8088, "port to listen on")
     device: str = option("cpu", "cpu, cuda, cuda:N, or auto (cuda when available)")
@@ -87,10 +97,6 @@ class ServerConfig:
     def decode_threads(self) -> int:
         return self.preprocess_threads if self.preprocess_threads > 0 else available_cores()
 
-    @property
-    def input_spec(self) -> InputSpec:
-        return InputSpec(crop_size=self.input_size, resize_size=self.resize_size)
-
     def validate(self) -> None:
         """Raise ValueError with a one-line reason for values no server can run with."""
         positive = ("port", "max_batch_size", "instances", "max_queue", "timeout_ms", "input_size")
@@ -106,12 +112,7 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class OptimizeConfig:
-    model: str = option("efficientnet_lite0", "built-in model name or path to a TorchScript file")
-    weights: Path | None = option(None, "state-dict file for a built-in model (torchvision keys for resnet18)")
-    labels: Path | None = option(None, "class names, one per line (or a JSON list); default ImageNet-1k")
-    input_size: int = option(224, "crop size fed to a TorchScript model")
-    resize_size: int = option(256, "shorter-side resize before the centre crop, for a TorchScript model")
+class OptimizeConfig(ModelSource):
     calibration: Path | None = option(None, "folder of sample images: INT8 calibration and the fidelity set")
     out: Path = option(Path("model-repository"), "model repository to write <out>/<model>/ into")
     batch_sizes: str = option("1,2,4,8,16,32", "batch sizes to measure throughput at")
@@ -127,10 +128,6 @@ class OptimizeConfig:
     @property
     def total_threads(self) -> int:
         return self.threads if self.threads > 0 else available_cores()
-
-    @property
-    def input_spec(self) -> InputSpec:
-        return InputSpec(crop_size=self.input_size, resize_size=self.resize_size)
 
     def batch_size_list(self) -> list[int]:
         try:
