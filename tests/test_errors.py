@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,12 +33,15 @@ def post_raw(server: Server, content: bytes, content_type: str = "image/jpeg") -
     return httpx.post(f"{server.url}/classify", content=content, headers={"content-type": content_type}, timeout=60)
 
 
-def concurrent_posts(server: Server, bodies: list[bytes], content_type: str = "image/jpeg") -> list[httpx.Response]:
+def concurrent_posts(
+    server: Server, bodies: list[bytes], content_type: str = "image/jpeg", headers: dict[str, str] | None = None
+) -> list[httpx.Response]:
     """POST every body to /classify at once, each on its own connection; answers in order."""
+    sent = {"content-type": content_type, **(headers or {})}
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
-            posts = (client.post("/classify", content=b, headers={"content-type": content_type}) for b in bodies)
+            posts = (client.post("/classify", content=b, headers=sent) for b in bodies)
             return list(await asyncio.gather(*posts))
 
     return asyncio.run(burst())
@@ -98,6 +103,14 @@ def test_unsupported_content_type(server: Server) -> None:
 def test_decompression_bomb_header(server: Server) -> None:
     body = assert_error(post_raw(server, forged_png(100_000, 100_000), "image/png"), 413, "image_too_large")
     assert "megapixels" in body["message"]
+
+
+@pytest.mark.parametrize("timeout", ["soon", "0", "-5", "1.5"])
+def test_bad_request_timeout_header(server: Server, timeout: str) -> None:
+    response = httpx.post(
+        f"{server.url}/classify", files={"image": PHOTOS["cat"]}, headers={"x-request-timeout-ms": timeout}, timeout=60
+    )
+    assert "X-Request-Timeout-Ms" in assert_error(response, 400, "invalid_parameter")["message"]
 
 
 @pytest.mark.parametrize("top_k", ["0", "21", "abc", "-1"])
@@ -178,12 +191,16 @@ def test_queue_full_is_503_with_retry_after(tight_server: Server) -> None:
     assert metric_value(metrics, "torchrest_dropped_requests_total", reason="shed") == len(shed)
 
 
-def test_deadline_passed_in_queue_is_504_and_never_reaches_the_model(tmp_path: Path) -> None:
-    """One image at a time (~50+ ms each) and a 40 ms deadline: of 8 concurrent requests, the first is
-    served and those still queued at their deadline get 504 without ever reaching the model."""
-    args = ("--model", "resnet18", "--max-batch-size", "1", "--timeout-ms", "40")
-    with running_server(tmp_path, *args) as server:
-        responses = concurrent_posts(server, [PHOTOS["cat"]] * 8)
+@pytest.mark.parametrize("deadline_from", ["server", "client"])
+def test_deadline_passed_in_queue_is_504_and_never_reaches_the_model(tmp_path: Path, deadline_from: str) -> None:
+    """One image at a time (~50+ ms each) and a 40 ms deadline, the server's (--timeout-ms) or the
+    client's (X-Request-Timeout-Ms): of 8 concurrent requests, the first is served and those still
+    queued at their deadline get 504 without ever reaching the model."""
+    args = ("--model", "resnet18", "--max-batch-size", "1")
+    server_timeout = ("--timeout-ms", "40") if deadline_from == "server" else ()
+    headers = {"x-request-timeout-ms": "40"} if deadline_from == "client" else {}
+    with running_server(tmp_path, *args, *server_timeout) as server:
+        responses = concurrent_posts(server, [PHOTOS["cat"]] * 8, headers=headers)
         statuses = [r.status_code for r in responses]
         assert set(statuses) <= {200, 504}, statuses
         late = [r for r in responses if r.status_code == 504]
@@ -236,3 +253,51 @@ def test_bad_images_in_a_batch_fail_alone(server: Server) -> None:
             assert response.json()["prediction"]["label"] in CAT_LABELS
         else:
             assert_error(response, 400, "invalid_image")
+
+
+def raw_classify_request(port: int, image: bytes) -> bytes:
+    boundary = "torchrest-test-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    head = (
+        f"POST /classify HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def test_client_that_leaves_while_queued_is_cancelled_not_computed(tmp_path: Path) -> None:
+    """ResNet-18 one image at a time (~50+ ms each): 12 clients send a whole request and hang up while
+    most of them are queued. Those are dropped as cancelled; the model runs far fewer than 12 batches."""
+    args = ("--model", "resnet18", "--max-batch-size", "1", "--timeout-ms", "60000")
+    with running_server(tmp_path, *args) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        request = raw_classify_request(port, PHOTOS["cat"])
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(12)]
+        for client in clients:
+            client.sendall(request)
+        deadline = time.monotonic() + 30
+        while metric_value(server.metrics(), "torchrest_queue_depth") < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)  # hang up only once most requests wait in the queue
+        for client in clients:
+            client.close()
+        while time.monotonic() < deadline:  # every job ends computed or dropped as cancelled
+            metrics = server.metrics()
+            cancelled = metric_value(metrics, "torchrest_dropped_requests_total", reason="cancelled")
+            computed = metric_value(metrics, "torchrest_batch_size_count")
+            closed = metric_value(metrics, "torchrest_requests_total", route="/classify", status="499")
+            answered = metric_value(metrics, "torchrest_requests_total", route="/classify", status="200")
+            if cancelled + computed == 12 and closed + answered == 12:
+                break
+            time.sleep(0.05)
+        assert cancelled >= 6 and cancelled + computed == 12, (cancelled, computed)
+        assert closed >= cancelled and closed + answered == 12, (closed, answered)
+        assert metric_value(metrics, "torchrest_in_flight") == 0
+        answer = httpx.post(f"{server.url}/classify", files={"image": PHOTOS["cat"]}, timeout=60)
+        assert answer.status_code == 200

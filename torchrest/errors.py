@@ -21,7 +21,7 @@ class TorchrestError(Exception):
 
 
 class BadRequest(TorchrestError):
-    """A query parameter is malformed or out of range (`top_k`)."""
+    """A query parameter or header is malformed or out of range (`top_k`, `X-Request-Timeout-Ms`)."""
 
     status = 400
     code = "invalid_parameter"
@@ -108,7 +108,7 @@ class QueueFull(TorchrestError):
 
 
 class DeadlineExceeded(TorchrestError):
-    """The request waited past its deadline (`--timeout-ms`) and was dropped before the model."""
+    """Queued past its deadline (`--timeout-ms`, or a shorter `X-Request-Timeout-Ms`): dropped before the model."""
 
     status = 504
     code = "deadline_exceeded"

@@ -1,7 +1,7 @@
 """POST /classify: the seed-compatible endpoint.
 
     admit (503 if full) -> read body (413/415/400) -> runtime: deadline (504), decode into the batch
-    (400/413), model (500) -> top-k
+    (400/413), model (500) -> top-k; a client that leaves while queued has its job cancelled
     -> {"status": "success", "model", "prediction": {"label", "class_id", "confidence"}, "top_k": [...]}
 
 Admission comes first, so an overloaded server answers 503 without reading or decoding anything.
@@ -9,27 +9,31 @@ Admission comes first, so an overloaded server answers 503 without reading or de
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from torchrest.api.app import AppState
 from torchrest.api.forms import read_image
-from torchrest.api.http import Request, Response, json_response
+from torchrest.api.http import ClientDisconnected, Request, Response, json_response
 from torchrest.errors import BadRequest, NotReady
 from torchrest.postprocess import top_k
 from torchrest.runtime import ModelRuntime
 
 MAX_TOP_K = 20
+T = TypeVar("T")
 
 
 async def classify(request: Request, state: AppState) -> Response:
     runtime = ready_runtime(state)
     k = parse_top_k(request.query.get("top_k"))
     config = state.config
-    deadline_s = request.started_s + config.timeout_ms / 1000
+    deadline_s = request.started_s + request_timeout_ms(request, config.timeout_ms) / 1000
     runtime.admit()
     try:
         data = await read_image(request, config.max_body_bytes)
-        probabilities = await runtime.infer(data, deadline_s, request.request_id)
+        probabilities = await until_disconnect(runtime.infer(data, deadline_s, request.request_id), request)
     finally:
         runtime.release()
     predictions = top_k(probabilities, k, runtime.model.labels)
@@ -45,11 +49,36 @@ async def classify(request: Request, state: AppState) -> Response:
     )
 
 
+async def until_disconnect(answer: Awaitable[T], request: Request) -> T:
+    """Await `answer`, but give it up if the client leaves first: its queued job is then cancelled and
+    the batcher drops it instead of computing an answer nobody will read."""
+    answering = asyncio.ensure_future(answer)
+    leaving = asyncio.ensure_future(request.disconnected())
+    try:
+        await asyncio.wait({answering, leaving}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        leaving.cancel()
+    if not answering.done():
+        answering.cancel()
+        raise ClientDisconnected()
+    return answering.result()
+
+
 def ready_runtime(state: AppState) -> ModelRuntime:
     if state.runtime is None:
         reason = state.load_error or "model is still loading"
         raise NotReady(reason)
     return state.runtime
+
+
+def request_timeout_ms(request: Request, server_timeout_ms: int) -> int:
+    """The client may ask for a shorter deadline than the server's with `X-Request-Timeout-Ms`."""
+    raw = request.headers.get("x-request-timeout-ms")
+    if raw is None:
+        return server_timeout_ms
+    if not raw.strip().isdigit() or int(raw) <= 0:
+        raise BadRequest(f"X-Request-Timeout-Ms must be a positive number of milliseconds, got {raw!r}")
+    return min(int(raw), server_timeout_ms)
 
 
 def parse_top_k(raw: str | None) -> int:

@@ -22,7 +22,7 @@ REQUEST_ID_MAX_LENGTH = 64
 
 
 class ClientDisconnected(Exception):
-    """The client closed the connection before its request body was read."""
+    """The client closed the connection before its answer was ready."""
 
 
 @dataclass(slots=True)
@@ -91,6 +91,12 @@ class Request:
                 yield chunk
             if not message.get("more_body", False):
                 return
+
+    async def disconnected(self) -> None:
+        """Return when the client closes the connection. Call it once the body has been read: from
+        then on the server only has a disconnect left to tell."""
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
 
     async def body(self, limit_bytes: int) -> bytes:
         parts = [chunk async for chunk in self.body_chunks(limit_bytes)]
