@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import signal
 import socket
 import struct
 import time
@@ -301,3 +302,31 @@ def test_client_that_leaves_while_queued_is_cancelled_not_computed(tmp_path: Pat
         assert metric_value(metrics, "torchrest_in_flight") == 0
         answer = httpx.post(f"{server.url}/classify", files={"image": PHOTOS["cat"]}, timeout=60)
         assert answer.status_code == 200
+
+
+def test_sigterm_drains_admitted_requests_then_exits_0(tmp_path: Path) -> None:
+    """SIGTERM with 8 requests admitted (one image at a time, ~50+ ms each): every one is answered 200,
+    none is reset, the process exits 0, and the port is closed to new connections."""
+    args = ("--model", "resnet18", "--max-batch-size", "1", "--drain-timeout", "60")
+    with running_server(tmp_path, *args) as server:
+
+        async def burst_then_sigterm() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+                posts = [
+                    asyncio.ensure_future(client.post("/classify", files={"image": PHOTOS["cat"]})) for _ in range(8)
+                ]
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    metrics = (await client.get("/metrics")).text
+                    if metric_value(metrics, "torchrest_in_flight") == 8:
+                        break
+                    await asyncio.sleep(0.01)
+                server.process.send_signal(signal.SIGTERM)
+                return list(await asyncio.gather(*posts))
+
+        responses = asyncio.run(burst_then_sigterm())
+        assert [r.status_code for r in responses] == [200] * 8
+        assert all(r.json()["status"] == "success" for r in responses)
+        assert server.process.wait(timeout=60) == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{server.url}/health", timeout=5)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
+from types import FrameType
 
 import torch
 import uvicorn
@@ -38,7 +40,7 @@ def serve(config: ServerConfig) -> int:
     model = load_model(config)
     sock = bind(config.host, config.port)
     state = AppState(config=config, metrics=Metrics())
-    server = uvicorn.Server(
+    server = DrainingServer(
         uvicorn.Config(
             build_app(state),
             loop="uvloop",
@@ -47,6 +49,9 @@ def serve(config: ServerConfig) -> int:
             access_log=False,
             log_level=config.log_level,
             timeout_keep_alive=30,
+            # SIGTERM: stop accepting, let admitted requests finish (their answers are awaited), then
+            # the lifespan shutdown stops the inference threads
+            timeout_graceful_shutdown=config.drain_timeout,
             backlog=4096,
         )
     )
@@ -64,6 +69,21 @@ def serve(config: ServerConfig) -> int:
     )
     server.run(sockets=[sock])
     return 1 if state.load_error else 0
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with SIGTERM as an orderly end: stop accepting, drain, exit 0. (uvicorn re-raises the
+    signal once it has shut down, which would end the process as killed by SIGTERM.)"""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        captured = getattr(self, "_captured_signals", None)
+        if sig == signal.SIGTERM and captured and captured[-1] == sig:
+            captured.pop()
+            log.info(
+                "SIGTERM: draining admitted requests (up to %.0f s), then exiting",
+                self.config.timeout_graceful_shutdown or 0,
+            )
 
 
 def configure_torch(config: ServerConfig) -> None:
