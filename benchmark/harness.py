@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -91,11 +92,22 @@ def torchrest_command(model_name: str, port: int, extra: list[str]) -> list[str]
 @contextmanager
 def serving(command: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[str]:
     """Start `command` (a server listening on `port`), wait for /health, yield its URL; always stop it."""
+    with serving_process(command, port, env) as (url, _):
+        yield url
+
+
+@contextmanager
+def serving_process(
+    command: list[str], port: int, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """As `serving`, yielding the process too (its pid, for memory readings). The server's log goes to a
+    file: a pipe nobody reads fills up under load and then blocks the server on its next log line."""
+    log_file = tempfile.NamedTemporaryFile(prefix="server-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
         command,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log_file,
         start_new_session=True,
         env={**os.environ, **(env or {})},
     )
@@ -104,7 +116,7 @@ def serving(command: list[str], port: int, env: dict[str, str] | None = None) ->
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RuntimeError(f"server exited: {process.stderr.read().decode() if process.stderr else ''}")
+                raise RuntimeError(f"server exited: {Path(log_file.name).read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
                     if response.status == 200:
@@ -113,9 +125,11 @@ def serving(command: list[str], port: int, env: dict[str, str] | None = None) ->
                 time.sleep(0.2)
         else:
             raise TimeoutError(f"server not ready in {READY_TIMEOUT_S} s")
-        yield url
+        yield url, process
     finally:
         stop(process)
+        log_file.close()
+        os.unlink(log_file.name)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -187,6 +187,7 @@ def test_queue_full_is_503_with_retry_after(tight_server: Server) -> None:
     for response in shed:
         assert_error(response, 503, "queue_full")
         assert response.headers["retry-after"] == "1"
+        assert response.headers["connection"] == "close"  # a client that retries at once must reconnect
     metrics = tight_server.metrics()
     assert metric_value(metrics, "torchrest_requests_total", route="/classify", status="503") == len(shed)
     assert metric_value(metrics, "torchrest_dropped_requests_total", reason="shed") == len(shed)

@@ -96,7 +96,7 @@ class NotReady(TorchrestError):
 
     status = 503
     code = "not_ready"
-    headers = {"retry-after": "1"}
+    headers = {"retry-after": "1", "connection": "close"}
 
 
 class QueueFull(TorchrestError):
@@ -104,7 +104,7 @@ class QueueFull(TorchrestError):
 
     status = 503
     code = "queue_full"
-    headers = {"retry-after": "1"}
+    headers = {"retry-after": "1", "connection": "close"}
 
 
 class DeadlineExceeded(TorchrestError):
