@@ -39,6 +39,7 @@ from harness import (
     serving,
     settle,
     torchrest_command,
+    write_results,
     wrk,
 )
 from openloop import open_loop
@@ -87,11 +88,8 @@ def main() -> int:
     results["command"] = "python benchmark/bench.py " + " ".join(sys.argv[1:])
     results["date"] = started.isoformat(timespec="seconds")
     results["wall_s"] = (dt.datetime.now() - started).total_seconds()
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(markdown(results))
-    plot(results, out / "results.png")
-    print((out / "results.md").read_text())
-    log(f"wrote {out}/results.json, results.md, results.png in {results['wall_s'] / 60:.1f} min")
+    write_results(out, "results", results, markdown, plot)
+    log(f"done in {results['wall_s'] / 60:.1f} min")
     return 0
 
 

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -188,6 +188,22 @@ def _probe_ms(url: str, image: bytes) -> float:
 
     result = open_loop(url, image, rate=1.0, seconds=1.0, timeout_s=60.0)
     return result["latency_ms"]["p50"] if result["answered"] else float("inf")
+
+
+def write_results(
+    out: Path,
+    stem: str,
+    results: dict[str, Any],
+    markdown: Callable[[dict[str, Any]], str],
+    plot: Callable[[dict[str, Any], Path], None],
+) -> None:
+    """<out>/<stem>.json, .md and .png; the table is printed too."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    (out / f"{stem}.md").write_text(markdown(results))
+    plot(results, out / f"{stem}.png")
+    print((out / f"{stem}.md").read_text())
+    log(f"wrote {out}/{stem}.json, {stem}.md, {stem}.png")
 
 
 def platform_name() -> str:

@@ -28,7 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from harness import ROOT, WRK_DIR, free_port, log, platform_name, serving_process, torchrest_command
+from harness import (
+    ROOT,
+    WRK_DIR,
+    free_port,
+    log,
+    platform_name,
+    serving_process,
+    torchrest_command,
+    write_results,
+)
 from openloop import BOUNDARY, multipart_request
 
 TIMEOUT_MS = 10_000  # the server's default --timeout-ms
@@ -72,12 +81,7 @@ def main() -> int:
         "recovery": after,
     }
     out = args.out or ROOT / "benchmark" / "results" / started.date().isoformat()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "overload.json").write_text(json.dumps(results, indent=2))
-    (out / "overload.md").write_text(markdown(results))
-    plot(results, out / "overload.png")
-    print((out / "overload.md").read_text())
-    log(f"wrote {out}/overload.json, overload.md, overload.png")
+    write_results(out, "overload", results, markdown, plot)
     return 0
 
 
