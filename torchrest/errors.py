@@ -118,6 +118,13 @@ class StartupError(Exception):
     """A configuration or model the server cannot start with; the CLI prints it on one line, exit 2."""
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message as one short line, for one-line errors and reports (libraries raise
+    messages many lines long, or empty ones)."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:limit]
+
+
 def error_table() -> str:
     """The README's table of error codes, generated from the classes above."""
     rows = ["| status | code | when |", "| --- | --- | --- |"]

@@ -23,7 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
 from torchrest.config import InputSpec
-from torchrest.errors import ImageTooLarge, InvalidImage, TorchrestError
+from torchrest.errors import ImageTooLarge, InvalidImage, TorchrestError, first_line
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 
@@ -68,9 +68,9 @@ def decode_image(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
     except (ImageTooLarge, InvalidImage):
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
-        raise InvalidImage(f"cannot decode image: {_reason(exc)}") from None
+        raise InvalidImage(f"cannot decode image: {first_line(exc, 200)}") from None
     except (MemoryError, Image.DecompressionBombError) as exc:
-        raise ImageTooLarge(f"image too large to decode: {_reason(exc)}") from None
+        raise ImageTooLarge(f"image too large to decode: {first_line(exc, 200)}") from None
 
 
 def _decode(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
@@ -116,8 +116,3 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]

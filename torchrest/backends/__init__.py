@@ -5,14 +5,15 @@ A new backend is one module here and one line in `BACKENDS` (how to open its art
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from torchrest.backends.openvino_backend import OpenVINOBackend, open_openvino, openvino_available
-from torchrest.backends.ort_backend import OnnxRuntimeBackend, open_onnxruntime, ort_available
+from torchrest.backends.openvino_backend import OpenVINOBackend, open_openvino
+from torchrest.backends.ort_backend import OnnxRuntimeBackend, open_onnxruntime
 from torchrest.backends.torch_backend import TorchBackend, open_torchscript, resolve_device
 
 
@@ -41,6 +42,14 @@ BACKENDS: dict[str, Opener] = {
 }
 
 
+def missing_package(*names: str) -> str | None:
+    """None when every package can be imported, else which is not installed (without importing it)."""
+    for name in names:
+        if importlib.util.find_spec(name) is None:
+            return f"{name} is not installed"
+    return None
+
+
 def open_backend(kind: str, path: Path, *, device: str, threads: int, options: dict[str, str]) -> Backend:
     return BACKENDS[kind](path, device=device, threads=threads, options=options)
 
@@ -51,8 +60,7 @@ __all__ = [
     "OnnxRuntimeBackend",
     "OpenVINOBackend",
     "TorchBackend",
+    "missing_package",
     "open_backend",
-    "openvino_available",
-    "ort_available",
     "resolve_device",
 ]

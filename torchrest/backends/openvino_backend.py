@@ -10,18 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from torchrest.errors import StartupError
+from torchrest.errors import StartupError, first_line
 
 PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
-
-
-def openvino_available() -> str | None:
-    """None when OpenVINO can be imported, else the reason it cannot."""
-    try:
-        import openvino  # noqa: F401
-    except ImportError as exc:
-        return f"openvino is not installed ({exc.name})"
-    return None
 
 
 def cpu_capabilities() -> list[str]:
@@ -51,8 +42,7 @@ class OpenVINOBackend:
             core = ov.Core()
             self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses with long texts
-            first = (str(exc).strip().splitlines() or ["unreadable"])[0]
-            raise StartupError(f"OpenVINO cannot load {path}: {first}") from None
+            raise StartupError(f"OpenVINO cannot load {path}: {first_line(exc)}") from None
         self.request = self.compiled.create_infer_request()
 
     def prepare_thread(self) -> None:

@@ -10,16 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torchrest.errors import StartupError
-
-
-def ort_available() -> str | None:
-    """None when ONNX Runtime can be imported, else the reason it cannot."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        return f"onnxruntime is not installed ({exc.name})"
-    return None
+from torchrest.errors import StartupError, first_line
 
 
 class OnnxRuntimeBackend:
@@ -42,8 +33,7 @@ class OnnxRuntimeBackend:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors for bad files
-            first = (str(exc).strip().splitlines() or ["unreadable"])[0]
-            raise StartupError(f"ONNX Runtime cannot load {path}: {first}") from None
+            raise StartupError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
         self.input_name = self.session.get_inputs()[0].name
 
     def prepare_thread(self) -> None:

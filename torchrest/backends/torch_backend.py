@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchrest.errors import StartupError
+from torchrest.errors import StartupError, first_line
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -87,8 +87,7 @@ def open_torchscript(path: Path, *, device: str, threads: int, options: dict[str
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or ["unreadable"])[0]
-        raise StartupError(f"{path} is not a TorchScript model: {first}") from None
+        raise StartupError(f"{path} is not a TorchScript model: {first_line(exc)}") from None
     if options.get("freeze") == "true":
         module = freeze(module)
     return TorchBackend(

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from torchrest.config import InputSpec, ServerConfig
-from torchrest.errors import StartupError
+from torchrest.errors import StartupError, first_line
 from torchrest.models.common import LoadedModel, Uint8Classifier
 from torchrest.models.efficientnet_lite import efficientnet_lite0, published_lite0_weights
 from torchrest.models.labels import imagenet_labels, read_labels
@@ -61,8 +61,7 @@ def _load_builtin(name: str, weights: Path | None, labels: list[str]) -> LoadedM
         try:
             network.load_state_dict(state)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise StartupError(f"weights {weights_file} do not fit {name}: {first}") from None
+            raise StartupError(f"weights {weights_file} do not fit {name}: {first_line(exc)}") from None
         source = weights_file
     else:
         source = "random initialisation (seed 0)"
@@ -87,8 +86,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or ["unreadable"])[0]
-        raise StartupError(f"weights file {path} is not a PyTorch state dict: {first}") from None
+        raise StartupError(f"weights file {path} is not a PyTorch state dict: {first_line(exc)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -102,8 +100,7 @@ def _load_torchscript(path: Path, labels: list[str], spec: InputSpec) -> LoadedM
     try:
         scripted = torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or ["unreadable"])[0]
-        raise StartupError(f"{path} is not a TorchScript model: {first}") from None
+        raise StartupError(f"{path} is not a TorchScript model: {first_line(exc)}") from None
     return LoadedModel(
         name=path.stem,
         module=Uint8Classifier(scripted),

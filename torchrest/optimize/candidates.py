@@ -25,9 +25,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchrest.backends import Backend, OnnxRuntimeBackend, OpenVINOBackend, TorchBackend, open_torchscript
-from torchrest.backends.openvino_backend import cpu_capabilities, openvino_available
-from torchrest.backends.ort_backend import ort_available
+from torchrest.backends import (
+    Backend,
+    OnnxRuntimeBackend,
+    OpenVINOBackend,
+    TorchBackend,
+    missing_package,
+    open_torchscript,
+)
+from torchrest.backends.openvino_backend import cpu_capabilities
 
 log = logging.getLogger("torchrest.optimize")
 
@@ -173,7 +179,7 @@ def torch_bf16(ctx: Context) -> str | None:
 
 
 def onnxruntime_here(ctx: Context) -> str | None:
-    if reason := ort_available():
+    if reason := missing_package("onnxruntime"):
         return reason
     if ctx.on_cuda:
         import onnxruntime as ort
@@ -184,7 +190,7 @@ def onnxruntime_here(ctx: Context) -> str | None:
 
 
 def openvino_here(ctx: Context) -> str | None:
-    return openvino_available() or cpu_only(ctx)
+    return missing_package("openvino") or cpu_only(ctx)
 
 
 def openvino_bf16(ctx: Context) -> str | None:
@@ -195,11 +201,8 @@ def openvino_bf16(ctx: Context) -> str | None:
 
 
 def int8_here(ctx: Context) -> str | None:
-    try:
-        import onnx  # noqa: F401
-        from onnxruntime import quantization  # noqa: F401
-    except ImportError as exc:
-        return f"INT8 quantization needs onnx and onnxruntime ({exc.name} is missing)"
+    if reason := missing_package("onnx", "onnxruntime"):
+        return f"INT8 quantization needs onnx and onnxruntime: {reason}"
     return cpu_only(ctx)
 
 
@@ -208,13 +211,7 @@ def openvino_int8(ctx: Context) -> str | None:
 
 
 def tensorrt_here(ctx: Context) -> str | None:
-    if reason := cuda_only(ctx):
-        return reason
-    try:
-        import torch_tensorrt  # noqa: F401
-    except ImportError:
-        return "torch_tensorrt is not installed"
-    return None
+    return cuda_only(ctx) or missing_package("torch_tensorrt")
 
 
 def has_vnni() -> bool:

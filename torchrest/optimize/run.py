@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from torchrest.backends import Backend, resolve_device
 from torchrest.config import ModelConfig, OptimizeConfig, ServerConfig
-from torchrest.errors import StartupError
+from torchrest.errors import StartupError, first_line
 from torchrest.models.common import LoadedModel
 from torchrest.models.registry import load_model
 from torchrest.models.repository import CONFIG_FILE
@@ -137,8 +137,7 @@ def _run_candidates(
         try:
             built, answers, speed, result.build_s = _trial(candidate, ctx, samples.held_out, batch_sizes, seconds, step)
         except Exception as exc:  # noqa: BLE001 - a candidate that crashes is reported, and the rest go on
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            result.status, result.reason = FAILED, f"{type(exc).__name__}: {first}"
+            result.status, result.reason = FAILED, f"{type(exc).__name__}: {first_line(exc)}"
             log.debug("candidate %s failed", candidate.name, exc_info=True)
             progress.write(f"  {candidate.name:<20} failed: {result.reason}")
             if candidate.name == REFERENCE:
