@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import signal
 import socket
@@ -245,6 +246,46 @@ def test_model_error_fails_that_batch_only(tmp_path: Path) -> None:
         assert "cannot look at white images" in server.log()
 
 
+class RunsOutOfMemoryOnWhite(torch.nn.Module):
+    """A real TorchScript classifier that asks for 4 TiB when it sees a white image: the allocator's
+    "can't allocate memory", as a model exhausting its device would raise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x.mean() > 2.0):
+            return self.head(torch.empty([1 << 42, 3], dtype=torch.float32)[:1])
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_instance_that_dies_is_restarted_and_health_is_not_ready_meanwhile(tmp_path: Path) -> None:
+    """Out of memory leaves a backend unusable: that batch fails (500), /health turns 503 at once, the
+    instance is re-opened after a 1 s back-off, and a request queued meanwhile is answered after it."""
+    model_path = tmp_path / "oom_on_white.pt"
+    torch.jit.script(RunsOutOfMemoryOnWhite()).save(str(model_path))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("north\neast\nsouth\nwest\n")
+    white = io.BytesIO()
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(white, format="PNG")
+    with running_server(tmp_path, "--model", str(model_path), "--labels", str(labels)) as server:
+        assert post_raw(server, PHOTOS["cat"]).status_code == 200
+        died = post_raw(server, white.getvalue(), "image/png")
+        assert_error(died, 500, "model_error")
+        assert "restarting" in died.json()["message"]
+        health = httpx.get(f"{server.url}/health", timeout=10)
+        assert_error(health, 503, "not_ready")
+        assert "instance 0 is restarting after RuntimeError" in health.json()["message"]
+        queued = post_raw(server, PHOTOS["coffee"])  # waits in the queue for the restarted instance
+        assert queued.status_code == 200, queued.text
+        assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+        metrics = server.metrics()
+        assert metric_value(metrics, "torchrest_instance_restarts_total") == 1
+        assert metric_value(metrics, "torchrest_model_errors_total") == 1
+        assert "instance 0 restarted" in server.log()
+
+
 def test_bad_images_in_a_batch_fail_alone(server: Server) -> None:
     """Undecodable images batched with good ones get 400; the good ones still get their own answers."""
 
@@ -331,3 +372,43 @@ def test_sigterm_drains_admitted_requests_then_exits_0(tmp_path: Path) -> None:
         assert server.process.wait(timeout=60) == 0
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{server.url}/health", timeout=5)
+
+
+def read_until_closed(client: socket.socket, timeout_s: float) -> bytes:
+    client.settimeout(timeout_s)
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := client.recv(65536):
+            received += chunk
+    return received
+
+
+def test_slow_clients_are_timed_out_and_hold_nothing(tmp_path: Path) -> None:
+    """Slowloris: 40 clients dribble their headers, 10 send headers and then dribble the body. Meanwhile
+    normal requests are answered at once; at --read-timeout each slow client gets 408 and is closed."""
+    with running_server(tmp_path, "--read-timeout", "2") as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        slow_headers = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+        slow_bodies = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
+        for client in slow_bodies:
+            head = b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n"
+            client.sendall(head + PHOTOS["cat"][:100])
+        started = time.monotonic()
+        for line in (b"POST /classify HTTP/1.1\r\n", b"Host: x\r\n", b"X-Slow: 1\r\n"):
+            for client in slow_headers:
+                client.sendall(line)
+            answer = httpx.post(f"{server.url}/classify", files={"image": PHOTOS["cat"]}, timeout=10)
+            assert answer.status_code == 200, answer.text  # the slow clients hold no worker
+            time.sleep(0.3)
+        answers = [read_until_closed(client, 10) for client in slow_headers + slow_bodies]
+        waited = time.monotonic() - started
+        for answer in answers:
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+            assert b'"code":"request_timeout"' in answer.replace(b" ", b"")
+        assert 1.9 < waited < 8, waited
+        metrics = server.metrics()
+        assert metric_value(metrics, "torchrest_requests_total", route="other", status="408") == 40
+        assert metric_value(metrics, "torchrest_requests_total", route="/classify", status="408") == 10
+        assert metric_value(metrics, "torchrest_in_flight") == 0
+        for client in slow_headers + slow_bodies:
+            client.close()

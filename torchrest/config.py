@@ -74,6 +74,9 @@ class ServerConfig(ModelSource):
     max_queue: int = option(256, "admitted requests per model (decoding or queued) before 503")
     timeout_ms: int = option(10_000, "deadline for a request to reach the model; past it, 504")
     drain_timeout: int = option(30, "on SIGTERM, seconds to finish admitted requests before exiting")
+    read_timeout: float = option(
+        30.0, "seconds a client has to send a request's headers, and again its body; past it, 408 and close"
+    )
     max_body_mb: float = option(20.0, "largest request body accepted, in MiB; past it, 413")
     max_image_megapixels: float = option(64.0, "largest decoded image, in megapixels; past it, 413")
     log_level: str = option("info", "debug, info, warning or error")
@@ -106,8 +109,8 @@ class ServerConfig(ModelSource):
                 raise ValueError(f"--{flag_name(name)} must be positive, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.threads < 0 or self.preprocess_threads < 0 or self.drain_timeout < 0:
             raise ValueError("--max-wait-ms, --threads, --preprocess-threads and --drain-timeout cannot be negative")
-        if self.max_body_mb <= 0 or self.max_image_megapixels <= 0:
-            raise ValueError("--max-body-mb and --max-image-megapixels must be positive")
+        if self.max_body_mb <= 0 or self.max_image_megapixels <= 0 or self.read_timeout <= 0:
+            raise ValueError("--max-body-mb, --max-image-megapixels and --read-timeout must be positive")
         if self.resize_size < self.input_size:
             raise ValueError("--resize-size must be at least --input-size")
 

@@ -62,6 +62,14 @@ class MethodNotAllowed(TorchrestError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(TorchrestError):
+    """The client sent its headers or body too slowly (over `--read-timeout` seconds); the connection is closed."""
+
+    status = 408
+    code = "request_timeout"
+    headers = {"connection": "close"}
+
+
 class BodyTooLarge(TorchrestError):
     """The request body is over `--max-body-mb`; refused before it is read."""
 
@@ -92,7 +100,7 @@ class ModelError(TorchrestError):
 
 
 class NotReady(TorchrestError):
-    """The model is still loading."""
+    """The model is still loading (or, on `/health`, an instance that died is being restarted)."""
 
     status = 503
     code = "not_ready"
@@ -125,11 +133,16 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     return text.splitlines()[0][:limit]
 
 
+def all_errors() -> list[type[TorchrestError]]:
+    """Every error a client can get, ordered by status and code."""
+    seen = [TorchrestError, *_all_subclasses(TorchrestError)]
+    return sorted(seen, key=lambda c: (c.status, c.code))
+
+
 def error_table() -> str:
     """The README's table of error codes, generated from the classes above."""
     rows = ["| status | code | when |", "| --- | --- | --- |"]
-    seen: list[type[TorchrestError]] = [TorchrestError, *_all_subclasses(TorchrestError)]
-    for cls in sorted(seen, key=lambda c: (c.status, c.code)):
+    for cls in all_errors():
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         rows.append(f"| {cls.status} | `{cls.code}` | {doc} |")
     return "\n".join(rows)

@@ -91,5 +91,12 @@ class Metrics:
             registry=r,
         )
 
+        self.instance_restarts = Counter(
+            "torchrest_instance_restarts",
+            "Model instances that died (unusable backend, or a fault in their thread) and were re-opened",
+            ["model"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -6,6 +6,12 @@ each owning a Backend.
 
 Decode and model take turns on the same cores instead of fighting over them, and only the hand-off back
 to the event loop crosses threads, once per batch.
+
+Each instance thread is supervised. A batch the model raises on fails alone (500). An error that leaves
+the instance unusable (out of memory, a CUDA fault) or anything escaping the serving loop (a bug) ends
+the instance: its batch fails, `/health` turns not-ready, and the thread re-opens its backend after a
+back-off (1 s, doubling up to 30 s while restarts keep failing) and serves again. Queued requests wait for
+it (or for another instance) until their deadline.
 """
 
 from __future__ import annotations
@@ -14,12 +20,14 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from torchrest.backends import Backend
 from torchrest.batching import Admission, BatchQueue, Job, Taken
-from torchrest.errors import DeadlineExceeded, ModelError, QueueFull, TorchrestError
+from torchrest.errors import DeadlineExceeded, ModelError, QueueFull, TorchrestError, first_line
 from torchrest.metrics import Metrics
 from torchrest.models.common import LoadedModel
 from torchrest.postprocess import softmax
@@ -28,6 +36,34 @@ from torchrest.preprocess import Preprocessor
 log = logging.getLogger("torchrest.runtime")
 
 BATCH_TOLERANCE = 0.95  # a smaller batch within 5% of the best throughput wins: same speed, less latency
+RESTART_BACKOFF_S = (1.0, 30.0)  # first wait before re-opening a dead instance, and the most it grows to
+# errors after which a backend cannot be trusted with the next batch: re-open it rather than retry
+FATAL_ERRORS = (
+    "out of memory",
+    "can't allocate memory",
+    "cannot allocate memory",
+    "failed to allocate memory",
+    "not enough memory",
+    "cuda error",
+    "device-side assert",
+    "illegal memory access",
+    "cudnn_status",
+    "cublas_status",
+)
+
+
+class InstanceDied(Exception):
+    """The backend failed in a way that leaves it unusable; the instance must be re-opened."""
+
+
+@dataclass(slots=True)
+class Instance:
+    """One inference thread and the backend it owns; `down` says why it is not serving (None: serving)."""
+
+    index: int
+    backend: Backend
+    down: str | None = None
+    restarts: int = 0
 
 
 class ModelRuntime:
@@ -37,6 +73,7 @@ class ModelRuntime:
         backends: list[Backend],
         preprocessor: Preprocessor,
         *,
+        reopen: Callable[[], Backend] | None = None,
         max_batch_size: int,
         max_wait_s: float,
         max_queue: int,
@@ -44,13 +81,15 @@ class ModelRuntime:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.model = model
-        self.backends = backends
+        self.instances = [Instance(index, backend) for index, backend in enumerate(backends)]
+        self.reopen = reopen  # opens a fresh backend for an instance that died (None: restart not possible)
         self.preprocessor = preprocessor
         self.queue = BatchQueue(max_batch_size, max_wait_s)
         self.admission = Admission(max_queue)
         self.metrics = metrics
         self.loop = loop
         self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
         name = model.name
         self._batch_size = metrics.batch_size.labels(name)
         self._queue_wait = metrics.stage_latency.labels(name, "queue_wait")
@@ -61,6 +100,7 @@ class ModelRuntime:
         self._expired = metrics.dropped.labels(name, "expired")
         self._cancelled = metrics.dropped.labels(name, "cancelled")
         self._shed = metrics.dropped.labels(name, "shed")
+        self._restarts = metrics.instance_restarts.labels(name)
         metrics.queue_depth.labels(name).set_function(lambda: len(self.queue))
         metrics.in_flight.labels(name).set_function(lambda: self.admission.in_flight)
 
@@ -68,15 +108,25 @@ class ModelRuntime:
     def name(self) -> str:
         return self.model.name
 
+    @property
+    def backends(self) -> list[Backend]:
+        return [instance.backend for instance in self.instances]
+
+    def not_ready_reason(self) -> str | None:
+        """None when every instance serves; else which are down and why (for /health)."""
+        down = [f"instance {i.index} is restarting after {i.down}" for i in self.instances if i.down]
+        return "; ".join(down) or None
+
     def start(self) -> None:
-        for index, backend in enumerate(self.backends):
+        for instance in self.instances:
             thread = threading.Thread(
-                target=self._serve, args=(backend,), name=f"infer-{self.name}-{index}", daemon=True
+                target=self._supervise, args=(instance,), name=f"infer-{self.name}-{instance.index}", daemon=True
             )
             thread.start()
             self._threads.append(thread)
 
     def stop(self, timeout_s: float = 5.0) -> None:
+        self._stopping.set()
         self.queue.close()
         for thread in self._threads:
             thread.join(timeout_s)
@@ -128,14 +178,61 @@ class ModelRuntime:
             )
         return throughput
 
-    def _serve(self, backend: Backend) -> None:
+    def _supervise(self, instance: Instance) -> None:
+        """The instance thread: serve until the queue closes; if the instance dies, re-open and go on."""
+        backoff_s = RESTART_BACKOFF_S[0]
+        while True:
+            try:
+                self._serve(instance)
+                return  # the queue was closed: shutting down
+            except BaseException as exc:  # noqa: BLE001 - whatever ended the loop, the thread lives on
+                if instance.down is None:  # it died outside a batch (setting up its thread)
+                    instance.down = f"{type(exc).__name__}: {first_line(exc)}"
+                    log.error("model %s instance %d died: %s", self.name, instance.index, instance.down)
+                if self._stopping.is_set() or self.reopen is None:
+                    log.error("model %s instance %d stopped: %s", self.name, instance.index, instance.down)
+                    return
+            while not self._stopping.wait(backoff_s):
+                try:
+                    backend = self.reopen()
+                    backend.prepare_thread()
+                    side = self.model.input_spec.crop_size
+                    backend.run(np.zeros((1, side, side, 3), np.uint8))
+                except Exception as exc:  # noqa: BLE001 - a failed restart is retried, longer apart
+                    backoff_s = min(2 * backoff_s, RESTART_BACKOFF_S[1])
+                    log.error(
+                        "model %s instance %d failed to restart (next try in %.0f s): %s",
+                        self.name,
+                        instance.index,
+                        backoff_s,
+                        first_line(exc),
+                    )
+                    continue
+                instance.backend = backend
+                instance.restarts += 1
+                instance.down = None
+                self._restarts.inc()
+                log.warning("model %s instance %d restarted", self.name, instance.index)
+                break
+
+    def _serve(self, instance: Instance) -> None:
+        backend = instance.backend
         backend.prepare_thread()
         side = self.model.input_spec.crop_size
         buffer = backend.input_buffer(self.queue.max_batch_size, side)
         while (taken := self.queue.take()) is not None:
-            self._drop_dead(taken)
-            if taken.batch:
-                self._run_batch(backend, buffer, taken.batch)
+            try:
+                self._drop_dead(taken)
+                if taken.batch:
+                    self._run_batch(backend, buffer, taken.batch)
+            except BaseException as exc:
+                # down first, so that /health is not-ready before any client hears of the failure
+                cause = exc.__cause__ if isinstance(exc, InstanceDied) and exc.__cause__ else exc
+                instance.down = f"{type(cause).__name__}: {first_line(cause)}"
+                log.error("model %s instance %d died: %s", self.name, instance.index, instance.down)
+                error = ModelError(f"model {self.name} failed on this batch ({type(cause).__name__}); restarting it")
+                self.loop.call_soon_threadsafe(_fail, taken.batch, error)
+                raise
 
     def _run_batch(self, backend: Backend, buffer: np.ndarray, batch: list[Job]) -> None:
         started = time.monotonic()
@@ -152,6 +249,8 @@ class ModelRuntime:
             self._errors.inc()
             ids = ", ".join(job.request_id for job in batch)
             log.error("model %s failed on a batch of %d [%s]: %s: %s", self.name, size, ids, type(exc).__name__, exc)
+            if is_fatal(exc):
+                raise InstanceDied(first_line(exc)) from exc
             error = ModelError(f"model {self.name} failed on this batch: {type(exc).__name__}")
             self.loop.call_soon_threadsafe(_fail, batch, error)
             return
@@ -182,6 +281,13 @@ class ModelRuntime:
             self.loop.call_soon_threadsafe(_fail, taken.expired, error)
         if taken.abandoned:
             self._cancelled.inc(len(taken.abandoned))
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """An error that leaves the backend unusable (memory exhausted, device fault), judged by its text:
+    the libraries raise RuntimeError for these as for any other failure."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or any(marker in text for marker in FATAL_ERRORS)
 
 
 def _best_time_s(backend: Backend, batch: np.ndarray, budget_s: float = 0.3, most: int = 3) -> float:

@@ -17,7 +17,8 @@ import torch
 import uvicorn
 
 from torchrest.api import AppState, build_app
-from torchrest.backends import resolve_device
+from torchrest.api.protocol import guarded_protocol
+from torchrest.backends import Backend, resolve_device
 from torchrest.config import ServerConfig
 from torchrest.errors import StartupError
 from torchrest.metrics import Metrics
@@ -44,7 +45,7 @@ def serve(config: ServerConfig) -> int:
         uvicorn.Config(
             build_app(state),
             loop="uvloop",
-            http="httptools",
+            http=guarded_protocol(config.read_timeout, state.metrics.requests.labels("other", 408).inc),
             lifespan="on",
             access_log=False,
             log_level=config.log_level,
@@ -103,12 +104,16 @@ def build_runtime(
     metrics: Metrics,
     loop: asyncio.AbstractEventLoop,
 ) -> ModelRuntime:
-    backends = [model.open_backend(device, config.threads_per_instance) for _ in range(config.instances)]
+    def reopen() -> Backend:
+        return model.open_backend(device, config.threads_per_instance)
+
+    backends = [reopen() for _ in range(config.instances)]
     preprocessor = Preprocessor(model.input_spec, config.max_image_pixels, config.decode_threads)
     return ModelRuntime(
         model,
-        list(backends),
+        backends,
         preprocessor,
+        reopen=reopen,
         max_batch_size=config.max_batch_size,
         max_wait_s=config.max_wait_ms / 1000,
         max_queue=config.max_queue,

@@ -1,11 +1,13 @@
 """HTTP surface: the ASGI app and its routes. One module per concern: `http` (primitives), `forms`
-(body -> image bytes), `classify` (POST /classify), `health` (/health, /metrics, /)."""
+(body -> image bytes), `classify` (POST /classify), `health` (/health, /metrics, /), `openapi` (/openapi.json), and
+`protocol` (uvicorn's HTTP protocol with a header deadline)."""
 
 from __future__ import annotations
 
 from torchrest.api.app import App, AppState, Handler
 from torchrest.api.classify import classify
 from torchrest.api.health import health, info, metrics
+from torchrest.api.openapi import openapi
 
 
 def build_app(state: AppState) -> App:
@@ -14,6 +16,7 @@ def build_app(state: AppState) -> App:
         "/health": {"GET": health},
         "/metrics": {"GET": metrics},
         "/": {"GET": info},
+        "/openapi.json": {"GET": openapi},
     }
     return App(state, routes)
 

@@ -17,7 +17,7 @@ from typing import TypeVar
 from torchrest.api.app import AppState
 from torchrest.api.forms import read_image
 from torchrest.api.http import ClientDisconnected, Request, Response, json_response
-from torchrest.errors import BadRequest, NotReady
+from torchrest.errors import BadRequest, NotReady, RequestTimeout
 from torchrest.postprocess import top_k
 from torchrest.runtime import ModelRuntime
 
@@ -32,7 +32,7 @@ async def classify(request: Request, state: AppState) -> Response:
     deadline_s = request.started_s + request_timeout_ms(request, config.timeout_ms) / 1000
     runtime.admit()
     try:
-        data = await read_image(request, config.max_body_bytes)
+        data = await read_body_in_time(request, config.max_body_bytes, config.read_timeout)
         probabilities = await until_disconnect(runtime.infer(data, deadline_s, request.request_id), request)
     finally:
         runtime.release()
@@ -62,6 +62,15 @@ async def until_disconnect(answer: Awaitable[T], request: Request) -> T:
         answering.cancel()
         raise ClientDisconnected()
     return answering.result()
+
+
+async def read_body_in_time(request: Request, limit_bytes: int, timeout_s: float) -> bytes:
+    """The image, if the client sends the whole body within `timeout_s` (a slow sender gets 408)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await read_image(request, limit_bytes)
+    except TimeoutError:
+        raise RequestTimeout(f"request body not received within {timeout_s:g} s") from None
 
 
 def ready_runtime(state: AppState) -> ModelRuntime:

@@ -6,10 +6,14 @@ from torchrest import __version__
 from torchrest.api.app import AppState
 from torchrest.api.classify import ready_runtime
 from torchrest.api.http import Request, Response, json_response
+from torchrest.errors import NotReady
 
 
 async def health(request: Request, state: AppState) -> Response:
     runtime = ready_runtime(state)  # 503 not_ready until the model is loaded and warmed up
+    reason = runtime.not_ready_reason()  # and while an instance that died is being re-opened
+    if reason is not None:
+        raise NotReady(f"model {runtime.name}: {reason}")
     return json_response(200, {"status": "ready", "model": runtime.name})
 
 
@@ -36,6 +40,6 @@ async def info(request: Request, state: AppState) -> Response:
                 "instances": config.instances,
                 "threads_per_instance": config.threads_per_instance,
             },
-            "endpoints": ["POST /classify", "GET /health", "GET /metrics"],
+            "endpoints": ["POST /classify", "GET /health", "GET /metrics", "GET /openapi.json"],
         },
     )
