@@ -151,14 +151,22 @@ def _suppress_lookup() -> Iterator[None]:
         pass
 
 
-def wrk(url: str, connections: int, seconds: float, image: Path, script: str = "upload.lua") -> dict[str, Any]:
-    """One closed-loop wrk run, bounded in time; throughput, latency percentiles and every error kind."""
+def wrk(
+    url: str,
+    connections: int,
+    seconds: float,
+    image: Path,
+    script: str = "upload.lua",
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One closed-loop wrk run, bounded in time; throughput, latency percentiles and every error kind.
+    `env` reaches the wrk script (IMAGES_PER_REQUEST, MODEL for v2.lua)."""
     command = [
         *("wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "30s"),
         *("-s", str(WRK_DIR / script), url),
     ]
-    env = {**os.environ, "IMAGE": str(image), "WRK_LUA_DIR": str(WRK_DIR)}
-    output = subprocess.run(command, capture_output=True, text=True, env=env, timeout=seconds + 60).stdout
+    variables = {**os.environ, "IMAGE": str(image), "WRK_LUA_DIR": str(WRK_DIR), **(env or {})}
+    output = subprocess.run(command, capture_output=True, text=True, env=variables, timeout=seconds + 60).stdout
     line = next(line for line in output.splitlines() if line.startswith("WRK_JSON "))
     result = json.loads(line.removeprefix("WRK_JSON "))
     result["req_per_s"] = result["requests"] / result["duration_s"]

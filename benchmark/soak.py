@@ -100,12 +100,16 @@ class Outcome:
 
 
 class Client:
-    """Keep-alive connections to the server, reused; a connection the server closes is dropped."""
+    """Keep-alive connections to the server, reused; a connection the server closes is dropped. As HTTP
+    clients do, a request that fails on a reused connection before any answer arrives (the server
+    closed it after its keep-alive timeout) is sent again once on a fresh one."""
 
     def __init__(self, port: int, timeout_s: float) -> None:
         self.port = port
         self.timeout_s = timeout_s
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.failures: Counter[str] = Counter()  # why requests went unanswered
+        self.stale_retries = 0
 
     async def send(self, kind: Kind, request: bytes) -> int:
         if kind.group == "disconnect":
@@ -114,14 +118,32 @@ class Client:
             await writer.drain()
             writer.close()
             return -1
-        connection = self.idle.pop() if self.idle else await asyncio.open_connection("127.0.0.1", self.port)
+        reused = bool(self.idle)
+        connection = self.idle.pop() if reused else await asyncio.open_connection("127.0.0.1", self.port)
+        status = await self._exchange(connection, request, stale_ok=reused)
+        if status is None:  # a stale keep-alive connection: once more, fresh
+            self.stale_retries += 1
+            connection = await asyncio.open_connection("127.0.0.1", self.port)
+            status = await self._exchange(connection, request, stale_ok=False)
+        return status or 0
+
+    async def _exchange(
+        self, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter], request: bytes, stale_ok: bool
+    ) -> int | None:
         reader, writer = connection
         try:
             writer.write(request)
             await writer.drain()
             status, keep = await asyncio.wait_for(read_response(reader), self.timeout_s)
-        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
+        except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as exc:
             writer.close()
+            if stale_ok and not getattr(exc, "partial", b""):
+                return None
+            self.failures[type(exc).__name__] += 1
+            return 0
+        except (TimeoutError, OSError, ValueError) as exc:
+            writer.close()
+            self.failures[type(exc).__name__] += 1
             return 0
         if keep:
             self.idle.append(connection)
@@ -164,7 +186,7 @@ async def closed_loop(port: int, kinds: list[Kind], seconds: float, clients: int
     return answered / (time.monotonic() - started) / valid_share  # requests of the whole mix per second
 
 
-async def open_loop(port: int, kinds: list[Kind], rate: float, seconds: float) -> list[Outcome]:
+async def open_loop(port: int, kinds: list[Kind], rate: float, seconds: float) -> tuple[list[Outcome], Client]:
     rng = random.Random(2)
     weights = [k.share for k in kinds]
     requests = {k.name: http_request(k, port) for k in kinds}
@@ -195,7 +217,7 @@ async def open_loop(port: int, kinds: list[Kind], rate: float, seconds: float) -
                     next_report += 60
     await asyncio.gather(*tasks)
     client.close()
-    return outcomes
+    return outcomes, client
 
 
 def summarize_minute(outcomes: list[Outcome], begin_s: float, end_s: float) -> str:
@@ -226,12 +248,13 @@ def main() -> int:
         time.sleep(2)
         memory = MemorySampler(process.pid)
         memory.start()
-        outcomes = asyncio.run(open_loop(port, kinds, rate, args.minutes * 60))
+        outcomes, client = asyncio.run(open_loop(port, kinds, rate, args.minutes * 60))
         memory.stop()
         alive = process.poll() is None
         server_counts = server_counters(port)
     results = summarize(outcomes, memory.samples_mib, capacity, rate, args, alive)
     results["server"] = server_counts
+    results["client"] = {"unanswered_by_reason": dict(client.failures), "stale_keepalive_retries": client.stale_retries}
     results |= {
         "date": started.isoformat(timespec="seconds"),
         "command": "python benchmark/soak.py " + " ".join(sys.argv[1:]),
@@ -314,7 +337,12 @@ def markdown(results: dict[str, Any]) -> str:
         f"5xx to invalid input: {results['invalid_5xx']}.",
         f"- resident memory: {rss['minute_1']:.0f} MiB at minute 1, {rss['end']:.0f} MiB at the end "
         f"(**{100 * rss['growth']:+.1f}%**); server alive at the end: {results['server_alive']}.",
-        f"- the server's own counts over the whole run, capacity phase included (/metrics): {', '.join(f'{k} {v:.0f}' for k, v in results['server'].items())}.",
+        f"- unanswered, by the client's reason: {results['client']['unanswered_by_reason'] or 'none'}; requests "
+        f"re-sent once after the server had closed an idle keep-alive connection: "
+        f"{results['client']['stale_keepalive_retries']}.",
+        "- the server's own counts over the whole run, capacity phase included (/metrics): "
+        + ", ".join(f"{name} {value:.0f}" for name, value in results["server"].items())
+        + ".",
         "",
         "| kind | answers by status (-1: we hung up on purpose, 0: no answer) |",
         "|---|---|",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 DATA = Path(__file__).parent / "data"
 PHOTOS = {name: (DATA / f"{name}.jpg").read_bytes() for name in ("cat", "coffee", "astronaut", "rocket")}
@@ -101,3 +102,24 @@ def metric_value(metrics_text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+def write_model_folder(
+    repository: Path, name: str, module: torch.nn.Module, labels: list[str], version: int = 1, size: int = 224
+) -> Path:
+    """A model folder as `torchrest optimize` writes one: the module traced to TorchScript (it takes
+    uint8 NHWC batches) as <name>/<version>/model.pt, labels.txt and config.json."""
+    from torchrest.config import ModelConfig
+
+    folder = repository / name
+    (folder / str(version)).mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        traced = torch.jit.trace(module.eval(), torch.zeros((1, size, size, 3), dtype=torch.uint8))
+    traced.save(str(folder / str(version) / "model.pt"))
+    (folder / "labels.txt").write_text("\n".join(labels) + "\n")
+    if not (folder / "config.json").exists():
+        config = ModelConfig(
+            name=name, backend="torch", artifact="1/model.pt", crop_size=size, resize_size=size * 8 // 7
+        )
+        config.write(folder / "config.json")
+    return folder

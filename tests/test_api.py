@@ -114,7 +114,7 @@ def test_concurrent_mixed_photos_each_get_their_own_answer_in_batches(server: Se
 def test_health_and_metrics_parse(server: Server) -> None:
     health = httpx.get(f"{server.url}/health", timeout=10)
     assert health.status_code == 200
-    assert health.json() == {"status": "ready", "model": "efficientnet_lite0"}
+    assert health.json() == {"status": "ready", "model": "efficientnet_lite0", "models": ["efficientnet_lite0"]}
     classify(server, PHOTOS["cat"])
     text = server.metrics()
     families = {family.name for family in text_string_to_metric_families(text)}

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from torchrest.errors import QueueFull
+from torchrest.errors import NotReady, QueueFull
 
 Clock = Callable[[], float]
 
@@ -26,7 +26,9 @@ Clock = Callable[[], float]
 class Job:
     """One request on its way through the batcher."""
 
-    image: bytes  # encoded; decoded by the runtime into the batch buffer just before the model runs
+    # encoded bytes, decoded by the runtime into the batch buffer just before the model runs; or a
+    # tensor a client sent already pre-processed: (S, S, 3) uint8, or (3, S, S) float32 normalised
+    image: Any
     deadline_s: float  # monotonic clock
     enqueued_s: float
     request_id: str
@@ -54,13 +56,16 @@ class Admission:
         self.max_in_flight = max_in_flight
         self.in_flight = 0
 
-    def admit(self) -> None:
-        if self.in_flight >= self.max_in_flight:
+    def admit(self, count: int = 1) -> None:
+        """Take `count` places (one per image), all or none."""
+        if self.in_flight + count > self.max_in_flight:
+            if count > self.max_in_flight:
+                raise QueueFull(f"{count} images in one request is over this model's queue of {self.max_in_flight}")
             raise QueueFull(f"queue is full ({self.max_in_flight} requests waiting); retry shortly")
-        self.in_flight += 1
+        self.in_flight += count
 
-    def release(self) -> None:
-        self.in_flight -= 1
+    def release(self, count: int = 1) -> None:
+        self.in_flight -= count
 
 
 class BatchQueue:
@@ -79,6 +84,8 @@ class BatchQueue:
 
     def put(self, job: Job) -> None:
         with self._ready:
+            if self._closed:  # the model was unloaded between admission and now
+                raise NotReady("the model is being unloaded")
             self._jobs.append(job)
             self._ready.notify()
 

@@ -30,6 +30,7 @@ CONVERTERS: dict[str, Any] = {
     "float": float,
     "Path": Path,
     "Path | None": Path,
+    "str | None": str,
     "bool": parse_bool,
 }
 COMMANDS: dict[str, type] = {"serve": ServerConfig, "optimize": OptimizeConfig}

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "TORCHREST_"
+# every model normalises its uint8 input with these (torchvision's ImageNet statistics)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def available_cores() -> int:
@@ -60,8 +63,9 @@ class ModelSource:
 @dataclass(frozen=True, slots=True)
 class ServerConfig(ModelSource):
     model_repository: Path | None = option(
-        None, "serve a model folder written by `torchrest optimize` (the one named by --model, or the only one)"
+        None, "serve every model folder of this repository (the layout `torchrest optimize` writes)"
     )
+    default_model: str | None = option(None, "the model /classify uses when a request names none (default: the first)")
     host: str = option("0.0.0.0", "address to listen on")
     port: int = option(8088, "port to listen on")
     device: str = option("cpu", "cpu, cuda, cuda:N, or auto (cuda when available)")

@@ -21,7 +21,7 @@ class TorchrestError(Exception):
 
 
 class BadRequest(TorchrestError):
-    """A query parameter or header is malformed or out of range (`top_k`, `X-Request-Timeout-Ms`)."""
+    """A parameter, header or inference request is malformed or out of range (`top_k`, `X-Request-Timeout-Ms`)."""
 
     status = 400
     code = "invalid_parameter"
@@ -48,8 +48,15 @@ class MalformedRequest(TorchrestError):
     code = "malformed_request"
 
 
+class LoadFailed(TorchrestError):
+    """A model load (`POST /v2/repository/models/{name}/load`) failed; what was serving still serves."""
+
+    status = 400
+    code = "load_failed"
+
+
 class NotFound(TorchrestError):
-    """No such route."""
+    """No such route, or no such model (or version)."""
 
     status = 404
     code = "not_found"
@@ -100,7 +107,7 @@ class ModelError(TorchrestError):
 
 
 class NotReady(TorchrestError):
-    """The model is still loading (or, on `/health`, an instance that died is being restarted)."""
+    """The model is loading or unloaded (or, on `/health`, an instance that died is being restarted)."""
 
     status = 503
     code = "not_ready"
@@ -135,7 +142,7 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
 
 def all_errors() -> list[type[TorchrestError]]:
     """Every error a client can get, ordered by status and code."""
-    seen = [TorchrestError, *_all_subclasses(TorchrestError)]
+    seen: list[type[TorchrestError]] = [TorchrestError, *_all_subclasses(TorchrestError)]
     return sorted(seen, key=lambda c: (c.status, c.code))
 
 

@@ -1,10 +1,15 @@
-"""Every Prometheus collector the server exports, in one registry, in one place.
+"""Every Prometheus collector the server exports, in one registry, in one place; and each model's
+statistics as Triton's statistics extension reports them (`GET /v2/models/{name}/stats`).
 
 Stages are timed where they happen: `preprocess` and `total` in the API handler, `queue_wait` and
 `inference` in the runtime thread (inference once per batch).
 """
 
 from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -100,3 +105,64 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ModelStats:
+    """Cumulative counts and durations per stage, in Triton's shape. The inference thread records a
+    batch once; like Triton, each request in a batch is charged the batch's compute durations."""
+
+    STAGES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.inference_count = 0  # images run by the model
+        self.execution_count = 0  # batches
+        self.last_inference_ms = 0
+        self._stage: dict[str, list[int]] = {stage: [0, 0] for stage in self.STAGES}
+        self._batch: dict[int, dict[str, list[int]]] = defaultdict(
+            lambda: {stage: [0, 0] for stage in ("compute_input", "compute_infer", "compute_output")}
+        )
+
+    def record_batch(self, size: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        """`queue_ns`: the batch's requests' queue waits added up; the rest: the batch's durations."""
+        with self._lock:
+            self.inference_count += size
+            self.execution_count += 1
+            self.last_inference_ms = int(time.time() * 1000)
+            for stage, ns in (
+                ("queue", queue_ns),
+                ("compute_input", input_ns * size),
+                ("compute_infer", infer_ns * size),
+                ("compute_output", output_ns * size),
+            ):
+                self._stage[stage][0] += size
+                self._stage[stage][1] += ns
+            per_size = self._batch[size]
+            for stage, ns in (("compute_input", input_ns), ("compute_infer", infer_ns), ("compute_output", output_ns)):
+                per_size[stage][0] += 1
+                per_size[stage][1] += ns
+
+    def record_request(self, ok: bool, ns: int) -> None:
+        with self._lock:
+            entry = self._stage["success" if ok else "fail"]
+            entry[0] += 1
+            entry[1] += ns
+
+    def as_triton(self, name: str, version: str) -> dict[str, object]:
+        with self._lock:
+            return {
+                "name": name,
+                "version": version,
+                "last_inference": self.last_inference_ms,
+                "inference_count": self.inference_count,
+                "execution_count": self.execution_count,
+                "inference_stats": {
+                    **{stage: {"count": c, "ns": ns} for stage, (c, ns) in self._stage.items()},
+                    "cache_hit": {"count": 0, "ns": 0},
+                    "cache_miss": {"count": 0, "ns": 0},
+                },
+                "batch_stats": [
+                    {"batch_size": size, **{stage: {"count": c, "ns": ns} for stage, (c, ns) in stages.items()}}
+                    for size, stages in sorted(self._batch.items())
+                ],
+            }

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
-from torchrest.config import InputSpec
+from torchrest.config import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 from torchrest.errors import ImageTooLarge, InvalidImage, TorchrestError, first_line
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
@@ -40,12 +40,17 @@ class Preprocessor:
         self.max_pixels = max_pixels
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads > 1 else None
 
-    def fill(self, images: Sequence[bytes], buffer: np.ndarray) -> list[TorchrestError | None]:
-        """Decode images[i] into buffer[i]; return, per image, None or the 4xx error it earned."""
+    def fill(self, images: Sequence[bytes | np.ndarray], buffer: np.ndarray) -> list[TorchrestError | None]:
+        """Decode images[i] into buffer[i]; return, per image, None or the 4xx error it earned. A tensor
+        a client pre-processed is copied as it is (uint8 pixels) or quantised back to pixels (float)."""
 
         def decode_row(row: int) -> TorchrestError | None:
+            image = images[row]
+            if isinstance(image, np.ndarray):
+                buffer[row] = image if image.dtype == np.uint8 else pixels_from_normalized(image)
+                return None
             try:
-                buffer[row] = decode_image(images[row], self.spec, self.max_pixels)
+                buffer[row] = decode_image(image, self.spec, self.max_pixels)
             except (InvalidImage, ImageTooLarge) as error:
                 return error
             return None
@@ -95,6 +100,19 @@ def _decode(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
     box = (left, top, left + crop, top + crop)
     resized = image.resize((spec.crop_size, spec.crop_size), Image.Resampling.BILINEAR, box=box)
     return np.asarray(resized)
+
+
+def pixels_from_normalized(tensor: np.ndarray) -> np.ndarray:
+    """(3, S, S) float, normalised with the ImageNet mean and std as the models expect -> (S, S, 3) uint8.
+
+    The models normalise uint8 pixels themselves, so a float tensor joins the batch as the pixels it
+    stands for: rounding costs at most half a grey level (0.5/255) per value."""
+    pixels = tensor.transpose(1, 2, 0) * _STD_255 + _MEAN_255
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+_MEAN_255 = np.array(IMAGENET_MEAN, np.float32) * 255
+_STD_255 = np.array(IMAGENET_STD, np.float32) * 255
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -28,7 +28,7 @@ import numpy as np
 from torchrest.backends import Backend
 from torchrest.batching import Admission, BatchQueue, Job, Taken
 from torchrest.errors import DeadlineExceeded, ModelError, QueueFull, TorchrestError, first_line
-from torchrest.metrics import Metrics
+from torchrest.metrics import Metrics, ModelStats
 from torchrest.models.common import LoadedModel
 from torchrest.postprocess import softmax
 from torchrest.preprocess import Preprocessor
@@ -87,6 +87,7 @@ class ModelRuntime:
         self.queue = BatchQueue(max_batch_size, max_wait_s)
         self.admission = Admission(max_queue)
         self.metrics = metrics
+        self.stats = ModelStats()
         self.loop = loop
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -132,25 +133,32 @@ class ModelRuntime:
             thread.join(timeout_s)
         self.preprocessor.close()
 
-    def admit(self) -> None:
-        """Take a place in this model's bound, or raise QueueFull (503) before any work is done."""
+    def admit(self, count: int = 1) -> None:
+        """Take `count` places in this model's bound, or raise QueueFull (503) before any work is done."""
         try:
-            self.admission.admit()
+            self.admission.admit(count)
         except QueueFull:
-            self._shed.inc()
+            self._shed.inc(count)
             raise
 
-    def release(self) -> None:
-        self.admission.release()
+    def release(self, count: int = 1) -> None:
+        self.admission.release(count)
 
     def observe_total(self, seconds: float) -> None:
         self._total.observe(seconds)
 
-    async def infer(self, image: bytes, deadline_s: float, request_id: str) -> np.ndarray:
-        """Queue one encoded image; return its row of class probabilities (or raise its error)."""
+    async def infer(self, image: bytes | np.ndarray, deadline_s: float, request_id: str) -> np.ndarray:
+        """Queue one image (encoded, or pixels); return its row of class probabilities (or raise its error)."""
         future: asyncio.Future[np.ndarray] = self.loop.create_future()
-        self.queue.put(Job(image, deadline_s, time.monotonic(), request_id, future))
-        return await future
+        enqueued = time.monotonic()
+        self.queue.put(Job(image, deadline_s, enqueued, request_id, future))
+        try:
+            probabilities = await future
+        except Exception:
+            self.stats.record_request(False, int((time.monotonic() - enqueued) * 1e9))
+            raise
+        self.stats.record_request(True, int((time.monotonic() - enqueued) * 1e9))
+        return probabilities
 
     def warm_up(self, tune_batch: bool) -> dict[int, float]:
         """Run every backend at each batch size so the first requests pay no kernel set-up; with
@@ -244,7 +252,9 @@ class ModelRuntime:
         if not size:
             return
         try:
-            probabilities = softmax(backend.run(buffer[:size]))
+            logits = backend.run(buffer[:size])
+            ran = time.monotonic()
+            probabilities = softmax(logits)
         except Exception as exc:  # noqa: BLE001 - any failure of the model fails this batch only
             self._errors.inc()
             ids = ", ".join(job.request_id for job in batch)
@@ -254,8 +264,16 @@ class ModelRuntime:
             error = ModelError(f"model {self.name} failed on this batch: {type(exc).__name__}")
             self.loop.call_soon_threadsafe(_fail, batch, error)
             return
-        self._inference.observe(time.monotonic() - decoded)
+        finished = time.monotonic()
+        self._inference.observe(ran - decoded)
         self._batch_size.observe(size)
+        self.stats.record_batch(
+            size,
+            queue_ns=int(sum(started - job.enqueued_s for job in batch) * 1e9),
+            input_ns=int((decoded - started) * 1e9),
+            infer_ns=int((ran - decoded) * 1e9),
+            output_ns=int((finished - ran) * 1e9),
+        )
         self.loop.call_soon_threadsafe(_settle, batch, probabilities)
 
     def _decode(self, batch: list[Job], buffer: np.ndarray) -> list[Job]:

@@ -20,7 +20,8 @@ from torchrest.api import AppState, build_app
 from torchrest.api.protocol import guarded_protocol
 from torchrest.backends import Backend, resolve_device
 from torchrest.config import ServerConfig
-from torchrest.errors import StartupError
+from torchrest.errors import LoadFailed, StartupError
+from torchrest.manager import ModelManager
 from torchrest.metrics import Metrics
 from torchrest.models.common import LoadedModel
 from torchrest.models.registry import load_model
@@ -38,14 +39,25 @@ def serve(config: ServerConfig) -> int:
         raise StartupError(str(exc)) from None
     device = resolve_device(config.device)
     configure_torch(config)
-    model = load_model(config)
+    metrics = Metrics()
+    models = ModelManager(
+        lambda model, loop: start_runtime(model, device, config, metrics, loop),
+        config.model_repository,
+        config.default_model,
+        config.drain_timeout,
+    )
+    if config.model_repository is not None:
+        models.add_repository()
+    else:
+        model = load_model(config)
+        models.add(model, lambda: model)
     sock = bind(config.host, config.port)
-    state = AppState(config=config, metrics=Metrics())
+    state = AppState(config=config, metrics=metrics, models=models)
     server = DrainingServer(
         uvicorn.Config(
             build_app(state),
             loop="uvloop",
-            http=guarded_protocol(config.read_timeout, state.metrics.requests.labels("other", 408).inc),
+            http=guarded_protocol(config.read_timeout, metrics.requests.labels("other", 408).inc),
             lifespan="on",
             access_log=False,
             log_level=config.log_level,
@@ -56,12 +68,12 @@ def serve(config: ServerConfig) -> int:
             backlog=4096,
         )
     )
-    state.startup = lambda: _start_loading(state, model, device, server)
-    state.shutdown = lambda: _stop(state)
+    state.startup = lambda: _start_loading(state, server)
+    state.shutdown = models.stop
     host, port = sock.getsockname()[:2]
     log.info(
-        "torchrest serving %s on http://%s:%d (device %s, %d threads x %d instances)",
-        model.name,
+        "torchrest serving %s on http://%s:%d (device %s, %d threads x %d instances per model)",
+        ", ".join(models.entries),
         host,
         port,
         device,
@@ -97,19 +109,21 @@ def configure_torch(config: ServerConfig) -> None:
     torch.set_flush_denormal(True)
 
 
-def build_runtime(
+def start_runtime(
     model: LoadedModel,
     device: str,
     config: ServerConfig,
     metrics: Metrics,
     loop: asyncio.AbstractEventLoop,
 ) -> ModelRuntime:
+    """Open a model's instances, warm them up, start their threads (blocking: run it off the loop)."""
+
     def reopen() -> Backend:
         return model.open_backend(device, config.threads_per_instance)
 
     backends = [reopen() for _ in range(config.instances)]
     preprocessor = Preprocessor(model.input_spec, config.max_image_pixels, config.decode_threads)
-    return ModelRuntime(
+    runtime = ModelRuntime(
         model,
         backends,
         preprocessor,
@@ -120,6 +134,9 @@ def build_runtime(
         metrics=metrics,
         loop=loop,
     )
+    runtime.warm_up(config.tune_batch)
+    runtime.start()
+    return runtime
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -135,27 +152,19 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _start_loading(state: AppState, model: LoadedModel, device: str, server: uvicorn.Server) -> None:
-    loop = asyncio.get_running_loop()
+async def _start_loading(state: AppState, server: uvicorn.Server) -> None:
+    """Load every model once the port is open (/health says 503 meanwhile); any failure ends the server."""
 
     async def load() -> None:
-        try:
-            runtime = build_runtime(model, device, state.config, state.metrics, loop)
-            await loop.run_in_executor(None, runtime.warm_up, state.config.tune_batch)
-        except Exception as exc:  # noqa: BLE001 - any failure here is reported and ends the server
-            state.load_error = f"model {model.name} failed to load: {type(exc).__name__}: {exc}"
-            log.error("%s", state.load_error)
-            server.should_exit = True
-            return
-        runtime.start()
-        state.runtime = runtime
-        log.info(
-            "model %s ready (%s)", model.name, "pretrained" if model.pretrained else "RANDOM WEIGHTS, benchmark only"
-        )
+        for name in list(state.models.entries):
+            try:
+                entry = await state.models.load(name)
+            except LoadFailed as exc:
+                state.load_error = exc.message
+                server.should_exit = True
+                return
+            model = entry.model
+            if not model.pretrained:
+                log.warning("model %s has RANDOM WEIGHTS: benchmark only", model.name)
 
     state.extra["loader"] = asyncio.create_task(load())
-
-
-async def _stop(state: AppState) -> None:
-    if state.runtime is not None:
-        await asyncio.get_running_loop().run_in_executor(None, state.runtime.stop)

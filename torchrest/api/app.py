@@ -8,6 +8,7 @@ Handlers raise `TorchrestError` subclasses; this module is the only place that t
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,8 +25,8 @@ from torchrest.api.http import (
 )
 from torchrest.config import ServerConfig
 from torchrest.errors import MethodNotAllowed, ModelError, NotFound, TorchrestError
+from torchrest.manager import ModelManager
 from torchrest.metrics import Metrics
-from torchrest.runtime import ModelRuntime
 
 log = logging.getLogger("torchrest.api")
 
@@ -36,11 +37,11 @@ CLIENT_CLOSED = 499  # nginx's status for "client closed request", used in metri
 
 @dataclass(slots=True)
 class AppState:
-    """What the handlers share; `server.py` fills it and sets `runtime` once the model is loaded."""
+    """What the handlers share; `server.py` fills it."""
 
     config: ServerConfig
     metrics: Metrics
-    runtime: ModelRuntime | None = None
+    models: ModelManager
     load_error: str | None = None
     startup: Hook | None = None
     shutdown: Hook | None = None
@@ -48,11 +49,31 @@ class AppState:
 
 
 class App:
-    def __init__(self, state: AppState, routes: dict[str, dict[str, Handler]]) -> None:
+    """`routes`: exact paths; `templates`: paths with `{name}` segments, which handlers find in
+    `request.params`. Metrics label a request by its route or template, never by its raw path."""
+
+    def __init__(
+        self,
+        state: AppState,
+        routes: dict[str, dict[str, Handler]],
+        templates: dict[str, dict[str, Handler]] | None = None,
+    ) -> None:
         self.state = state
         self.routes = routes
+        self.templates = [(_pattern(t), t, methods) for t, methods in (templates or {}).items()]
         self._requests = state.metrics.requests
-        self._latency = {path: state.metrics.request_latency.labels(path) for path in routes}
+        known = [*routes, *(templates or {})]
+        self._latency = {route: state.metrics.request_latency.labels(route) for route in known}
+
+    def _resolve(self, request: Request) -> tuple[str, dict[str, Handler] | None]:
+        methods = self.routes.get(request.path)
+        if methods is not None:
+            return request.path, methods
+        for pattern, template, methods in self.templates:
+            if (match := pattern.fullmatch(request.path)) is not None:
+                request.params = match.groupdict()
+                return template, methods
+        return "other", None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -62,8 +83,7 @@ class App:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive, time.monotonic())
-        methods = self.routes.get(request.path)
-        route = request.path if methods is not None else "other"
+        route, methods = self._resolve(request)
         try:
             if methods is None:
                 raise NotFound(f"no route {request.path}")
@@ -75,13 +95,13 @@ class App:
             response = await handler(request, self.state)
         except TorchrestError as error:
             self._log(request, error)
-            response = error_response(error)
+            response = error_response(error, protocol_v2=route.startswith("/v2"))
         except ClientDisconnected:
             self._requests.labels(route, CLIENT_CLOSED).inc()
             return
         except Exception:  # a bug of ours: answer in JSON, keep serving, and leave the traceback
             log.exception("%s %s [%s] failed", request.method, request.path, request.request_id)
-            response = error_response(TorchrestError("internal server error"))
+            response = error_response(TorchrestError("internal server error"), protocol_v2=route.startswith("/v2"))
         await send_response(send, response, request.request_id)
         self._requests.labels(route, response.status).inc()
         if methods is not None:
@@ -116,3 +136,12 @@ class App:
                     await self.state.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    """ "/v2/models/{name}/infer" -> a regex whose named groups are the `{...}` segments."""
+    segments = []
+    for segment in template.split("/"):
+        named = re.fullmatch(r"\{(\w+)\}", segment)
+        segments.append(f"(?P<{named.group(1)}>[^/]+)" if named else re.escape(segment))
+    return re.compile("/".join(segments))

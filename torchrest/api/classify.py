@@ -1,7 +1,8 @@
 """POST /classify: the seed-compatible endpoint.
 
-    admit (503 if full) -> read body (413/415/400) -> runtime: deadline (504), decode into the batch
-    (400/413), model (500) -> top-k; a client that leaves while queued has its job cancelled
+    pick the model (?model=NAME: 404/503) -> admit (503 if full) -> read body (408/413/415/400)
+    -> runtime: deadline (504), decode into the batch (400/413), model (500) -> top-k;
+    a client that leaves while queued has its job cancelled
     -> {"status": "success", "model", "prediction": {"label", "class_id", "confidence"}, "top_k": [...]}
 
 Admission comes first, so an overloaded server answers 503 without reading or decoding anything.
@@ -17,22 +18,21 @@ from typing import TypeVar
 from torchrest.api.app import AppState
 from torchrest.api.forms import read_image
 from torchrest.api.http import ClientDisconnected, Request, Response, json_response
-from torchrest.errors import BadRequest, NotReady, RequestTimeout
+from torchrest.errors import BadRequest, RequestTimeout
 from torchrest.postprocess import top_k
-from torchrest.runtime import ModelRuntime
 
 MAX_TOP_K = 20
 T = TypeVar("T")
 
 
 async def classify(request: Request, state: AppState) -> Response:
-    runtime = ready_runtime(state)
+    runtime = state.models.runtime(request.query.get("model"))  # 404 unknown, 503 not loaded (yet)
     k = parse_top_k(request.query.get("top_k"))
     config = state.config
     deadline_s = request.started_s + request_timeout_ms(request, config.timeout_ms) / 1000
     runtime.admit()
     try:
-        data = await read_body_in_time(request, config.max_body_bytes, config.read_timeout)
+        data = await in_time(read_image(request, config.max_body_bytes), config.read_timeout)
         probabilities = await until_disconnect(runtime.infer(data, deadline_s, request.request_id), request)
     finally:
         runtime.release()
@@ -64,20 +64,13 @@ async def until_disconnect(answer: Awaitable[T], request: Request) -> T:
     return answering.result()
 
 
-async def read_body_in_time(request: Request, limit_bytes: int, timeout_s: float) -> bytes:
-    """The image, if the client sends the whole body within `timeout_s` (a slow sender gets 408)."""
+async def in_time(reading: Awaitable[T], timeout_s: float) -> T:
+    """The body `reading` returns, if the client sends all of it within `timeout_s` (else 408)."""
     try:
         async with asyncio.timeout(timeout_s):
-            return await read_image(request, limit_bytes)
+            return await reading
     except TimeoutError:
         raise RequestTimeout(f"request body not received within {timeout_s:g} s") from None
-
-
-def ready_runtime(state: AppState) -> ModelRuntime:
-    if state.runtime is None:
-        reason = state.load_error or "model is still loading"
-        raise NotReady(reason)
-    return state.runtime
 
 
 def request_timeout_ms(request: Request, server_timeout_ms: int) -> int:

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from torchrest import __version__
 from torchrest.api.app import AppState
-from torchrest.api.classify import ready_runtime
 from torchrest.api.http import Request, Response, json_response
 from torchrest.errors import NotReady
 
 
 async def health(request: Request, state: AppState) -> Response:
-    runtime = ready_runtime(state)  # 503 not_ready until the model is loaded and warmed up
-    reason = runtime.not_ready_reason()  # and while an instance that died is being re-opened
+    # 503 not_ready until every model is loaded and warmed up, and while an instance is being re-opened
+    reason = state.load_error or state.models.not_ready_reason()
     if reason is not None:
-        raise NotReady(f"model {runtime.name}: {reason}")
-    return json_response(200, {"status": "ready", "model": runtime.name})
+        raise NotReady(reason)
+    models = state.models
+    ready = [name for name, entry in models.entries.items() if entry.runtime is not None]
+    return json_response(200, {"status": "ready", "model": models.default, "models": ready})
 
 
 async def metrics(request: Request, state: AppState) -> Response:
@@ -22,7 +23,8 @@ async def metrics(request: Request, state: AppState) -> Response:
 
 
 async def info(request: Request, state: AppState) -> Response:
-    runtime = state.runtime
+    default = state.models.entry(None)
+    runtime = default.runtime
     config = state.config
     return json_response(
         200,
@@ -40,6 +42,15 @@ async def info(request: Request, state: AppState) -> Response:
                 "instances": config.instances,
                 "threads_per_instance": config.threads_per_instance,
             },
-            "endpoints": ["POST /classify", "GET /health", "GET /metrics", "GET /openapi.json"],
+            "models": [
+                {
+                    "name": entry.name,
+                    "version": entry.version,
+                    "state": entry.state,
+                    "backend": entry.runtime.backends[0].name if entry.runtime else None,
+                }
+                for entry in state.models.entries.values()
+            ],
+            "endpoints": ["POST /classify", "GET /health", "GET /metrics", "GET /openapi.json", "/v2 (KServe v2)"],
         },
     )

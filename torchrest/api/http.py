@@ -38,13 +38,16 @@ def json_response(status: int, payload: object, headers: dict[str, str] | None =
     return Response(status, body, headers=headers or {})
 
 
-def error_response(error: TorchrestError) -> Response:
+def error_response(error: TorchrestError, protocol_v2: bool = False) -> Response:
+    """Our error body, or the Open Inference Protocol's `{"error": "..."}` on its /v2 routes."""
+    if protocol_v2:
+        return json_response(error.status, {"error": error.message}, dict(error.headers))
     payload = {"status": "failed", "code": error.code, "message": error.message}
     return json_response(error.status, payload, dict(error.headers))
 
 
 class Request:
-    __slots__ = ("scope", "receive", "method", "path", "headers", "request_id", "started_s", "_query")
+    __slots__ = ("scope", "receive", "method", "path", "headers", "request_id", "started_s", "params", "_query")
 
     def __init__(self, scope: Scope, receive: Receive, started_s: float) -> None:
         self.scope = scope
@@ -54,6 +57,7 @@ class Request:
         self.headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         self.request_id = _request_id(self.headers.get("x-request-id"))
         self.started_s = started_s
+        self.params: dict[str, str] = {}  # the {name} segments of a templated route
         self._query: dict[str, str] | None = None
 
     @property

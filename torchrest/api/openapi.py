@@ -150,6 +150,166 @@ INFO: Schema = {
 }
 
 
+V2_ERROR: Schema = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}},
+    "additionalProperties": False,
+}
+NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+TENSOR_META: Schema = {
+    "type": "object",
+    "required": ["name", "datatype", "shape"],
+    "properties": {
+        "name": {"type": "string"},
+        "datatype": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}},
+    },
+}
+INFER_REQUEST: Schema = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {"type": "object", "properties": {"top_k": {"type": "integer", "minimum": 1}}},
+        "inputs": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["name", "datatype", "shape"],
+                "properties": {
+                    "name": {"type": "string", "enum": ["image", "pixels", "tensor"]},
+                    "datatype": {"type": "string", "enum": ["BYTES", "UINT8", "FP32"]},
+                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "parameters": {"type": "object"},
+                    "data": {"type": "array"},
+                },
+            },
+        },
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+            },
+        },
+    },
+}
+INFER_RESPONSE: Schema = {
+    "type": "object",
+    "required": ["model_name", "outputs"],
+    "properties": {
+        "model_name": {"type": "string"},
+        "model_version": {"type": "string"},
+        "id": {"type": "string"},
+        "outputs": {"type": "array", "items": TENSOR_META},
+    },
+}
+
+
+def _v2_errors(*statuses: int) -> dict[str, Schema]:
+    what = {
+        400: "malformed request",
+        404: "unknown model or version",
+        408: "body too slow",
+        413: "body too large",
+        503: "not ready, or queue full",
+        504: "deadline passed in the queue",
+    }
+    return {str(s): {"description": what[s], "content": {JSON: {"schema": _ref("V2Error")}}} for s in statuses}
+
+
+def _v2_get(summary: str, schema: Schema, *errors: int, params: list[Schema] | None = None) -> Schema:
+    operation: Schema = {
+        "summary": summary,
+        "responses": {"200": {"description": "ok", "content": {JSON: {"schema": schema}}}, **_v2_errors(*errors)},
+    }
+    if params:
+        operation["parameters"] = params
+    return {"get": operation}
+
+
+def v2_paths() -> dict[str, Schema]:
+    """The Open Inference Protocol's routes (api/v2.py)."""
+    anything: Schema = {"type": "object"}
+    paths: dict[str, Schema] = {
+        "/v2": _v2_get("Server metadata", {"type": "object", "required": ["name", "version", "extensions"]}),
+        "/v2/health/live": _v2_get("Liveness", anything),
+        "/v2/health/ready": _v2_get("Readiness", anything, 503),
+        "/v2/models/stats": _v2_get("Statistics of every model", {"type": "object", "required": ["model_stats"]}),
+        "/v2/repository/index": {
+            "get": _v2_get("Model repository index", {"type": "array", "items": anything})["get"],
+            "post": {
+                **_v2_get("Model repository index (Triton's form)", {"type": "array", "items": anything}, 400)["get"],
+                "requestBody": {
+                    "required": False,
+                    "content": {JSON: {"schema": {"type": "object", "properties": {"ready": {"type": "boolean"}}}}},
+                },
+            },
+        },
+        "/v2/repository/models/{name}/load": {
+            "post": {
+                "summary": "Load or reload a model",
+                "parameters": [NAME],
+                "responses": {
+                    "200": {"description": "loaded", "content": {JSON: {"schema": anything}}},
+                    **_v2_errors(400, 404),
+                },
+            }
+        },
+        "/v2/repository/models/{name}/unload": {
+            "post": {
+                "summary": "Unload a model after draining it",
+                "parameters": [NAME],
+                "responses": {
+                    "200": {"description": "unloaded", "content": {JSON: {"schema": anything}}},
+                    **_v2_errors(404),
+                },
+            }
+        },
+    }
+    for prefix, params in (("/v2/models/{name}", [NAME]), ("/v2/models/{name}/versions/{version}", [NAME, VERSION])):
+        metadata = {
+            "type": "object",
+            "required": ["name", "versions", "platform", "inputs", "outputs"],
+            "properties": {
+                "inputs": {"type": "array", "items": TENSOR_META},
+                "outputs": {"type": "array", "items": TENSOR_META},
+            },
+        }
+        paths[prefix] = _v2_get("Model metadata", metadata, 404, params=params)
+        paths[f"{prefix}/ready"] = _v2_get("Model readiness", anything, 404, 503, params=params)
+        paths[f"{prefix}/config"] = _v2_get("Model configuration", anything, 404, params=params)
+        paths[f"{prefix}/stats"] = _v2_get(
+            "Model statistics", {"type": "object", "required": ["model_stats"]}, 404, params=params
+        )
+        paths[f"{prefix}/infer"] = {
+            "post": {
+                "summary": "Inference: JSON, or JSON + binary tensors (Inference-Header-Content-Length)",
+                "parameters": [
+                    *params,
+                    {
+                        "name": "Inference-Header-Content-Length",
+                        "in": "header",
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
+                ],
+                "requestBody": {"required": True, "content": {JSON: {"schema": INFER_REQUEST}}},
+                "responses": {
+                    "200": {
+                        "description": "outputs (binary ones after the JSON header)",
+                        "content": {JSON: {"schema": INFER_RESPONSE}, "application/octet-stream": {}},
+                    },
+                    **_v2_errors(400, 404, 408, 413, 503, 504),
+                },
+            }
+        }
+    return paths
+
+
 def document() -> Schema:
     return {
         "openapi": "3.0.3",
@@ -170,9 +330,11 @@ def document() -> Schema:
                     "responses": {"200": {"description": "OpenAPI 3.0", "content": {JSON: {}}}},
                 }
             },
+            **v2_paths(),
         },
         "components": {
             "schemas": {
+                "V2Error": V2_ERROR,
                 "Prediction": PREDICTION,
                 "Error": {
                     "type": "object",

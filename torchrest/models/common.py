@@ -13,10 +13,7 @@ import torch
 from torch import nn
 
 from torchrest.backends import Backend, TorchBackend
-from torchrest.config import InputSpec
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from torchrest.config import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 
 
 class NormalizeUint8(nn.Module):

@@ -4,6 +4,10 @@
 <repository>/<model>/labels.txt     class names, one per line
 <repository>/<model>/1/model.*      the artifact (ONNX, TorchScript), uint8 NHWC in, logits out
 <repository>/<model>/report.*       what optimize measured, and why it chose this artifact
+
+Versions: config.json names the artifact ("1/model.onnx"); when a higher-numbered folder beside it holds
+a file of the same name ("2/model.onnx"), that one is served, as Triton's "latest" policy has it. A
+rollout is: write the new version's folder, then `POST /v2/repository/models/<model>/load`.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ def load_model_folder(folder: Path) -> LoadedModel:
     artifact = folder / config.artifact
     if not artifact.is_file():
         raise StartupError(f"{folder / CONFIG_FILE} names artifact {config.artifact}, which is missing")
+    version, artifact = latest_version(folder, Path(config.artifact))
     options = {"precision": config.precision, "name": config.candidate or config.backend, **config.backend_options}
     return LoadedModel(
         name=config.name,
@@ -62,11 +67,25 @@ def load_model_folder(folder: Path) -> LoadedModel:
         input_spec=config.input_spec,
         pretrained=True,
         source=str(artifact),
-        metadata={"backend": config.backend, "precision": config.precision, "candidate": config.candidate},
+        metadata={
+            "backend": config.backend,
+            "precision": config.precision,
+            "candidate": config.candidate,
+            "version": version,
+        },
         opener=lambda device, threads: open_backend(
             config.backend, artifact, device=device, threads=threads, options=options
         ),
     )
+
+
+def latest_version(folder: Path, artifact: Path) -> tuple[str, Path]:
+    """The highest-numbered version folder holding the artifact's file name, and that file."""
+    if len(artifact.parts) != 2 or not artifact.parts[0].isdigit():
+        return "1", folder / artifact
+    versions = [int(v.name) for v in folder.iterdir() if v.name.isdigit() and (v / artifact.name).is_file()]
+    latest = max(versions, default=int(artifact.parts[0]))
+    return str(latest), folder / str(latest) / artifact.name
 
 
 __all__ = ["CONFIG_FILE", "load_from_repository", "load_model_folder", "model_folders"]

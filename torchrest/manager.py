@@ -1,0 +1,206 @@
+"""The models a server holds, each with its own runtime (queue, batcher, instances), and their life:
+load, swap in a new version, drain, unload.
+
+    serve --model NAME            one model (built-in or TorchScript), version 1
+    serve --model-repository DIR  every folder of DIR: <name>/config.json + <name>/<version>/artifact
+
+A load (at start-up, or `POST /v2/repository/models/{name}/load`) reads the folder again, opens and
+warms up a new runtime while the current one keeps serving, then swaps: new requests go to the new
+runtime, and the old one is stopped once the requests it admitted are answered. A rollout is thus one
+load call and fails no request. An unload marks the model unavailable (503 for new requests), waits for
+its admitted requests, then stops it. A load that fails leaves what was serving untouched and says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torchrest.errors import LoadFailed, NotFound, NotReady, StartupError
+from torchrest.models.common import LoadedModel
+from torchrest.models.repository import load_model_folder, model_folders
+from torchrest.runtime import ModelRuntime
+
+log = logging.getLogger("torchrest.models")
+
+DRAIN_POLL_S = 0.02
+
+READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
+
+
+@dataclass(slots=True)
+class ModelEntry:
+    name: str
+    reload: Callable[[], LoadedModel]  # reads the model again (a repository folder may hold a new version)
+    model: LoadedModel
+    runtime: ModelRuntime | None = None
+    state: str = UNAVAILABLE
+    reason: str = ""
+
+    @property
+    def version(self) -> str:
+        return str(self.model.metadata.get("version", "1"))
+
+
+class ModelManager:
+    def __init__(
+        self,
+        build: Callable[[LoadedModel, asyncio.AbstractEventLoop], ModelRuntime],
+        repository: Path | None,
+        default: str | None,
+        drain_timeout_s: float,
+    ) -> None:
+        """`build` opens, warms up and starts a runtime for a model on the event loop it answers to
+        (blocking: it is run off the loop)."""
+        self.build = build
+        self.repository = repository
+        self.entries: dict[str, ModelEntry] = {}
+        self.default_name = default
+        self.drain_timeout_s = drain_timeout_s
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- discovery (before the port is bound: a bad folder fails the start) -------------------------
+    def add(self, model: LoadedModel, reload: Callable[[], LoadedModel]) -> None:
+        self.entries[model.name] = ModelEntry(model.name, reload, model)
+
+    def add_repository(self) -> None:
+        assert self.repository is not None
+        folders = model_folders(self.repository)
+        if not folders:
+            raise StartupError(f"model repository {self.repository} holds no model folder with a config.json")
+        for folder in folders:
+            self.add(load_model_folder(folder), _folder_loader(folder))
+        if self.default_name is not None and self.default_name not in self.entries:
+            raise StartupError(
+                f"--default-model {self.default_name!r} is not in {self.repository} ({', '.join(self.entries)})"
+            )
+
+    # -- lookup (every request) -----------------------------------------------------------------------
+    @property
+    def default(self) -> str:
+        return self.default_name or next(iter(self.entries))
+
+    def entry(self, name: str | None, version: str | None = None) -> ModelEntry:
+        """The named model (default: the default one); 404 if unknown, or if `version` is not served."""
+        key = name if name is not None else self.default
+        entry = self.entries.get(key)
+        if entry is None:
+            raise NotFound(f"unknown model {key!r}; served: {', '.join(self.entries)}")
+        if version is not None and version != entry.version:
+            raise NotFound(f"model {key!r} has no version {version!r} loaded (it serves version {entry.version})")
+        return entry
+
+    def runtime(self, name: str | None, version: str | None = None) -> ModelRuntime:
+        """The runtime that serves a request for `name`; 503 while it is not ready."""
+        entry = self.entry(name, version)
+        if entry.runtime is None or entry.state != READY:
+            raise NotReady(
+                f"model {entry.name!r} is {entry.state.lower()}{': ' + entry.reason if entry.reason else ''}"
+            )
+        return entry.runtime
+
+    def not_ready_reason(self) -> str | None:
+        """None when every model meant to serve does and all its instances run (for /health)."""
+        for entry in self.entries.values():
+            if entry.state == LOADING and entry.runtime is None:
+                return f"model {entry.name} is loading"
+            if entry.runtime is not None and (reason := entry.runtime.not_ready_reason()):
+                return f"model {entry.name}: {reason}"
+        if not any(entry.state == READY for entry in self.entries.values()):
+            return "no model is loaded"
+        return None
+
+    def index(self) -> list[dict[str, str]]:
+        """The repository index, as `GET /v2/repository/index` gives it."""
+        if self.repository is not None:
+            self._discover()
+        return [
+            {"name": e.name, "version": e.version, "state": e.state, **({"reason": e.reason} if e.reason else {})}
+            for e in self.entries.values()
+        ]
+
+    # -- life cycle -----------------------------------------------------------------------------------
+    async def load(self, name: str) -> ModelEntry:
+        """Load (or reload) `name`, swap it in, drain what served before. Raises LoadFailed, NotFound."""
+        if name not in self.entries and self.repository is not None:
+            self._add_new_folder(name)
+        entry = self.entry(name)
+        async with self._lock(name):
+            loop = asyncio.get_running_loop()
+            if entry.runtime is None:
+                entry.state, entry.reason = LOADING, ""
+            try:
+                model = await loop.run_in_executor(None, entry.reload)
+                runtime = await loop.run_in_executor(None, self.build, model, loop)
+            except Exception as exc:  # noqa: BLE001 - any failure is reported; the others keep serving
+                reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, StartupError) else str(exc)
+                if entry.runtime is None:
+                    entry.state, entry.reason = UNAVAILABLE, reason
+                log.error("model %s failed to load: %s", name, reason)
+                raise LoadFailed(f"failed to load model {name!r}: {reason}") from None
+            old = entry.runtime
+            entry.model, entry.runtime, entry.state, entry.reason = model, runtime, READY, ""
+            log.info("model %s version %s ready (%s)", name, entry.version, runtime.backends[0].name)
+        if old is not None:
+            await self._drain_and_stop(old)
+        return entry
+
+    async def unload(self, name: str) -> None:
+        entry = self.entry(name)
+        async with self._lock(name):
+            old, entry.runtime = entry.runtime, None
+            entry.state, entry.reason = UNLOADING, ""
+            if old is not None:
+                await self._drain_and_stop(old)
+            entry.state, entry.reason = UNAVAILABLE, "unloaded"
+            log.info("model %s unloaded", name)
+
+    async def stop(self) -> None:
+        loop = asyncio.get_running_loop()
+        for entry in self.entries.values():
+            if entry.runtime is not None:
+                await loop.run_in_executor(None, entry.runtime.stop)
+
+    async def _drain_and_stop(self, runtime: ModelRuntime) -> None:
+        """Wait (up to the drain timeout) until the requests `runtime` admitted are answered; stop it."""
+        deadline = asyncio.get_running_loop().time() + self.drain_timeout_s
+        while runtime.admission.in_flight > 0 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(DRAIN_POLL_S)
+        await asyncio.get_running_loop().run_in_executor(None, runtime.stop)
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def _add_new_folder(self, name: str) -> None:
+        """A folder that appeared in the repository since start-up: read it (LoadFailed if broken)."""
+        assert self.repository is not None
+        folder = self.repository / name
+        if not (folder / "config.json").is_file():
+            raise NotFound(f"unknown model {name!r}: no folder {folder} with a config.json")
+        try:
+            model = load_model_folder(folder)
+        except StartupError as exc:
+            raise LoadFailed(f"failed to load model {name!r}: {exc}") from None
+        self.add(model, _folder_loader(folder))
+
+    def _discover(self) -> None:
+        """List folders that appeared in the repository since start-up (loaded on request, not before)."""
+        assert self.repository is not None
+        known = {e.model.name for e in self.entries.values()} | set(self.entries)
+        for folder in model_folders(self.repository):
+            if folder.name in known:
+                continue
+            try:
+                model = load_model_folder(folder)
+            except StartupError as exc:
+                log.warning("model folder %s is not loadable: %s", folder, exc)
+                continue
+            self.add(model, _folder_loader(folder))
+
+
+def _folder_loader(folder: Path) -> Callable[[], LoadedModel]:
+    """Reads `folder` again at each load, so a new version written there is picked up."""
+    return lambda: load_model_folder(folder)
