@@ -19,9 +19,9 @@ import numpy as np
 BOUNDARY = "----torchrest-openloop-5c1e"
 
 
-def multipart_request(host: str, port: int, image: bytes, path: str = "/classify") -> bytes:
-    """The bytes of `curl -F image=@photo.jpg http://host:port/classify`, built once."""
-    body = (
+def multipart_body(image: bytes) -> bytes:
+    """The body `curl -F image=@photo.jpg` sends (boundary BOUNDARY)."""
+    return (
         (
             f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="image.jpg"\r\n'
             "Content-Type: image/jpeg\r\n\r\n"
@@ -29,6 +29,11 @@ def multipart_request(host: str, port: int, image: bytes, path: str = "/classify
         + image
         + f"\r\n--{BOUNDARY}--\r\n".encode()
     )
+
+
+def multipart_request(host: str, port: int, image: bytes, path: str = "/classify") -> bytes:
+    """The bytes of `curl -F image=@photo.jpg http://host:port/classify`, built once."""
+    body = multipart_body(image)
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
@@ -36,13 +41,13 @@ def multipart_request(host: str, port: int, image: bytes, path: str = "/classify
     return head + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    length = next((int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:")), 0)
-    await reader.readexactly(length)
-    return status
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    """One response off a connection: its status, and whether the server keeps the connection open."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower().split("\r\n")
+    status = int(head[0].split()[1])
+    headers = dict(line.split(":", 1) for line in head[1:] if ":" in line)
+    await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, headers.get("connection", "").strip() != "close"
 
 
 async def _open_loop(url: str, image: bytes, rate: float, seconds: float, timeout_s: float) -> dict[str, Any]:
@@ -65,7 +70,7 @@ async def _open_loop(url: str, image: bytes, rate: float, seconds: float, timeou
             reader, writer = connection
             writer.write(request)
             await writer.drain()
-            status = await asyncio.wait_for(_read_response(reader), timeout_s)
+            status, _ = await asyncio.wait_for(read_response(reader), timeout_s)
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
             errors[type(exc).__name__] += 1
             if connection is not None:

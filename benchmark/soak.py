@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 from harness import ROOT, free_port, log, platform_name, serving_process, torchrest_command, write_results
-from openloop import BOUNDARY
+from openloop import BOUNDARY, multipart_body, read_response
 from overload import MemorySampler
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
@@ -65,21 +65,16 @@ def request_kinds() -> list[Kind]:
     multipart = f"multipart/form-data; boundary={BOUNDARY}"
     noise = random.Random(0).randbytes(20_000)
     return [
-        Kind("small jpeg 160x107", "valid", form(small), multipart, 0.15),
-        Kind("cat jpeg 451x300", "valid", form(cat), multipart, 0.20),
+        Kind("small jpeg 160x107", "valid", multipart_body(small), multipart, 0.15),
+        Kind("cat jpeg 451x300", "valid", multipart_body(cat), multipart, 0.20),
         Kind("coffee jpeg 600x400", "valid", coffee, "image/jpeg", 0.15),
-        Kind("astronaut png 512x512", "valid", form(png), multipart, 0.10),
-        Kind(f"large jpeg 3000x2000 ({len(large) // 1024} KiB)", "valid", form(large), multipart, 0.10),
+        Kind("astronaut png 512x512", "valid", multipart_body(png), multipart, 0.10),
+        Kind(f"large jpeg 3000x2000 ({len(large) // 1024} KiB)", "valid", multipart_body(large), multipart, 0.10),
         Kind("random bytes", "invalid", noise, "image/jpeg", 0.08),
-        Kind("truncated jpeg", "invalid", form(cat[: len(cat) // 2]), multipart, 0.07),
+        Kind("truncated jpeg", "invalid", multipart_body(cat[: len(cat) // 2]), multipart, 0.07),
         Kind("text/plain body", "invalid", cat, "text/plain", 0.05),
-        Kind("early disconnect", "disconnect", form(cat), multipart, 0.10),
+        Kind("early disconnect", "disconnect", multipart_body(cat), multipart, 0.10),
     ]
-
-
-def form(image: bytes) -> bytes:
-    head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="i.jpg"\r\n\r\n'
-    return head.encode() + image + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
 def http_request(kind: Kind, port: int) -> bytes:
@@ -154,14 +149,6 @@ class Client:
     def close(self) -> None:
         for _, writer in self.idle:
             writer.close()
-
-
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
-    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower().split("\r\n")
-    status = int(head[0].split()[1])
-    headers = dict(line.split(":", 1) for line in head[1:] if ":" in line)
-    await reader.readexactly(int(headers.get("content-length", "0")))
-    return status, headers.get("connection", "").strip() != "close"
 
 
 async def closed_loop(port: int, kinds: list[Kind], seconds: float, clients: int = 8) -> float:

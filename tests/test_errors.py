@@ -215,63 +215,56 @@ def test_deadline_passed_in_queue_is_504_and_never_reaches_the_model(tmp_path: P
         assert metric_value(metrics, "torchrest_dropped_requests_total", reason="expired") == len(late)
 
 
-class RaisesOnWhite(torch.nn.Module):
-    """A real TorchScript classifier (4 classes from channel means) that raises on a white image."""
+class FailsOnWhite(torch.nn.Module):
+    """A real TorchScript classifier (4 classes from channel means) that fails on a white image: it
+    raises, or (`exhausts_memory`) asks the allocator for 4 TiB, as a model exhausting its device would."""
 
-    def __init__(self) -> None:
+    def __init__(self, exhausts_memory: bool = False) -> None:
         super().__init__()
         self.head = torch.nn.Linear(3, 4)
+        self.exhausts_memory = exhausts_memory
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if bool(x.mean() > 2.0):
+            if self.exhausts_memory:
+                return self.head(torch.empty([1 << 42, 3], dtype=torch.float32)[:1])
             raise RuntimeError("this model cannot look at white images")
         return self.head(x.mean(dim=(2, 3)))
 
 
-def test_model_error_fails_that_batch_only(tmp_path: Path) -> None:
-    model_path = tmp_path / "raises_on_white.pt"
-    torch.jit.script(RaisesOnWhite()).save(str(model_path))
+def serve_fails_on_white(
+    tmp_path: Path, exhausts_memory: bool
+) -> tuple[contextlib.AbstractContextManager[Server], bytes]:
+    """A server of FailsOnWhite, and a white PNG to send it."""
+    model_path = tmp_path / "fails_on_white.pt"
+    torch.jit.script(FailsOnWhite(exhausts_memory)).save(str(model_path))
     labels = tmp_path / "labels.txt"
     labels.write_text("north\neast\nsouth\nwest\n")
     white = io.BytesIO()
     Image.new("RGB", (64, 64), (255, 255, 255)).save(white, format="PNG")
-    with running_server(tmp_path, "--model", str(model_path), "--labels", str(labels)) as server:
+    return running_server(tmp_path, "--model", str(model_path), "--labels", str(labels)), white.getvalue()
+
+
+def test_model_error_fails_that_batch_only(tmp_path: Path) -> None:
+    serving, white = serve_fails_on_white(tmp_path, exhausts_memory=False)
+    with serving as server:
         ok = post_raw(server, PHOTOS["cat"])
         assert ok.status_code == 200, ok.text
         assert ok.json()["prediction"]["label"] in {"north", "east", "south", "west"}
-        assert_error(post_raw(server, white.getvalue(), "image/png"), 500, "model_error")
+        assert_error(post_raw(server, white, "image/png"), 500, "model_error")
         again = post_raw(server, PHOTOS["coffee"])
         assert again.status_code == 200, again.text
         assert metric_value(server.metrics(), "torchrest_model_errors_total") == 1
         assert "cannot look at white images" in server.log()
 
 
-class RunsOutOfMemoryOnWhite(torch.nn.Module):
-    """A real TorchScript classifier that asks for 4 TiB when it sees a white image: the allocator's
-    "can't allocate memory", as a model exhausting its device would raise."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.head = torch.nn.Linear(3, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if bool(x.mean() > 2.0):
-            return self.head(torch.empty([1 << 42, 3], dtype=torch.float32)[:1])
-        return self.head(x.mean(dim=(2, 3)))
-
-
 def test_instance_that_dies_is_restarted_and_health_is_not_ready_meanwhile(tmp_path: Path) -> None:
     """Out of memory leaves a backend unusable: that batch fails (500), /health turns 503 at once, the
     instance is re-opened after a 1 s back-off, and a request queued meanwhile is answered after it."""
-    model_path = tmp_path / "oom_on_white.pt"
-    torch.jit.script(RunsOutOfMemoryOnWhite()).save(str(model_path))
-    labels = tmp_path / "labels.txt"
-    labels.write_text("north\neast\nsouth\nwest\n")
-    white = io.BytesIO()
-    Image.new("RGB", (64, 64), (255, 255, 255)).save(white, format="PNG")
-    with running_server(tmp_path, "--model", str(model_path), "--labels", str(labels)) as server:
+    serving, white = serve_fails_on_white(tmp_path, exhausts_memory=True)
+    with serving as server:
         assert post_raw(server, PHOTOS["cat"]).status_code == 200
-        died = post_raw(server, white.getvalue(), "image/png")
+        died = post_raw(server, white, "image/png")
         assert_error(died, 500, "model_error")
         assert "restarting" in died.json()["message"]
         health = httpx.get(f"{server.url}/health", timeout=10)

@@ -42,7 +42,7 @@ class ModelEntry:
 
     @property
     def version(self) -> str:
-        return str(self.model.metadata.get("version", "1"))
+        return self.model.version
 
 
 class ModelManager:

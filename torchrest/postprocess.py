@@ -29,14 +29,19 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def top_k(probabilities: np.ndarray, k: int, labels: list[str]) -> list[Prediction]:
     """The k most probable classes of one row, most probable first."""
-    k = min(k, probabilities.shape[0])
+    best = top_indices(probabilities[None], k)[0]
+    return [Prediction(label(labels, int(i)), int(i), round(float(probabilities[i]), 6)) for i in best]
+
+
+def top_indices(probabilities: np.ndarray, k: int) -> np.ndarray:
+    """(N, classes) -> (N, k) class ids, most probable first in each row."""
+    k = min(k, probabilities.shape[1])
     if k == 1:
-        best = np.array([int(probabilities.argmax())])
-    else:
-        candidates = np.argpartition(probabilities, -k)[-k:]
-        best = candidates[np.argsort(probabilities[candidates])[::-1]]
-    return [Prediction(_label(labels, int(i)), int(i), round(float(probabilities[i]), 6)) for i in best]
+        return probabilities.argmax(axis=1)[:, None]
+    candidates = np.argpartition(probabilities, -k, axis=1)[:, -k:]
+    order = np.argsort(np.take_along_axis(probabilities, candidates, axis=1), axis=1)[:, ::-1]
+    return np.take_along_axis(candidates, order, axis=1)
 
 
-def _label(labels: list[str], class_id: int) -> str:
+def label(labels: list[str], class_id: int) -> str:
     return labels[class_id] if class_id < len(labels) else f"class_{class_id}"

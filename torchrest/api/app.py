@@ -47,6 +47,10 @@ class AppState:
     shutdown: Hook | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
+    def not_ready_reason(self) -> str | None:
+        """Why the server is not ready (/health, /v2/health/ready), or None when it is."""
+        return self.load_error or self.models.not_ready_reason()
+
 
 class App:
     """`routes`: exact paths; `templates`: paths with `{name}` segments, which handlers find in
@@ -59,10 +63,11 @@ class App:
         templates: dict[str, dict[str, Handler]] | None = None,
     ) -> None:
         self.state = state
-        self.routes = routes
-        self.templates = [(_pattern(t), t, methods) for t, methods in (templates or {}).items()]
+        templates = templates or {}
+        self.routes = routes | {t: methods for t, methods in templates.items() if "{" not in t}
+        self.templates = [(_pattern(t), t, methods) for t, methods in templates.items() if "{" in t]
         self._requests = state.metrics.requests
-        known = [*routes, *(templates or {})]
+        known = [*self.routes, *(t for _, t, _ in self.templates)]
         self._latency = {route: state.metrics.request_latency.labels(route) for route in known}
 
     def _resolve(self, request: Request) -> tuple[str, dict[str, Handler] | None]:

@@ -10,7 +10,7 @@ from torchrest.errors import NotReady
 
 async def health(request: Request, state: AppState) -> Response:
     # 503 not_ready until every model is loaded and warmed up, and while an instance is being re-opened
-    reason = state.load_error or state.models.not_ready_reason()
+    reason = state.not_ready_reason()
     if reason is not None:
         raise NotReady(reason)
     models = state.models

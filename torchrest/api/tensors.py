@@ -70,12 +70,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         if length > len(body):
             raise BadRequest(f"Inference-Header-Content-Length {length} is past the body's {len(body)} bytes")
         header, binary = body[:length], body[length:]
-    try:
-        document = json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"the request is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise BadRequest("the request must be a JSON object with 'inputs'")
+    document = json_object(header)
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest("'inputs' must be a non-empty list")
@@ -91,6 +86,17 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     if offset != len(binary):
         raise BadRequest(f"{len(binary) - offset} bytes of binary data follow the inputs that no input declares")
     return InferRequest(request_id, tensors, _outputs(document.get("outputs")), parameters)
+
+
+def json_object(data: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object (400 otherwise)."""
+    try:
+        value = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"the request is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadRequest("the request must be a JSON object")
+    return value
 
 
 def _input(raw: object, binary: bytes, offset: int) -> tuple[Tensor, int]:

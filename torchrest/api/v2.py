@@ -20,7 +20,6 @@ by default, and `probabilities` (FP32 [n, classes]) when asked for. Errors are `
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
@@ -30,9 +29,10 @@ from torchrest import __version__
 from torchrest.api.app import AppState, Handler
 from torchrest.api.classify import in_time, request_timeout_ms, until_disconnect
 from torchrest.api.http import Request, Response, json_response
-from torchrest.api.tensors import HEADER_LENGTH, InferRequest, Output, encode_response, parse_request
+from torchrest.api.tensors import HEADER_LENGTH, InferRequest, Output, encode_response, json_object, parse_request
 from torchrest.errors import BadRequest, NotReady
 from torchrest.manager import ModelEntry
+from torchrest.postprocess import label, top_indices
 from torchrest.runtime import ModelRuntime
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
@@ -50,7 +50,7 @@ async def live(request: Request, state: AppState) -> Response:
 
 
 async def ready(request: Request, state: AppState) -> Response:
-    reason = state.load_error or state.models.not_ready_reason()
+    reason = state.not_ready_reason()
     if reason is not None:
         raise NotReady(reason)
     return json_response(200, {"ready": True})
@@ -120,7 +120,7 @@ async def repository_index(request: Request, state: AppState) -> Response:
     if request.method == "POST":
         body = await in_time(request.body(64 * 1024), state.config.read_timeout)
         if body.strip():
-            ready_only = _json_object(body).get("ready", False)
+            ready_only = json_object(body).get("ready", False)
             if not isinstance(ready_only, bool):
                 raise BadRequest(f"'ready' must be true or false, got {ready_only!r}")
             only_ready = ready_only
@@ -160,8 +160,7 @@ async def infer(request: Request, state: AppState) -> Response:
         runtime.release(admitted)
     probabilities = np.stack(rows) if rows else np.zeros((0, len(runtime.model.labels)), np.float32)
     outputs = _outputs(parsed, probabilities, runtime.model.labels)
-    version = str(runtime.model.metadata.get("version", "1"))
-    document: dict[str, Any] = {"model_name": runtime.name, "model_version": version}
+    document: dict[str, Any] = {"model_name": runtime.name, "model_version": runtime.model.version}
     if parsed.id is not None:
         document["id"] = parsed.id
     body, header_length_out = encode_response(document, outputs)
@@ -229,7 +228,7 @@ def _outputs(parsed: InferRequest, probabilities: np.ndarray, labels: list[str])
         parsed.outputs if parsed.outputs is not None else {name: parsed.binary_by_default for name in DEFAULT_OUTPUTS}
     )
     n = probabilities.shape[0]
-    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    top = top_indices(probabilities, k)
     outputs = []
     for name, binary in wanted.items():
         binary = binary or parsed.binary_by_default
@@ -238,30 +237,16 @@ def _outputs(parsed: InferRequest, probabilities: np.ndarray, labels: list[str])
         elif name == "scores":
             outputs.append(Output(name, "FP32", [n, k], np.take_along_axis(probabilities, top, axis=1), binary))
         elif name == "labels":
-            names = [_label(labels, int(i)).encode() for i in top.reshape(-1)]
+            names = [label(labels, int(i)).encode() for i in top.reshape(-1)]
             outputs.append(Output(name, "BYTES", [n, k], names, binary))
         else:
             raise BadRequest(f"unknown output {name!r}: this model has probabilities, labels and scores")
     return outputs
 
 
-def _label(labels: list[str], class_id: int) -> str:
-    return labels[class_id] if class_id < len(labels) else f"class_{class_id}"
-
-
 def _platform(entry: ModelEntry) -> str:
     backend = str(entry.model.metadata.get("backend", "torch"))
     return PLATFORMS.get(backend, backend)
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"the request is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise BadRequest("the request must be a JSON object")
-    return value
 
 
 def templates() -> dict[str, dict[str, Handler]]:

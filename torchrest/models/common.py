@@ -63,6 +63,11 @@ class LoadedModel:
     metadata: dict[str, object] = field(default_factory=dict)
     opener: Callable[[str, int], Backend] | None = None  # (device, threads) -> Backend
 
+    @property
+    def version(self) -> str:
+        """The version served (a repository's version folder; 1 for built-in and TorchScript models)."""
+        return str(self.metadata.get("version", "1"))
+
     def open_backend(self, device: str, threads: int) -> Backend:
         """One instance of this model on `device`, pinned to `threads` intra-op threads."""
         if self.opener is not None:
