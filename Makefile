@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # torch is pinned in every install step: an unpinned request pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: install install-dev serve test lint bench bench-quick bench-core clean
+.PHONY: install install-dev serve test lint image image-cuda image-test bench bench-quick bench-core clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -29,6 +29,17 @@ serve: install
 
 test: install-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The container image (deploy/README.md): CPU, or CUDA (not buildable without PyTorch's CUDA index).
+image:
+	deploy/container/build.sh torchrest:latest
+
+image-cuda:
+	TORCH_VARIANT=cu128 deploy/container/build.sh torchrest:cuda --build-arg DEVICE=auto
+
+# Builds the image and runs it as KServe would (podman: deploy/container/setup-podman.sh installs it).
+image-test: install-dev image
+	$(BIN)/python -m pytest -m container -s tests/test_container.py $(PYTEST_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check torchrest tests benchmark

@@ -123,3 +123,33 @@ def write_model_folder(
         )
         config.write(folder / "config.json")
     return folder
+
+
+TINY_LABELS = ["north", "east", "south", "west"]
+
+
+class Tiny(torch.nn.Module):
+    """uint8 NHWC -> 4 logits from the channel means; `bias` tells versions apart."""
+
+    def __init__(self, bias: float) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(3, 4)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.eye(4, 3))
+            self.head.bias.fill_(bias)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.head(pixels.float().mean(dim=(1, 2)) / 255)
+
+
+def write_repository(root: Path) -> Path:
+    """A two-model repository: lite0 (EfficientNet-Lite0 with its published ImageNet weights, as
+    TorchScript) and tiny (4 classes, for load/unload round trips)."""
+    from torchrest.config import ServerConfig
+    from torchrest.models.registry import load_model
+
+    lite0 = load_model(ServerConfig())
+    assert lite0.module is not None
+    write_model_folder(root, "lite0", lite0.module, lite0.labels)
+    write_model_folder(root, "tiny", Tiny(0.0), TINY_LABELS)
+    return root

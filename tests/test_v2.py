@@ -18,40 +18,26 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import CAT_LABELS, PHOTOS, Server, running_server, write_model_folder
-from torchrest.config import IMAGENET_MEAN, IMAGENET_STD, InputSpec, ServerConfig
-from torchrest.models.registry import load_model
+from tests.conftest import (
+    CAT_LABELS,
+    PHOTOS,
+    TINY_LABELS,
+    Server,
+    Tiny,
+    running_server,
+    write_model_folder,
+    write_repository,
+)
+from torchrest.config import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 from torchrest.preprocess import decode_image
-
-TINY_LABELS = ["north", "east", "south", "west"]
-
-
-class Tiny(torch.nn.Module):
-    """uint8 NHWC -> 4 logits from the channel means; `bias` tells versions apart."""
-
-    def __init__(self, bias: float) -> None:
-        super().__init__()
-        self.head = torch.nn.Linear(3, 4)
-        with torch.no_grad():
-            self.head.weight.copy_(torch.eye(4, 3))
-            self.head.bias.fill_(bias)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.head(pixels.float().mean(dim=(1, 2)) / 255)
 
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("repository")
-    lite0 = load_model(ServerConfig())
-    assert lite0.module is not None
-    write_model_folder(root, "lite0", lite0.module, lite0.labels)
-    write_model_folder(root, "tiny", Tiny(0.0), TINY_LABELS)
-    return root
+    return write_repository(tmp_path_factory.mktemp("repository"))
 
 
 @pytest.fixture(scope="module")
@@ -332,3 +318,14 @@ def test_rollout_and_unload_under_traffic_fail_no_request(repository: Path, tmp_
         )
         assert client.is_server_live() and client.is_model_ready("lite0")
         client.close()
+
+
+def test_a_single_model_folder_serves_as_a_repository_of_one(repository: Path, tmp_path: Path) -> None:
+    """What KServe's storage initializer mounts at /mnt/models for one InferenceService: the model folder."""
+    with running_server(tmp_path, "--model-repository", str(repository / "tiny")) as server, server.client() as http:
+        index = http.post("/v2/repository/index").json()
+        assert [(model["name"], model["state"]) for model in index] == [("tiny", "READY")]
+        answer = http.post("/classify", files={"image": PHOTOS["cat"]}).json()
+        assert answer["model"] == "tiny" and answer["prediction"]["label"] in TINY_LABELS
+        assert http.post("/v2/repository/models/tiny/load").status_code == 200
+        assert http.post("/v2/repository/models/lite0/load").status_code == 404

@@ -9,23 +9,16 @@ environment.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from torchrest.cores import available_cores
 
 ENV_PREFIX = "TORCHREST_"
 # every model normalises its uint8 input with these (torchvision's ImageNet statistics)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def available_cores() -> int:
-    """Cores this process may run on (respects taskset/cgroup affinity, unlike os.cpu_count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS
-        return os.cpu_count() or 1
 
 
 def option(default: Any, help: str, *, flag: str | None = None) -> Any:

@@ -2,7 +2,8 @@
 load, swap in a new version, drain, unload.
 
     serve --model NAME            one model (built-in or TorchScript), version 1
-    serve --model-repository DIR  every folder of DIR: <name>/config.json + <name>/<version>/artifact
+    serve --model-repository DIR  every folder of DIR: <name>/config.json + <name>/<version>/artifact,
+                                  or DIR itself when it is one model folder (KServe's /mnt/models)
 
 A load (at start-up, or `POST /v2/repository/models/{name}/load`) reads the folder again, opens and
 warms up a new runtime while the current one keeps serving, then swaps: new requests go to the new
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from torchrest.errors import LoadFailed, NotFound, NotReady, StartupError
 from torchrest.models.common import LoadedModel
-from torchrest.models.repository import load_model_folder, model_folders
+from torchrest.models.repository import ModelRepository, load_model_folder
 from torchrest.runtime import ModelRuntime
 
 log = logging.getLogger("torchrest.models")
@@ -56,7 +57,7 @@ class ModelManager:
         """`build` opens, warms up and starts a runtime for a model on the event loop it answers to
         (blocking: it is run off the loop)."""
         self.build = build
-        self.repository = repository
+        self.repository = ModelRepository(repository) if repository is not None else None
         self.entries: dict[str, ModelEntry] = {}
         self.default_name = default
         self.drain_timeout_s = drain_timeout_s
@@ -68,14 +69,11 @@ class ModelManager:
 
     def add_repository(self) -> None:
         assert self.repository is not None
-        folders = model_folders(self.repository)
-        if not folders:
-            raise StartupError(f"model repository {self.repository} holds no model folder with a config.json")
-        for folder in folders:
+        for folder in self.repository.folders():
             self.add(load_model_folder(folder), _folder_loader(folder))
         if self.default_name is not None and self.default_name not in self.entries:
             raise StartupError(
-                f"--default-model {self.default_name!r} is not in {self.repository} ({', '.join(self.entries)})"
+                f"--default-model {self.default_name!r} is not in {self.repository.root} ({', '.join(self.entries)})"
             )
 
     # -- lookup (every request) -----------------------------------------------------------------------
@@ -177,9 +175,7 @@ class ModelManager:
     def _add_new_folder(self, name: str) -> None:
         """A folder that appeared in the repository since start-up: read it (LoadFailed if broken)."""
         assert self.repository is not None
-        folder = self.repository / name
-        if not (folder / "config.json").is_file():
-            raise NotFound(f"unknown model {name!r}: no folder {folder} with a config.json")
+        folder = self.repository.folder(name)
         try:
             model = load_model_folder(folder)
         except StartupError as exc:
@@ -189,8 +185,15 @@ class ModelManager:
     def _discover(self) -> None:
         """List folders that appeared in the repository since start-up (loaded on request, not before)."""
         assert self.repository is not None
+        if self.repository.is_single_model:
+            return
         known = {e.model.name for e in self.entries.values()} | set(self.entries)
-        for folder in model_folders(self.repository):
+        try:
+            folders = self.repository.folders()
+        except StartupError as exc:  # emptied or removed since start-up: what is loaded keeps serving
+            log.warning("%s", exc)
+            return
+        for folder in folders:
             if folder.name in known:
                 continue
             try:

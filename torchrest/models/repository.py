@@ -8,16 +8,21 @@
 Versions: config.json names the artifact ("1/model.onnx"); when a higher-numbered folder beside it holds
 a file of the same name ("2/model.onnx"), that one is served, as Triton's "latest" policy has it. A
 rollout is: write the new version's folder, then `POST /v2/repository/models/<model>/load`.
+
+A repository may also be one model folder itself (config.json at its top): what KServe's storage
+initializer puts at /mnt/models for one InferenceService. It then serves that one model, by the name its
+config.json gives.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from torchrest.backends import BACKENDS, open_backend
 from torchrest.config import ModelConfig
-from torchrest.errors import StartupError
+from torchrest.errors import NotFound, StartupError
 from torchrest.models.common import LoadedModel
 from torchrest.models.labels import read_labels
 
@@ -26,18 +31,43 @@ log = logging.getLogger("torchrest.models")
 CONFIG_FILE = "config.json"
 
 
-def model_folders(repository: Path) -> list[Path]:
-    """The folders of `repository` that hold a config.json, by name."""
-    if not repository.is_dir():
-        raise StartupError(f"model repository {repository} is not a folder")
-    return sorted(folder for folder in repository.iterdir() if (folder / CONFIG_FILE).is_file())
+@dataclass(frozen=True, slots=True)
+class ModelRepository:
+    """The one owner of the folder layout: which model folders a repository holds, and which is whose."""
+
+    root: Path
+
+    @property
+    def is_single_model(self) -> bool:
+        """True when the root is itself a model folder (KServe's single-model mount)."""
+        return (self.root / CONFIG_FILE).is_file()
+
+    def folders(self) -> list[Path]:
+        """The model folders, by name; StartupError when the root is no folder or holds none."""
+        if not self.root.is_dir():
+            raise StartupError(f"model repository {self.root} is not a folder")
+        if self.is_single_model:
+            return [self.root]
+        folders = sorted(folder for folder in self.root.iterdir() if (folder / CONFIG_FILE).is_file())
+        if not folders:
+            raise StartupError(f"model repository {self.root} holds no model folder with a {CONFIG_FILE}")
+        return folders
+
+    def folder(self, name: str) -> Path:
+        """The folder of model `name` (a folder name, never a path); NotFound when there is none."""
+        if self.is_single_model:
+            raise NotFound(f"unknown model {name!r}: {self.root} is a single model folder")
+        if not name or name in (".", "..") or Path(name).name != name or "\0" in name:
+            raise NotFound(f"unknown model {name!r}: not a model folder name")
+        folder = self.root / name
+        if not (folder / CONFIG_FILE).is_file():
+            raise NotFound(f"unknown model {name!r}: no folder {folder} with a {CONFIG_FILE}")
+        return folder
 
 
 def load_from_repository(repository: Path, name: str) -> LoadedModel:
     """The model folder called `name`, or the only one there is; StartupError with the reason otherwise."""
-    folders = model_folders(repository)
-    if not folders:
-        raise StartupError(f"model repository {repository} holds no model folder with a {CONFIG_FILE}")
+    folders = ModelRepository(repository).folders()
     by_name = {folder.name: folder for folder in folders}
     if name in by_name:
         folder = by_name[name]
@@ -88,4 +118,4 @@ def latest_version(folder: Path, artifact: Path) -> tuple[str, Path]:
     return str(latest), folder / str(latest) / artifact.name
 
 
-__all__ = ["CONFIG_FILE", "load_from_repository", "load_model_folder", "model_folders"]
+__all__ = ["CONFIG_FILE", "ModelRepository", "load_from_repository", "load_model_folder"]
