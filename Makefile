@@ -31,11 +31,13 @@ test: install-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The container image (deploy/README.md): CPU, or CUDA (not buildable without PyTorch's CUDA index).
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' torchrest/__init__.py)
+
 image:
-	deploy/container/build.sh torchrest:latest
+	deploy/container/build.sh torchrest:latest -t torchrest:$(VERSION)
 
 image-cuda:
-	TORCH_VARIANT=cu128 deploy/container/build.sh torchrest:cuda --build-arg DEVICE=auto
+	TORCH_VARIANT=cu128 deploy/container/build.sh torchrest:cuda -t torchrest:$(VERSION)-cuda --build-arg DEVICE=auto
 
 # Builds the image and runs it as KServe would (podman: deploy/container/setup-podman.sh installs it).
 image-test: install-dev image

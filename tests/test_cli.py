@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import torchrest_command
+from tests.conftest import TINY_LABELS, Tiny, torchrest_command, write_model_folder
 
 
 def start(*args: str) -> subprocess.CompletedProcess[str]:
@@ -61,3 +61,10 @@ def test_help_lists_options_with_env_names() -> None:
     result = subprocess.run(torchrest_command("serve", "--help"), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert "--max-batch-size" in result.stdout and "TORCHREST_MAX_BATCH_SIZE" in result.stdout
+
+
+def test_model_name_renames_one_model_only(tmp_path: Path) -> None:
+    for name in ("north", "south"):
+        write_model_folder(tmp_path, name, Tiny(0.0), TINY_LABELS)
+    result = start("--model-repository", str(tmp_path), "--model-name", "compass")
+    assert_one_line_failure(result, "--model-name names one model")

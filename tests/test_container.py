@@ -68,14 +68,14 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @contextlib.contextmanager
-def running_container(*run_args: str, port: int = 8080) -> Iterator[Container]:
+def running_container(*run_args: str, port: int = 8080, serve_args: tuple[str, ...] = ()) -> Iterator[Container]:
     """`<engine> run` the image with a read-only root, published on a free loopback port; wait (bounded)
     until /v2/health/ready is 200. The container is removed afterwards."""
     host_port = free_port()
     started = time.monotonic()
-    container_id = engine(
-        "run", "--detach", "--read-only", "--publish", f"127.0.0.1:{host_port}:{port}", *run_args, IMAGE
-    ).stdout.strip()
+    publish = f"127.0.0.1:{host_port}:{port}"
+    container_id = engine("run", "--detach", "--read-only", "--publish", publish, *run_args, IMAGE, *serve_args)
+    container_id = container_id.stdout.strip()
     url = f"http://127.0.0.1:{host_port}"
     try:
         deadline = started + READY_TIMEOUT_S
@@ -150,13 +150,15 @@ def test_model_repository_mounted_read_only_as_kserve_mounts_it(repository: Path
 
 
 def test_single_model_folder_any_uid_and_port_from_the_environment(repository: Path) -> None:
-    """One model folder at /mnt/models (KServe's single-model mount), an arbitrary uid in group 0 (as
-    OpenShift assigns them), and PORT chosen by the platform (Knative sets it)."""
-    run_args = ("--volume", f"{repository / 'tiny'}:/mnt/models:ro", "--user", "123456:0", "--env", "PORT=9000")
-    with running_container(*run_args, port=9000) as container:
+    """One model folder at /mnt/models (KServe's single-model mount) served under the InferenceService's
+    name as the runtime passes it, an arbitrary uid in group 0 (as OpenShift assigns them), and PORT
+    chosen by the platform (Knative sets it)."""
+    run_args = ("--volume", f"{repository / 'lite0'}:/mnt/models:ro", "--user", "123456:0", "--env", "PORT=9000")
+    with running_container(*run_args, port=9000, serve_args=("--model-name", "cat-finder")) as container:
         info = httpx.get(f"{container.url}/", timeout=10).json()
-        assert info["model"]["name"] == "tiny" and [model["name"] for model in info["models"]] == ["tiny"]
-        assert classify(container.url)["prediction"]["label"] in TINY_LABELS  # type: ignore[index]
+        assert [model["name"] for model in info["models"]] == ["cat-finder"]
+        assert classify(container.url)["prediction"]["label"] in CAT_LABELS  # type: ignore[index]
+        assert kserve_labels(container.url, "cat-finder")[0] in CAT_LABELS
         assert engine("exec", container.id, "id", "-u").stdout.strip() == "123456"
 
 

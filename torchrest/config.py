@@ -59,6 +59,9 @@ class ServerConfig(ModelSource):
         None, "serve every model folder of this repository (the layout `torchrest optimize` writes)"
     )
     default_model: str | None = option(None, "the model /classify uses when a request names none (default: the first)")
+    model_name: str | None = option(
+        None, "serve the one model under this name (KServe passes the InferenceService's name)"
+    )
     host: str = option("0.0.0.0", "address to listen on")
     port: int = option(8088, "port to listen on")
     device: str = option("cpu", "cpu, cuda, cuda:N, or auto (cuda when available)")

@@ -15,6 +15,7 @@ its admitted requests, then stops it. A load that fails leaves what was serving 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,19 +54,30 @@ class ModelManager:
         repository: Path | None,
         default: str | None,
         drain_timeout_s: float,
+        served_name: str | None = None,
     ) -> None:
         """`build` opens, warms up and starts a runtime for a model on the event loop it answers to
-        (blocking: it is run off the loop)."""
+        (blocking: it is run off the loop). `served_name` renames the one model served (an
+        InferenceService's name, which need not be the name in its config.json)."""
         self.build = build
         self.repository = ModelRepository(repository) if repository is not None else None
         self.entries: dict[str, ModelEntry] = {}
         self.default_name = default
         self.drain_timeout_s = drain_timeout_s
+        self.served_name = served_name
         self._locks: dict[str, asyncio.Lock] = {}
 
     # -- discovery (before the port is bound: a bad folder fails the start) -------------------------
     def add(self, model: LoadedModel, reload: Callable[[], LoadedModel]) -> None:
+        if self.served_name is not None:
+            if self.entries:
+                raise StartupError(f"--model-name names one model, but {self.repository_root} holds several")
+            model, reload = _renamed(model, self.served_name), _renaming(reload, self.served_name)
         self.entries[model.name] = ModelEntry(model.name, reload, model)
+
+    @property
+    def repository_root(self) -> Path | None:
+        return self.repository.root if self.repository is not None else None
 
     def add_repository(self) -> None:
         assert self.repository is not None
@@ -185,7 +197,7 @@ class ModelManager:
     def _discover(self) -> None:
         """List folders that appeared in the repository since start-up (loaded on request, not before)."""
         assert self.repository is not None
-        if self.repository.is_single_model:
+        if self.repository.is_single_model or self.served_name is not None:
             return
         known = {e.model.name for e in self.entries.values()} | set(self.entries)
         try:
@@ -202,6 +214,14 @@ class ModelManager:
                 log.warning("model folder %s is not loadable: %s", folder, exc)
                 continue
             self.add(model, _folder_loader(folder))
+
+
+def _renamed(model: LoadedModel, name: str) -> LoadedModel:
+    return dataclasses.replace(model, name=name)
+
+
+def _renaming(reload: Callable[[], LoadedModel], name: str) -> Callable[[], LoadedModel]:
+    return lambda: _renamed(reload(), name)
 
 
 def _folder_loader(folder: Path) -> Callable[[], LoadedModel]:

@@ -45,6 +45,7 @@ def serve(config: ServerConfig) -> int:
         config.model_repository,
         config.default_model,
         config.drain_timeout,
+        config.model_name,
     )
     if config.model_repository is not None:
         models.add_repository()
