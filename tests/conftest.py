@@ -20,6 +20,8 @@ DATA = Path(__file__).parent / "data"
 PHOTOS = {name: (DATA / f"{name}.jpg").read_bytes() for name in ("cat", "coffee", "astronaut", "rocket")}
 CAT_LABELS = {"Egyptian cat", "tabby", "tiger cat"}
 STARTUP_TIMEOUT_S = 120
+ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def free_port() -> int:
@@ -153,3 +155,10 @@ def write_repository(root: Path) -> Path:
     write_model_folder(root, "lite0", lite0.module, lite0.labels)
     write_model_folder(root, "tiny", Tiny(0.0), TINY_LABELS)
     return root
+
+
+def admin_token_file(folder: Path) -> Path:
+    """The admin token in a file, as a Kubernetes Secret mounts it (`--admin-token-file`)."""
+    path = folder / "admin-token"
+    path.write_text(ADMIN_TOKEN + "\n")
+    return path

@@ -22,11 +22,13 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import (
+    ADMIN,
     CAT_LABELS,
     PHOTOS,
     TINY_LABELS,
     Server,
     Tiny,
+    admin_token_file,
     running_server,
     write_model_folder,
     write_repository,
@@ -281,27 +283,28 @@ def test_rollout_and_unload_under_traffic_fail_no_request(repository: Path, tmp_
     """Traffic on both models while tiny gets a version 2 (written to disk, then loaded), then while
     tiny is unloaded and loaded again: every request to a model that stays up is answered 200."""
     repository = Path(shutil.copytree(repository, tmp_path / "repository"))
-    with running_server(tmp_path, "--model-repository", str(repository)) as server:
+    admin = ("--admin-token-file", str(admin_token_file(tmp_path)))
+    with running_server(tmp_path, "--model-repository", str(repository), *admin) as server:
         client = httpclient.InferenceServerClient(url=server.url.removeprefix("http://"))
         lite0, tiny = Traffic(server.url, "lite0"), Traffic(server.url, "tiny")
         lite0.start()
         tiny.start()
         time.sleep(1.0)
         write_model_folder(repository, "tiny", Tiny(0.5), TINY_LABELS, version=2)
-        client.load_model("tiny")  # rollout: version 2 swaps in, version 1 drains
+        client.load_model("tiny", headers=ADMIN)  # rollout: version 2 swaps in, version 1 drains
         assert client.get_model_metadata("tiny")["versions"] == ["2"]
         time.sleep(1.0)
         tiny_statuses = tiny.stop()
         assert set(tiny_statuses) == {200}, tiny_statuses
         assert tiny.versions["1"] > 0 and tiny.versions["2"] > 0, tiny.versions
 
-        client.unload_model("tiny")
+        client.unload_model("tiny", headers=ADMIN)
         assert not client.is_model_ready("tiny")
         index = {row["name"]: row for row in client.get_model_repository_index()}
         assert index["tiny"]["state"] == "UNAVAILABLE" and index["lite0"]["state"] == "READY"
         gone = httpx.post(f"{server.url}/classify?model=tiny", files={"image": PHOTOS["cat"]}, timeout=30)
         assert gone.status_code == 503 and gone.json()["code"] == "not_ready"
-        client.load_model("tiny")
+        client.load_model("tiny", headers=ADMIN)
         assert client.is_model_ready("tiny")
         time.sleep(0.5)
         lite0_statuses = lite0.stop()
@@ -312,7 +315,7 @@ def test_rollout_and_unload_under_traffic_fail_no_request(repository: Path, tmp_
         broken.mkdir()
         (broken / "config.json").write_text('{"name": "broken", "backend": "torch", "artifact": "1/model.pt"}')
         with pytest.raises(InferenceServerException) as failed:
-            client.load_model("broken")
+            client.load_model("broken", headers=ADMIN)
         assert (
             failed.value.status() == "400" and "names artifact 1/model.pt, which is missing" in failed.value.message()
         )
@@ -322,7 +325,9 @@ def test_rollout_and_unload_under_traffic_fail_no_request(repository: Path, tmp_
 
 def test_a_single_model_folder_serves_as_a_repository_of_one(repository: Path, tmp_path: Path) -> None:
     """What KServe's storage initializer mounts at /mnt/models for one InferenceService: the model folder."""
-    with running_server(tmp_path, "--model-repository", str(repository / "tiny")) as server, server.client() as http:
+    admin = ("--admin-token-file", str(admin_token_file(tmp_path)))
+    single = ("--model-repository", str(repository / "tiny"))
+    with running_server(tmp_path, *single, *admin) as server, server.client(headers=ADMIN) as http:
         index = http.post("/v2/repository/index").json()
         assert [(model["name"], model["state"]) for model in index] == [("tiny", "READY")]
         answer = http.post("/classify", files={"image": PHOTOS["cat"]}).json()

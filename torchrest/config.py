@@ -79,6 +79,18 @@ class ServerConfig(ModelSource):
     )
     max_body_mb: float = option(20.0, "largest request body accepted, in MiB; past it, 413")
     max_image_megapixels: float = option(64.0, "largest decoded image, in megapixels; past it, 413")
+    admin_token_file: Path | None = option(
+        None, "file holding the token repository load/unload require (Authorization: Bearer); without one, they are off"
+    )
+    admin_token: str | None = option(None, "the admin token itself (prefer the file: a flag shows in the process list)")
+    api_keys_file: Path | None = option(
+        None, "API keys, one per line (# comments), re-read when the file changes; when set, inference needs one"
+    )
+    metrics_port: int = option(0, "serve /metrics on this port instead of the main one (0: the main port)")
+    ssl_certfile: Path | None = option(None, "TLS certificate chain (PEM): serve HTTPS")
+    ssl_keyfile: Path | None = option(None, "TLS private key (PEM) for --ssl-certfile")
+    ssl_ca_certs: Path | None = option(None, "CA bundle (PEM): clients must present a certificate it signed")
+    cors_origins: str = option("", "browser origins allowed to call the API, comma-separated, or * (default: none)")
     log_level: str = option("info", "debug, info, warning or error")
 
     @property
@@ -113,6 +125,20 @@ class ServerConfig(ModelSource):
             raise ValueError("--max-body-mb, --max-image-megapixels and --read-timeout must be positive")
         if self.resize_size < self.input_size:
             raise ValueError("--resize-size must be at least --input-size")
+        if not 0 <= self.metrics_port <= 65535 or (self.metrics_port and self.metrics_port == self.port):
+            raise ValueError("--metrics-port must be 0 or a port other than --port")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("--ssl-certfile and --ssl-keyfile go together")
+        if self.ssl_ca_certs is not None and self.ssl_certfile is None:
+            raise ValueError("--ssl-ca-certs (client certificates) needs --ssl-certfile and --ssl-keyfile")
+        if self.admin_token is not None and self.admin_token_file is not None:
+            raise ValueError("give the admin token once: --admin-token-file or TORCHREST_ADMIN_TOKEN")
+        if self.admin_token is not None and len(self.admin_token.strip()) < 16:
+            raise ValueError("the admin token must be at least 16 characters")
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip().rstrip("/") for origin in self.cors_origins.split(",") if origin.strip()]
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,21 @@ class LoadFailed(TorchrestError):
     code = "load_failed"
 
 
+class Unauthorized(TorchrestError):
+    """A missing or wrong API key (inference, with `--api-keys-file`) or admin token (repository load/unload)."""
+
+    status = 401
+    code = "unauthorized"
+    headers = {"www-authenticate": 'Bearer realm="torchrest"'}
+
+
+class Forbidden(TorchrestError):
+    """Repository load/unload while no admin token is configured (`--admin-token-file`): they are off by default."""
+
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(TorchrestError):
     """No such route, or no such model (or version)."""
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchrest.errors import LoadFailed, NotFound, NotReady, StartupError
+from torchrest.errors import BadRequest, LoadFailed, NotFound, NotReady, StartupError
 from torchrest.models.common import LoadedModel
 from torchrest.models.repository import ModelRepository, load_model_folder
 from torchrest.runtime import ModelRuntime
@@ -29,6 +30,8 @@ from torchrest.runtime import ModelRuntime
 log = logging.getLogger("torchrest.models")
 
 DRAIN_POLL_S = 0.02
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+VERSION = re.compile(r"[0-9]{1,18}")
 
 READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
 
@@ -94,7 +97,12 @@ class ModelManager:
         return self.default_name or next(iter(self.entries))
 
     def entry(self, name: str | None, version: str | None = None) -> ModelEntry:
-        """The named model (default: the default one); 404 if unknown, or if `version` is not served."""
+        """The named model (default: the default one); 400 for a name or version no model can have, 404 if
+        unknown, or if `version` is not served."""
+        if name is not None:
+            check_model_name(name)
+        if version is not None and not VERSION.fullmatch(version):
+            raise BadRequest(f"invalid model version {_shown(version)}: a version is a number")
         key = name if name is not None else self.default
         entry = self.entries.get(key)
         if entry is None:
@@ -135,6 +143,7 @@ class ModelManager:
     # -- life cycle -----------------------------------------------------------------------------------
     async def load(self, name: str) -> ModelEntry:
         """Load (or reload) `name`, swap it in, drain what served before. Raises LoadFailed, NotFound."""
+        check_model_name(name)
         if name not in self.entries and self.repository is not None:
             self._add_new_folder(name)
         entry = self.entry(name)
@@ -214,6 +223,20 @@ class ModelManager:
                 log.warning("model folder %s is not loadable: %s", folder, exc)
                 continue
             self.add(model, _folder_loader(folder))
+
+
+def check_model_name(name: str) -> None:
+    """Names from URLs never reach the filesystem unchecked: letters, digits, '_', '-' and '.', not
+    starting with '.' or '-', at most 128 characters (so no '..', no slash, encoded or not, no NUL)."""
+    if not MODEL_NAME.fullmatch(name):
+        raise BadRequest(
+            f"invalid model name {_shown(name)}: use letters, digits, '_', '-' and '.', not starting "
+            "with '.' or '-', at most 128 characters"
+        )
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:40] + "...")
 
 
 def _renamed(model: LoadedModel, name: str) -> LoadedModel:

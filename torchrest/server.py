@@ -11,16 +11,19 @@ import asyncio
 import logging
 import signal
 import socket
+import ssl
 from types import FrameType
+from typing import Any
 
 import torch
 import uvicorn
 
+from torchrest.access import AccessControl
 from torchrest.api import AppState, build_app
 from torchrest.api.protocol import guarded_protocol
 from torchrest.backends import Backend, resolve_device
 from torchrest.config import ServerConfig
-from torchrest.errors import LoadFailed, StartupError
+from torchrest.errors import LoadFailed, StartupError, first_line
 from torchrest.manager import ModelManager
 from torchrest.metrics import Metrics
 from torchrest.models.common import LoadedModel
@@ -52,8 +55,12 @@ def serve(config: ServerConfig) -> int:
     else:
         model = load_model(config)
         models.add(model, lambda: model)
-    sock = bind(config.host, config.port)
-    state = AppState(config=config, metrics=metrics, models=models)
+    access = AccessControl.from_config(config)
+    tls = tls_options(config)
+    sockets = [bind(config.host, config.port)]
+    if config.metrics_port:
+        sockets.append(bind(config.host, config.metrics_port))
+    state = AppState(config=config, metrics=metrics, models=models, access=access)
     server = DrainingServer(
         uvicorn.Config(
             build_app(state),
@@ -67,21 +74,31 @@ def serve(config: ServerConfig) -> int:
             # the lifespan shutdown stops the inference threads
             timeout_graceful_shutdown=config.drain_timeout,
             backlog=4096,
+            **tls,
         )
     )
     state.startup = lambda: _start_loading(state, server)
     state.shutdown = models.stop
-    host, port = sock.getsockname()[:2]
+    host, port = sockets[0].getsockname()[:2]
+    scheme = "https" if tls else "http"
     log.info(
-        "torchrest serving %s on http://%s:%d (device %s, %d threads x %d instances per model)",
+        "torchrest serving %s on %s://%s:%d (device %s, %d threads x %d instances per model)",
         ", ".join(models.entries),
+        scheme,
         host,
         port,
         device,
         config.threads_per_instance,
         config.instances,
     )
-    server.run(sockets=[sock])
+    log.info(
+        "access: inference %s; repository load/unload %s%s%s",
+        "needs an API key" if access.requires_api_key else "open",
+        "need the admin token" if access.management_enabled else "off (no --admin-token-file)",
+        f"; /metrics on port {config.metrics_port}" if config.metrics_port else "",
+        f"; CORS for {config.cors_origins}" if config.cors_origin_list else "",
+    )
+    server.run(sockets=sockets)
     return 1 if state.load_error else 0
 
 
@@ -138,6 +155,23 @@ def start_runtime(
     runtime.warm_up(config.tune_batch)
     runtime.start()
     return runtime
+
+
+def tls_options(config: ServerConfig) -> dict[str, Any]:
+    """uvicorn's TLS settings, checked here first so that a bad certificate or key is one line, exit 2."""
+    if config.ssl_certfile is None or config.ssl_keyfile is None:
+        return {}
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.ssl_certfile, config.ssl_keyfile)
+        if config.ssl_ca_certs is not None:
+            context.load_verify_locations(config.ssl_ca_certs)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"cannot use the TLS certificate, key or CA bundle: {first_line(exc)}") from None
+    options: dict[str, Any] = {"ssl_certfile": str(config.ssl_certfile), "ssl_keyfile": str(config.ssl_keyfile)}
+    if config.ssl_ca_certs is not None:
+        options |= {"ssl_ca_certs": str(config.ssl_ca_certs), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return options
 
 
 def bind(host: str, port: int) -> socket.socket:

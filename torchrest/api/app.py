@@ -12,7 +12,10 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
+from torchrest.access import AccessControl
+from torchrest.api.cors import Cors
 from torchrest.api.http import (
     ClientDisconnected,
     Receive,
@@ -42,6 +45,7 @@ class AppState:
     config: ServerConfig
     metrics: Metrics
     models: ModelManager
+    access: AccessControl = field(default_factory=AccessControl)
     load_error: str | None = None
     startup: Hook | None = None
     shutdown: Hook | None = None
@@ -54,29 +58,43 @@ class AppState:
 
 class App:
     """`routes`: exact paths; `templates`: paths with `{name}` segments, which handlers find in
-    `request.params`. Metrics label a request by its route or template, never by its raw path."""
+    `request.params` (matched on the raw path and then decoded, so an encoded slash stays inside its
+    segment for the handler to refuse). Metrics label a request by its route or template, never by its
+    raw path. With `metrics_port`, GET /metrics is served on that port only, and nothing else is."""
 
     def __init__(
         self,
         state: AppState,
         routes: dict[str, dict[str, Handler]],
         templates: dict[str, dict[str, Handler]] | None = None,
+        metrics_port: int = 0,
     ) -> None:
         self.state = state
         templates = templates or {}
+        self.metrics_port = metrics_port
+        self.metrics_routes = {"/metrics": routes["/metrics"]} if metrics_port else {}
+        if metrics_port:
+            routes = {path: methods for path, methods in routes.items() if path != "/metrics"}
+        origins = state.config.cors_origin_list
+        self.cors = Cors(origins) if origins else None
         self.routes = routes | {t: methods for t, methods in templates.items() if "{" not in t}
         self.templates = [(_pattern(t), t, methods) for t, methods in templates.items() if "{" in t]
         self._requests = state.metrics.requests
-        known = [*self.routes, *(t for _, t, _ in self.templates)]
+        known = [*self.routes, *self.metrics_routes, *(t for _, t, _ in self.templates)]
         self._latency = {route: state.metrics.request_latency.labels(route) for route in known}
 
     def _resolve(self, request: Request) -> tuple[str, dict[str, Handler] | None]:
+        if self.metrics_port and request.scope.get("server", (None, None))[1] == self.metrics_port:
+            methods = self.metrics_routes.get(request.path)
+            return (request.path, methods) if methods is not None else ("other", None)
         methods = self.routes.get(request.path)
         if methods is not None:
             return request.path, methods
+        raw = request.scope.get("raw_path")
+        path = raw.decode("latin-1") if raw else request.path
         for pattern, template, methods in self.templates:
-            if (match := pattern.fullmatch(request.path)) is not None:
-                request.params = match.groupdict()
+            if (match := pattern.fullmatch(path)) is not None:
+                request.params = {key: unquote(value) for key, value in match.groupdict().items()}
                 return template, methods
         return "other", None
 
@@ -89,7 +107,14 @@ class App:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive, time.monotonic())
         route, methods = self._resolve(request)
+        origin = request.headers.get("origin") if self.cors else None
         try:
+            preflight = request.headers.get("access-control-request-method")
+            if self.cors and origin and request.method == "OPTIONS" and preflight:
+                response = self.cors.preflight(origin, preflight, methods)
+                await send_response(send, response, request.request_id)
+                self._requests.labels(route, response.status).inc()
+                return
             if methods is None:
                 raise NotFound(f"no route {request.path}")
             handler = methods.get(request.method)
@@ -107,6 +132,8 @@ class App:
         except Exception:  # a bug of ours: answer in JSON, keep serving, and leave the traceback
             log.exception("%s %s [%s] failed", request.method, request.path, request.request_id)
             response = error_response(TorchrestError("internal server error"), protocol_v2=route.startswith("/v2"))
+        if origin and self.cors:
+            response.headers.update(self.cors.headers(origin))
         await send_response(send, response, request.request_id)
         self._requests.labels(route, response.status).inc()
         if methods is not None:

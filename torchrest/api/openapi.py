@@ -12,6 +12,8 @@ from torchrest import __version__
 from torchrest.api.classify import MAX_TOP_K
 from torchrest.api.http import Request, Response
 from torchrest.errors import all_errors
+from torchrest.manager import MODEL_NAME
+from torchrest.manager import VERSION as VERSION_RE
 
 JSON = "application/json"
 Schema = dict[str, Any]
@@ -32,6 +34,14 @@ def _errors(*statuses: int) -> dict[str, Schema]:
         }
     return out
 
+
+# inference is open unless the server has API keys; repository management always needs the admin token
+INFERENCE_SECURITY: list[Schema] = [{}, {"bearer": []}, {"apiKey": []}]
+ADMIN_SECURITY: list[Schema] = [{"bearer": []}]
+SECURITY_SCHEMES: Schema = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "an API key (inference) or the admin token"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "an API key (inference)"},
+}
 
 PREDICTION: Schema = {
     "type": "object",
@@ -99,8 +109,9 @@ CLASSIFY: Schema = {
                 }
             },
         },
-        **_errors(400, 408, 413, 415, 500, 503, 504),
+        **_errors(400, 401, 408, 413, 415, 500, 503, 504),
     },
+    "security": INFERENCE_SECURITY,
 }
 
 HEALTH: Schema = {
@@ -156,8 +167,18 @@ V2_ERROR: Schema = {
     "properties": {"error": {"type": "string"}},
     "additionalProperties": False,
 }
-NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": f"^{MODEL_NAME.pattern}$", "maxLength": 128},
+}
+VERSION = {
+    "name": "version",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": VERSION_RE.pattern},
+}
 TENSOR_META: Schema = {
     "type": "object",
     "required": ["name", "datatype", "shape"],
@@ -212,7 +233,9 @@ INFER_RESPONSE: Schema = {
 
 def _v2_errors(*statuses: int) -> dict[str, Schema]:
     what = {
-        400: "malformed request",
+        400: "malformed request, or a model name or version no model can have",
+        401: "missing or wrong API key or admin token",
+        403: "repository management is off: no admin token configured",
         404: "unknown model or version",
         408: "body too slow",
         413: "body too large",
@@ -256,8 +279,9 @@ def v2_paths() -> dict[str, Schema]:
                 "parameters": [NAME],
                 "responses": {
                     "200": {"description": "loaded", "content": {JSON: {"schema": anything}}},
-                    **_v2_errors(400, 404),
+                    **_v2_errors(400, 401, 403, 404),
                 },
+                "security": ADMIN_SECURITY,
             }
         },
         "/v2/repository/models/{name}/unload": {
@@ -266,8 +290,9 @@ def v2_paths() -> dict[str, Schema]:
                 "parameters": [NAME],
                 "responses": {
                     "200": {"description": "unloaded", "content": {JSON: {"schema": anything}}},
-                    **_v2_errors(404),
+                    **_v2_errors(400, 401, 403, 404),
                 },
+                "security": ADMIN_SECURITY,
             }
         },
     }
@@ -280,11 +305,11 @@ def v2_paths() -> dict[str, Schema]:
                 "outputs": {"type": "array", "items": TENSOR_META},
             },
         }
-        paths[prefix] = _v2_get("Model metadata", metadata, 404, params=params)
-        paths[f"{prefix}/ready"] = _v2_get("Model readiness", anything, 404, 503, params=params)
-        paths[f"{prefix}/config"] = _v2_get("Model configuration", anything, 404, params=params)
+        paths[prefix] = _v2_get("Model metadata", metadata, 400, 404, params=params)
+        paths[f"{prefix}/ready"] = _v2_get("Model readiness", anything, 400, 404, 503, params=params)
+        paths[f"{prefix}/config"] = _v2_get("Model configuration", anything, 400, 404, params=params)
         paths[f"{prefix}/stats"] = _v2_get(
-            "Model statistics", {"type": "object", "required": ["model_stats"]}, 404, params=params
+            "Model statistics", {"type": "object", "required": ["model_stats"]}, 400, 404, params=params
         )
         paths[f"{prefix}/infer"] = {
             "post": {
@@ -303,8 +328,9 @@ def v2_paths() -> dict[str, Schema]:
                         "description": "outputs (binary ones after the JSON header)",
                         "content": {JSON: {"schema": INFER_RESPONSE}, "application/octet-stream": {}},
                     },
-                    **_v2_errors(400, 404, 408, 413, 503, 504),
+                    **_v2_errors(400, 401, 404, 408, 413, 503, 504),
                 },
+                "security": INFERENCE_SECURITY,
             }
         }
     return paths
@@ -333,6 +359,7 @@ def document() -> Schema:
             **v2_paths(),
         },
         "components": {
+            "securitySchemes": SECURITY_SCHEMES,
             "schemas": {
                 "V2Error": V2_ERROR,
                 "Prediction": PREDICTION,
@@ -345,7 +372,7 @@ def document() -> Schema:
                         "message": {"type": "string"},
                     },
                 },
-            }
+            },
         },
     }
 

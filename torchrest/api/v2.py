@@ -28,6 +28,7 @@ import numpy as np
 from torchrest import __version__
 from torchrest.api.app import AppState, Handler
 from torchrest.api.classify import in_time, request_timeout_ms, until_disconnect
+from torchrest.api.guards import admin, inference
 from torchrest.api.http import Request, Response, json_response
 from torchrest.api.tensors import HEADER_LENGTH, InferRequest, Output, encode_response, json_object, parse_request
 from torchrest.errors import BadRequest, NotReady
@@ -259,13 +260,13 @@ def templates() -> dict[str, dict[str, Handler]]:
         "/v2/health/ready": {"GET": ready},
         "/v2/models/stats": {"GET": stats},
         "/v2/repository/index": {"GET": repository_index, "POST": repository_index},
-        "/v2/repository/models/{name}/load": {"POST": load},
-        "/v2/repository/models/{name}/unload": {"POST": unload},
+        "/v2/repository/models/{name}/load": {"POST": admin(load)},
+        "/v2/repository/models/{name}/unload": {"POST": admin(unload)},
     }
     for prefix in (model, versioned):
         routes[prefix] = {"GET": model_metadata}
         routes[f"{prefix}/ready"] = {"GET": model_ready}
         routes[f"{prefix}/config"] = {"GET": model_config}
         routes[f"{prefix}/stats"] = {"GET": stats}
-        routes[f"{prefix}/infer"] = {"POST": infer}
+        routes[f"{prefix}/infer"] = {"POST": inference(infer)}
     return routes

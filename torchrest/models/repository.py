@@ -49,6 +49,9 @@ class ModelRepository:
         if self.is_single_model:
             return [self.root]
         folders = sorted(folder for folder in self.root.iterdir() if (folder / CONFIG_FILE).is_file())
+        for folder in [folder for folder in folders if not self._inside(folder)]:
+            log.warning("model folder %s leads outside the repository: not served", folder)
+            folders.remove(folder)
         if not folders:
             raise StartupError(f"model repository {self.root} holds no model folder with a {CONFIG_FILE}")
         return folders
@@ -62,7 +65,13 @@ class ModelRepository:
         folder = self.root / name
         if not (folder / CONFIG_FILE).is_file():
             raise NotFound(f"unknown model {name!r}: no folder {folder} with a {CONFIG_FILE}")
+        if not self._inside(folder):
+            raise NotFound(f"unknown model {name!r}: {folder} leads outside the repository")
         return folder
+
+    def _inside(self, folder: Path) -> bool:
+        """A link may point elsewhere: what the folder resolves to must be inside the repository."""
+        return folder.resolve().is_relative_to(self.root.resolve())
 
 
 def load_from_repository(repository: Path, name: str) -> LoadedModel:
@@ -85,6 +94,9 @@ def load_model_folder(folder: Path) -> LoadedModel:
         raise StartupError(str(exc)) from None
     if config.backend not in BACKENDS:
         raise StartupError(f"{folder / CONFIG_FILE}: unknown backend {config.backend!r} ({', '.join(BACKENDS)})")
+    for named in (config.artifact, config.labels):
+        if not (folder / named).resolve().is_relative_to(folder.resolve()):
+            raise StartupError(f"{folder / CONFIG_FILE} names {named}, which is outside the model folder")
     artifact = folder / config.artifact
     if not artifact.is_file():
         raise StartupError(f"{folder / CONFIG_FILE} names artifact {config.artifact}, which is missing")
