@@ -21,13 +21,22 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from harness import ROOT, free_port, log, platform_name, serving_process, torchrest_command, write_results, wrk
+from harness import (
+    ROOT,
+    free_port,
+    log,
+    platform_name,
+    serving_process,
+    torchrest_command,
+    wait_until_ready,
+    write_results,
+    wrk,
+)
 
 SITE_PACKAGES = "/opt/torchrest/lib/python3.11/site-packages"
 
@@ -47,16 +56,13 @@ def container(image: str, cpus: int) -> Iterator[tuple[str, str, float]]:
         *("--log-level", "warning"),
     ).strip()
     url = f"http://127.0.0.1:{port}"
+
+    def exited() -> str | None:
+        running = engine("inspect", "--format", "{{.State.Running}}", container_id).strip() == "true"
+        return None if running else f"container exited: {engine('logs', container_id)[-3000:]}"
+
     try:
-        while time.monotonic() - started < 300:
-            try:
-                with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            raise TimeoutError(f"container not ready: {engine('logs', container_id)[-3000:]}")
+        wait_until_ready(f"{url}/v2/health/ready", exited)
         yield url, container_id, time.monotonic() - started
     finally:
         engine("rm", "--force", "--time", "0", container_id)

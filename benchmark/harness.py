@@ -112,24 +112,32 @@ def serving_process(
         env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
+
+    def exited() -> str | None:
+        return f"server exited: {Path(log_file.name).read_text()[-3000:]}" if process.poll() is not None else None
+
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited: {Path(log_file.name).read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            raise TimeoutError(f"server not ready in {READY_TIMEOUT_S} s")
+        wait_until_ready(f"{url}/health", exited)
         yield url, process
     finally:
         stop(process)
         log_file.close()
         os.unlink(log_file.name)
+
+
+def wait_until_ready(url: str, failed: Callable[[], str | None], timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Poll `url` until it answers 200; RuntimeError with what `failed` says once it says anything."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (reason := failed()) is not None:
+            raise RuntimeError(reason)
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready in {timeout_s:.0f} s")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
