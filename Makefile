@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # torch is pinned in every install step: an unpinned request pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: install install-dev serve test lint image image-cuda image-test bench bench-quick bench-core bench-container clean
+.PHONY: install install-dev serve test lint format image image-cuda image-test bench bench-quick bench-core bench-container clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -46,7 +46,12 @@ image-test: install-dev image
 lint: install-dev
 	$(BIN)/ruff check torchrest tests benchmark
 	$(BIN)/ruff format --check torchrest tests benchmark
-	$(BIN)/mypy torchrest
+	$(BIN)/mypy torchrest benchmark
+
+# Rewrites what `make lint` checks the style of.
+format: install-dev
+	$(BIN)/ruff check --fix torchrest tests benchmark
+	$(BIN)/ruff format torchrest tests benchmark
 
 # torchrest (eager and optimized) vs the naive FastAPI baseline vs the offline limit (needs wrk).
 bench: install-dev

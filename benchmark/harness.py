@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from torchrest.config import ServerConfig  # noqa: E402
 from torchrest.models.registry import load_model  # noqa: E402
+from torchrest.models.repository import load_from_repository  # noqa: E402
 from torchrest.preprocess import decode_image  # noqa: E402
 from torchrest.server import configure_torch  # noqa: E402
 
@@ -44,7 +45,7 @@ def offline(
     """Decode + pre-process + model in a tight loop: what one process does with no HTTP and no queue."""
     config = ServerConfig(model=model_name, model_repository=repository)
     configure_torch(config)
-    model = load_model(config)
+    model = load_from_repository(repository, model_name) if repository else load_model(config)
     backend = model.open_backend("cpu", config.threads_per_instance)
     backend.prepare_thread()
     spec, limit = model.input_spec, config.max_image_pixels

@@ -61,7 +61,7 @@ def request_kinds() -> list[Kind]:
 
     small = encoded(Image.open(DATA / "cat.jpg").resize((160, 107)), "JPEG", quality=90)
     png = encoded(Image.open(DATA / "astronaut.jpg").convert("RGB"), "PNG")
-    large = encoded(Image.open(DATA / "rocket.jpg").resize((3000, 2000), Image.BICUBIC), "JPEG", quality=92)
+    large = encoded(Image.open(DATA / "rocket.jpg").resize((3000, 2000), Image.Resampling.BICUBIC), "JPEG", quality=92)
     multipart = f"multipart/form-data; boundary={BOUNDARY}"
     noise = random.Random(0).randbytes(20_000)
     return [

@@ -100,10 +100,6 @@ def test_close_wakes_idle_takers() -> None:
     assert results == [None]
 
 
-def test_idle_timeout_returns_none() -> None:
-    assert BatchQueue(4).take(idle_timeout_s=0.01) is None
-
-
 def test_admission_bounds_in_flight() -> None:
     admission = Admission(2)
     admission.admit()

@@ -6,9 +6,10 @@ import socket
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.conftest import TINY_LABELS, Tiny, torchrest_command, write_model_folder
+from tests.conftest import PHOTOS, TINY_LABELS, Tiny, running_server, torchrest_command, write_model_folder
 
 
 def start(*args: str) -> subprocess.CompletedProcess[str]:
@@ -68,3 +69,20 @@ def test_model_name_renames_one_model_only(tmp_path: Path) -> None:
         write_model_folder(tmp_path, name, Tiny(0.0), TINY_LABELS)
     result = start("--model-repository", str(tmp_path), "--model-name", "compass")
     assert_one_line_failure(result, "--model-name names one model")
+
+
+def test_model_with_a_repository_serves_that_model_alone(tmp_path: Path) -> None:
+    """`--model NAME` picks one model of the repository (the others stay loadable), and GET / says which
+    model /classify answers with; a name the repository lacks is a one-line error."""
+    for name in ("north", "south"):
+        write_model_folder(tmp_path / "repository", name, Tiny(0.0), TINY_LABELS)
+    repository = str(tmp_path / "repository")
+    with running_server(tmp_path, "--model-repository", repository, "--model", "south") as server:
+        info = httpx.get(f"{server.url}/", timeout=10).json()
+        assert info["default_model"] == "south" and [m["name"] for m in info["models"]] == ["south"]
+        assert (
+            httpx.post(f"{server.url}/classify", files={"image": PHOTOS["cat"]}, timeout=30).json()["model"] == "south"
+        )
+        index = {row["name"]: row["state"] for row in httpx.get(f"{server.url}/v2/repository/index").json()}
+        assert index == {"south": "READY", "north": "UNAVAILABLE"}
+    assert_one_line_failure(start("--model-repository", repository, "--model", "west"), "--model 'west' is not in")

@@ -24,6 +24,7 @@ from kserve import models as kserve_models
 from kserve.api_client import ApiClient
 
 from torchrest import __version__
+from torchrest.backends import BACKENDS
 from torchrest.cli import build_parser
 from torchrest.config import ServerConfig, config_fields, env_name
 
@@ -181,7 +182,8 @@ def test_the_container_settings_are_ones_the_server_understands() -> None:
     config = serve_args(kserve_container)
     assert config.model_repository == Path("/mnt/models") and config.model_name == "my-model"
     assert runtime["spec"]["annotations"]["prometheus.kserve.io/path"] in routes
-    assert {fmt["name"] for fmt in runtime["spec"]["supportedModelFormats"]} == {"pytorch", "onnx", "openvino"}
+    formats = {fmt["name"] for fmt in runtime["spec"]["supportedModelFormats"]}
+    assert formats == {kind.model_format for kind in BACKENDS.values()}  # every backend's artifacts, no other
 
     deployment = documents(DEPLOY / "k8s" / "deployment.yaml")[0]
     pod = deployment["spec"]["template"]["spec"]

@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import PHOTOS
 from torchrest.config import ServerConfig
-from torchrest.errors import StartupError
+from torchrest.errors import ModelLoadError
 from torchrest.models.registry import load_model
 from torchrest.models.resnet import resnet18
 from torchrest.preprocess import decode_image
@@ -79,5 +79,5 @@ def test_resnet18_without_weights_says_so(caplog: pytest.LogCaptureFixture) -> N
 def test_wrong_weights_are_a_startup_error(tmp_path: Path) -> None:
     path = tmp_path / "lite.pth"
     torch.save(load_model(ServerConfig()).module.network.state_dict(), path)
-    with pytest.raises(StartupError, match="do not fit resnet18"):
+    with pytest.raises(ModelLoadError, match="do not fit resnet18"):
         load_model(ServerConfig(model="resnet18", weights=path))

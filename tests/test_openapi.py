@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import Server, running_server
+from torchrest.api import route_table
+from torchrest.api.openapi import document
 from torchrest.errors import all_errors
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
@@ -27,6 +29,13 @@ def test_openapi_document_lists_every_route_and_error_code(server: Server) -> No
     assert set(codes) == {error.code for error in all_errors()}
     classify = document["paths"]["/classify"]["post"]
     assert {"400", "408", "413", "415", "503", "504"} <= set(classify["responses"])
+
+
+def test_every_route_is_documented_and_every_documented_path_is_routed() -> None:
+    routes, templates = route_table()
+    served = {path: {method.lower() for method in methods} for path, methods in (routes | templates).items()}
+    documented = {path: set(operations) for path, operations in document()["paths"].items()}
+    assert served == documented
 
 
 def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(tmp_path: Path) -> None:

@@ -69,7 +69,8 @@ class Admission:
 
 
 class BatchQueue:
-    """FIFO of decoded jobs shared by a model's instances."""
+    """FIFO of admitted jobs (encoded images or pixel arrays, decoded later by the instance that runs them)
+    shared by a model's instances."""
 
     def __init__(self, max_batch_size: int, max_wait_s: float = 0.0, now: Clock = time.monotonic) -> None:
         self.max_batch_size = max_batch_size
@@ -95,17 +96,16 @@ class BatchQueue:
             self._closed = True
             self._ready.notify_all()
 
-    def take(self, idle_timeout_s: float | None = None) -> Taken | None:
+    def take(self) -> Taken | None:
         """Block until there is work; return up to max_batch_size live jobs, plus the dead ones.
 
-        Returns None when the queue is closed and empty, or when `idle_timeout_s` passes with no work.
+        Returns None when the queue is closed and empty.
         """
         with self._ready:
             while not self._jobs:
                 if self._closed:
                     return None
-                if not self._ready.wait(idle_timeout_s) and idle_timeout_s is not None:
-                    return None
+                self._ready.wait()
             if self.max_wait_s > 0:
                 self._wait_for_company()
             taken = Taken([], [], [])

@@ -1,5 +1,5 @@
 """Command line: argument parsing only. Flags and TORCHREST_* environment fallbacks are derived from
-`ServerConfig`'s fields; a `StartupError` becomes one line on stderr and exit status 2."""
+`ServerConfig`'s fields; a `StartupError` or `ModelLoadError` becomes one line on stderr and exit status 2."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from torchrest import __version__
 from torchrest.config import OptimizeConfig, ServerConfig, config_fields, env_name, flag_name
-from torchrest.errors import StartupError
+from torchrest.errors import ModelLoadError, StartupError
 
 
 def parse_bool(text: str) -> bool:
@@ -36,15 +36,43 @@ CONVERTERS: dict[str, Any] = {
 COMMANDS: dict[str, type] = {"serve": ServerConfig, "optimize": OptimizeConfig}
 
 
+USAGE = "Serve PyTorch image classifiers over HTTP, fast: adaptive batching, KServe v2, metrics."
+EXAMPLES = """examples:
+  torchrest serve                                   the built-in EfficientNet-Lite0 on :8088
+  curl localhost:8088/classify -F image=@cat.jpg    classify a photo
+  torchrest optimize --calibration photos/          find the fastest faithful backend on this machine
+  torchrest serve --model-repository model-repository
+"""
+SERVE_EXAMPLES = """examples:
+  torchrest serve                                        EfficientNet-Lite0 (real ImageNet weights) on :8088
+  torchrest serve --model resnet18 --weights r18.pth     a built-in architecture with your weights
+  torchrest serve --model model.pt --labels labels.txt   a TorchScript classifier
+  torchrest serve --model-repository model-repository    every model folder `torchrest optimize` wrote
+  TORCHREST_PORT=9000 torchrest serve                    any option from the environment
+"""
+OPTIMIZE_EXAMPLES = """examples:
+  torchrest optimize --calibration photos/               EfficientNet-Lite0, every candidate
+  torchrest optimize --model resnet18 --calibration photos/ --candidates torch-eager,openvino-fp32
+"""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each flag's help; descriptions and examples kept as written."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="torchrest", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="torchrest", description=USAGE, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"torchrest {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser(
         "serve",
         help="serve a model over HTTP",
-        description="Serve an image classifier: POST /classify, GET /health, GET /metrics.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Serve image classifiers: POST /classify, the Open Inference Protocol under /v2, "
+        "GET /health, GET /metrics.",
+        epilog=SERVE_EXAMPLES,
+        formatter_class=HelpFormatter,
     )
     add_config_flags(serve, ServerConfig)
     optimize = commands.add_parser(
@@ -53,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure every candidate backend on this machine (speed, and agreement with fp32 on "
         "held-out inputs), reject the unfaithful, and write the fastest as <out>/<model>/ for "
         "`torchrest serve --model-repository <out>`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=OPTIMIZE_EXAMPLES,
+        formatter_class=HelpFormatter,
     )
     add_config_flags(optimize, OptimizeConfig)
     return parser
@@ -78,6 +107,28 @@ def add_config_flags(parser: argparse.ArgumentParser, kind: type) -> None:
         )
 
 
+def synopsis(command: str, kind: type, width: int = 112) -> str:
+    """`torchrest COMMAND [--flag DEFAULT] ...` for every option, wrapped: the README's flag synopsis
+    (a test keeps it equal to this)."""
+    head = f"torchrest {command} "
+    parts = []
+    for spec in config_fields(kind):
+        flag = flag_name(spec.name)
+        if CONVERTERS[str(spec.type)] is parse_bool:
+            parts.append(f"[--[no-]{flag}]")
+        elif spec.default in (None, "", 0) and str(spec.type) != "float":
+            parts.append(f"[--{flag} {'PATH' if 'Path' in str(spec.type) else 'N' if spec.type == 'int' else 'VALUE'}]")
+        else:
+            parts.append(f"[--{flag} {spec.default}]")
+    lines, line = [], head
+    for part in parts:
+        if len(line) + len(part) > width and line.strip():
+            lines.append(line.rstrip())
+            line = " " * len(head)
+        line += part + " "
+    return "\n".join([*lines, line.rstrip()])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -97,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from torchrest.server import serve
 
         return serve(config)
-    except StartupError as exc:
+    except (StartupError, ModelLoadError) as exc:
         print(f"torchrest: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -42,7 +42,7 @@ class InputSpec:
 class ModelSource:
     """Which model to load and how to feed it: the options `serve` and `optimize` share."""
 
-    model: str = option("efficientnet_lite0", "built-in model name or path to a TorchScript file")
+    model: str | None = option("efficientnet_lite0", "built-in model name or path to a TorchScript file")
     weights: Path | None = option(None, "state-dict file for a built-in model (torchvision keys for resnet18)")
     labels: Path | None = option(None, "class names, one per line (or a JSON list); default ImageNet-1k")
     input_size: int = option(224, "crop size fed to a TorchScript model")
@@ -55,6 +55,11 @@ class ModelSource:
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig(ModelSource):
+    model: str | None = option(
+        None,
+        "built-in model name or TorchScript file (default efficientnet_lite0); with --model-repository, the "
+        "one model of it to load at start-up (the others stay loadable through the repository API)",
+    )
     model_repository: Path | None = option(
         None, "serve every model folder of this repository (the layout `torchrest optimize` writes)"
     )
@@ -198,7 +203,7 @@ class ModelConfig:
     """
 
     name: str
-    backend: str  # a key of torchrest.backends.BACKENDS
+    backend: str  # a key of torchrest.backends.BACKENDS (its BackendKind.name)
     artifact: str  # relative to the model folder
     precision: str = "fp32"  # fp32, bf16, fp16, int8
     crop_size: int = 224

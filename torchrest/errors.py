@@ -145,7 +145,14 @@ class DeadlineExceeded(TorchrestError):
 
 
 class StartupError(Exception):
-    """A configuration or model the server cannot start with; the CLI prints it on one line, exit 2."""
+    """A configuration the server cannot start with (options, port, secrets, TLS files); the CLI prints it
+    on one line, exit 2."""
+
+
+class ModelLoadError(Exception):
+    """A model that cannot be loaded: unknown name, missing or corrupt weights, labels or artifact, a broken
+    model folder. At start-up the CLI prints it on one line (exit 2); a load while serving answers 400
+    (`LoadFailed`) with it, and what was serving keeps serving."""
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

@@ -20,9 +20,10 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
-from torchrest.errors import BadRequest, LoadFailed, NotFound, NotReady, StartupError
+from torchrest.errors import BadRequest, LoadFailed, ModelLoadError, NotFound, NotReady, StartupError
 from torchrest.models.common import LoadedModel
 from torchrest.models.repository import ModelRepository, load_model_folder
 from torchrest.runtime import ModelRuntime
@@ -33,7 +34,17 @@ DRAIN_POLL_S = 0.02
 MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 VERSION = re.compile(r"[0-9]{1,18}")
 
-READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
+
+class ModelState(StrEnum):
+    """A model's state, as the repository index reports it (Triton's words)."""
+
+    READY = "READY"
+    LOADING = "LOADING"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+READY, LOADING, UNLOADING, UNAVAILABLE = ModelState
 
 
 @dataclass(slots=True)
@@ -42,7 +53,7 @@ class ModelEntry:
     reload: Callable[[], LoadedModel]  # reads the model again (a repository folder may hold a new version)
     model: LoadedModel
     runtime: ModelRuntime | None = None
-    state: str = UNAVAILABLE
+    state: ModelState = UNAVAILABLE
     reason: str = ""
 
     @property
@@ -82,10 +93,17 @@ class ModelManager:
     def repository_root(self) -> Path | None:
         return self.repository.root if self.repository is not None else None
 
-    def add_repository(self) -> None:
+    def add_repository(self, only: str | None = None) -> None:
+        """Every model folder of the repository, or with `only` that model alone (the others can be
+        loaded later through the repository API, as with Triton's explicit model control)."""
         assert self.repository is not None
         for folder in self.repository.folders():
-            self.add(load_model_folder(folder), _folder_loader(folder))
+            model = load_model_folder(folder)
+            if only is None or only in (model.name, folder.name):
+                self.add(model, _folder_loader(folder))
+        if only is not None and not self.entries:
+            names = ", ".join(folder.name for folder in self.repository.folders())
+            raise StartupError(f"--model {only!r} is not in {self.repository.root} (it holds {names})")
         if self.default_name is not None and self.default_name not in self.entries:
             raise StartupError(
                 f"--default-model {self.default_name!r} is not in {self.repository.root} ({', '.join(self.entries)})"
@@ -155,7 +173,7 @@ class ModelManager:
                 model = await loop.run_in_executor(None, entry.reload)
                 runtime = await loop.run_in_executor(None, self.build, model, loop)
             except Exception as exc:  # noqa: BLE001 - any failure is reported; the others keep serving
-                reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, StartupError) else str(exc)
+                reason = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
                 if entry.runtime is None:
                     entry.state, entry.reason = UNAVAILABLE, reason
                 log.error("model %s failed to load: %s", name, reason)
@@ -199,7 +217,7 @@ class ModelManager:
         folder = self.repository.folder(name)
         try:
             model = load_model_folder(folder)
-        except StartupError as exc:
+        except ModelLoadError as exc:
             raise LoadFailed(f"failed to load model {name!r}: {exc}") from None
         self.add(model, _folder_loader(folder))
 
@@ -211,7 +229,7 @@ class ModelManager:
         known = {e.model.name for e in self.entries.values()} | set(self.entries)
         try:
             folders = self.repository.folders()
-        except StartupError as exc:  # emptied or removed since start-up: what is loaded keeps serving
+        except ModelLoadError as exc:  # emptied or removed since start-up: what is loaded keeps serving
             log.warning("%s", exc)
             return
         for folder in folders:
@@ -219,7 +237,7 @@ class ModelManager:
                 continue
             try:
                 model = load_model_folder(folder)
-            except StartupError as exc:
+            except ModelLoadError as exc:
                 log.warning("model folder %s is not loadable: %s", folder, exc)
                 continue
             self.add(model, _folder_loader(folder))

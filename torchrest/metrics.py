@@ -1,8 +1,8 @@
 """Every Prometheus collector the server exports, in one registry, in one place; and each model's
 statistics as Triton's statistics extension reports them (`GET /v2/models/{name}/stats`).
 
-Stages are timed where they happen: `preprocess` and `total` in the API handler, `queue_wait` and
-`inference` in the runtime thread (inference once per batch).
+Stages are timed where they happen: `queue_wait`, `preprocess` (the batch's decode, on its inference
+thread) and `inference` (once per batch) in the runtime, `total` when the front-end has its answer.
 """
 
 from __future__ import annotations

@@ -17,10 +17,11 @@ it (or for another instance) until their deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +65,21 @@ class Instance:
     backend: Backend
     down: str | None = None
     restarts: int = 0
+
+
+class Admitted:
+    """The places one request holds in a model's admission bound."""
+
+    __slots__ = ("runtime", "count")
+
+    def __init__(self, runtime: ModelRuntime, count: int) -> None:
+        self.runtime = runtime
+        self.count = count
+
+    def add(self, count: int) -> None:
+        if count > 0:
+            self.runtime.admit(count)
+            self.count += count
 
 
 class ModelRuntime:
@@ -143,6 +159,17 @@ class ModelRuntime:
 
     def release(self, count: int = 1) -> None:
         self.admission.release(count)
+
+    @contextlib.contextmanager
+    def admitted(self, count: int = 1) -> Iterator[Admitted]:
+        """`with runtime.admitted() as places:` takes places (QueueFull, 503, when there are none) and gives
+        them back however the request ends; `places.add(n)` takes more once the request says how many."""
+        self.admit(count)
+        places = Admitted(self, count)
+        try:
+            yield places
+        finally:
+            self.release(places.count)
 
     def observe_total(self, seconds: float) -> None:
         self._total.observe(seconds)

@@ -51,7 +51,7 @@ def serve(config: ServerConfig) -> int:
         config.model_name,
     )
     if config.model_repository is not None:
-        models.add_repository()
+        models.add_repository(only=config.model)
     else:
         model = load_model(config)
         models.add(model, lambda: model)
@@ -82,8 +82,9 @@ def serve(config: ServerConfig) -> int:
     host, port = sockets[0].getsockname()[:2]
     scheme = "https" if tls else "http"
     log.info(
-        "torchrest serving %s on %s://%s:%d (device %s, %d threads x %d instances per model)",
+        "torchrest serving %s (default %s) on %s://%s:%d (device %s, %d threads x %d instances per model)",
         ", ".join(models.entries),
+        models.default,
         scheme,
         host,
         port,
@@ -202,4 +203,4 @@ async def _start_loading(state: AppState, server: uvicorn.Server) -> None:
             if not model.pretrained:
                 log.warning("model %s has RANDOM WEIGHTS: benchmark only", model.name)
 
-    state.extra["loader"] = asyncio.create_task(load())
+    state.loading = asyncio.create_task(load())

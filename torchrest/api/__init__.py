@@ -14,7 +14,9 @@ from torchrest.api.openapi import openapi
 from torchrest.api.v2 import templates
 
 
-def build_app(state: AppState) -> App:
+def route_table() -> tuple[dict[str, dict[str, Handler]], dict[str, dict[str, Handler]]]:
+    """Every route the server has, in one place: exact paths, and the /v2 templates. (A test keeps
+    /openapi.json in step with it.)"""
     routes: dict[str, dict[str, Handler]] = {
         "/classify": {"POST": inference(classify)},
         "/health": {"GET": health},
@@ -22,7 +24,12 @@ def build_app(state: AppState) -> App:
         "/": {"GET": info},
         "/openapi.json": {"GET": openapi},
     }
-    return App(state, routes, templates(), metrics_port=state.config.metrics_port)
+    return routes, templates()
 
 
-__all__ = ["App", "AppState", "build_app"]
+def build_app(state: AppState) -> App:
+    routes, v2_templates = route_table()
+    return App(state, routes, v2_templates, metrics_port=state.config.metrics_port)
+
+
+__all__ = ["App", "AppState", "build_app", "route_table"]

@@ -7,6 +7,7 @@ Handlers raise `TorchrestError` subclasses; this module is the only place that t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -49,7 +50,7 @@ class AppState:
     load_error: str | None = None
     startup: Hook | None = None
     shutdown: Hook | None = None
-    extra: dict[str, object] = field(default_factory=dict)
+    loading: asyncio.Task[None] | None = None  # the start-up load, held so that it is not collected
 
     def not_ready_reason(self) -> str | None:
         """Why the server is not ready (/health, /v2/health/ready), or None when it is."""

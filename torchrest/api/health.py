@@ -32,6 +32,7 @@ async def info(request: Request, state: AppState) -> Response:
             "name": "torchrest",
             "version": __version__,
             "ready": runtime is not None,
+            "default_model": state.models.default,
             "model": runtime.model.describe() if runtime else None,
             "backend": runtime.backends[0].name if runtime else None,
             "device": runtime.backends[0].device if runtime else None,

@@ -27,17 +27,17 @@ import numpy as np
 
 from torchrest import __version__
 from torchrest.api.app import AppState, Handler
-from torchrest.api.classify import in_time, request_timeout_ms, until_disconnect
 from torchrest.api.guards import admin, inference
 from torchrest.api.http import Request, Response, json_response
+from torchrest.api.lifecycle import deadline_s, in_time, until_disconnect
 from torchrest.api.tensors import HEADER_LENGTH, InferRequest, Output, encode_response, json_object, parse_request
+from torchrest.backends import BACKENDS
 from torchrest.errors import BadRequest, NotReady
-from torchrest.manager import ModelEntry
+from torchrest.manager import ModelEntry, ModelState
 from torchrest.postprocess import label, top_indices
 from torchrest.runtime import ModelRuntime
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
-PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino", "torch": "pytorch_libtorch"}
 DEFAULT_OUTPUTS = ("labels", "scores")
 PARSE_OFF_LOOP_BYTES = 256 * 1024  # a JSON header this large is parsed on a worker thread
 
@@ -126,7 +126,7 @@ async def repository_index(request: Request, state: AppState) -> Response:
                 raise BadRequest(f"'ready' must be true or false, got {ready_only!r}")
             only_ready = ready_only
     index = state.models.index()
-    return json_response(200, [row for row in index if not only_ready or row["state"] == "READY"])
+    return json_response(200, [row for row in index if not only_ready or row["state"] == ModelState.READY])
 
 
 async def load(request: Request, state: AppState) -> Response:
@@ -142,10 +142,8 @@ async def unload(request: Request, state: AppState) -> Response:
 async def infer(request: Request, state: AppState) -> Response:
     runtime = state.models.runtime(request.params["name"], request.params.get("version"))
     config = state.config
-    deadline_s = request.started_s + request_timeout_ms(request, config.timeout_ms) / 1000
-    runtime.admit()  # one place first: a full queue is refused before the body is read
-    admitted = 1
-    try:
+    deadline = deadline_s(request, config.timeout_ms)
+    with runtime.admitted() as places:  # one place first: a full queue is refused before the body is read
         body = await in_time(request.body(config.max_body_bytes), config.read_timeout)
         header_length = request.headers.get(HEADER_LENGTH)
         if len(body) > PARSE_OFF_LOOP_BYTES and header_length is None:
@@ -153,14 +151,10 @@ async def infer(request: Request, state: AppState) -> Response:
         else:
             parsed = parse_request(body, header_length)
         images = _images(parsed, runtime)
-        if len(images) > 1:
-            runtime.admit(len(images) - 1)
-            admitted = len(images)
-        rows = await until_disconnect(_all(runtime, images, deadline_s, request.request_id), request)
-    finally:
-        runtime.release(admitted)
+        places.add(len(images) - 1)
+        rows = await until_disconnect(_all(runtime, images, deadline, request.request_id), request)
     probabilities = np.stack(rows) if rows else np.zeros((0, len(runtime.model.labels)), np.float32)
-    outputs = _outputs(parsed, probabilities, runtime.model.labels)
+    outputs = _output_tensors(parsed, probabilities, runtime.model.labels)
     document: dict[str, Any] = {"model_name": runtime.name, "model_version": runtime.model.version}
     if parsed.id is not None:
         document["id"] = parsed.id
@@ -220,7 +214,7 @@ async def _all(
     return answers  # type: ignore[return-value]
 
 
-def _outputs(parsed: InferRequest, probabilities: np.ndarray, labels: list[str]) -> list[Output]:
+def _output_tensors(parsed: InferRequest, probabilities: np.ndarray, labels: list[str]) -> list[Output]:
     classes = probabilities.shape[1]
     k = parsed.parameters.get("top_k", 1)
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= classes:
@@ -247,7 +241,7 @@ def _outputs(parsed: InferRequest, probabilities: np.ndarray, labels: list[str])
 
 def _platform(entry: ModelEntry) -> str:
     backend = str(entry.model.metadata.get("backend", "torch"))
-    return PLATFORMS.get(backend, backend)
+    return BACKENDS[backend].platform if backend in BACKENDS else backend
 
 
 def templates() -> dict[str, dict[str, Handler]]:

@@ -1,20 +1,21 @@
 """Backends run one loaded model on one device: (N, H, W, 3) uint8 -> (N, classes) float32 logits.
 
-A new backend is one module here and one line in `BACKENDS` (how to open its artifact from a model folder).
+A new backend is one module here, declaring its `KIND` (name, opener, /v2 platform, KServe format,
+packages), and one line in `BACKENDS`.
 """
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from torchrest.backends.openvino_backend import OpenVINOBackend, open_openvino
-from torchrest.backends.ort_backend import OnnxRuntimeBackend, open_onnxruntime
-from torchrest.backends.torch_backend import TorchBackend, open_torchscript, resolve_device
+from torchrest.backends import openvino_backend, ort_backend, torch_backend
+from torchrest.backends.kind import BackendKind, missing_package
+from torchrest.backends.openvino_backend import OpenVINOBackend
+from torchrest.backends.ort_backend import OnnxRuntimeBackend
+from torchrest.backends.torch_backend import TorchBackend, resolve_device
 
 
 class Backend(Protocol):
@@ -33,30 +34,21 @@ class Backend(Protocol):
         """(N, H, W, 3) uint8 -> (N, classes) float32 logits."""
 
 
-# artifact path, device, threads, backend options (from config.json) -> a loaded Backend
-Opener = Callable[..., Backend]
-BACKENDS: dict[str, Opener] = {
-    "torch": open_torchscript,
-    "onnxruntime": open_onnxruntime,
-    "openvino": open_openvino,
+BACKENDS: dict[str, BackendKind] = {
+    kind.name: kind for kind in (torch_backend.KIND, ort_backend.KIND, openvino_backend.KIND)
 }
 
 
-def missing_package(*names: str) -> str | None:
-    """None when every package can be imported, else which is not installed (without importing it)."""
-    for name in names:
-        if importlib.util.find_spec(name) is None:
-            return f"{name} is not installed"
-    return None
-
-
 def open_backend(kind: str, path: Path, *, device: str, threads: int, options: dict[str, str]) -> Backend:
-    return BACKENDS[kind](path, device=device, threads=threads, options=options)
+    """Open a model folder's artifact with the backend its config.json names."""
+    backend: Backend = BACKENDS[kind].open(path, device=device, threads=threads, options=options)
+    return backend
 
 
 __all__ = [
     "BACKENDS",
     "Backend",
+    "BackendKind",
     "OnnxRuntimeBackend",
     "OpenVINOBackend",
     "TorchBackend",

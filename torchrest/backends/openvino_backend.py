@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from torchrest.errors import StartupError, first_line
+from torchrest.backends.kind import BackendKind
+from torchrest.errors import ModelLoadError, first_line
 
 PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
@@ -29,7 +30,7 @@ class OpenVINOBackend:
         import openvino as ov
 
         if device != "cpu":
-            raise StartupError(f"the openvino backend runs on the CPU here, not {device}")
+            raise ModelLoadError(f"the openvino backend runs on the CPU here, not {device}")
         self.name = name
         self.device = device
         config = {
@@ -42,7 +43,7 @@ class OpenVINOBackend:
             core = ov.Core()
             self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses with long texts
-            raise StartupError(f"OpenVINO cannot load {path}: {first_line(exc)}") from None
+            raise ModelLoadError(f"OpenVINO cannot load {path}: {first_line(exc)}") from None
         self.request = self.compiled.create_infer_request()
 
     def prepare_thread(self) -> None:
@@ -65,3 +66,6 @@ def open_openvino(path: Path, *, device: str, threads: int, options: dict[str, s
         precision=options.get("inference_precision", "fp32"),
         name=options.get("name", "openvino"),
     )
+
+
+KIND = BackendKind("openvino", open_openvino, platform="openvino", model_format="openvino", packages=("openvino",))

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from torchrest.errors import StartupError, first_line
+from torchrest.backends.kind import BackendKind
+from torchrest.errors import ModelLoadError, first_line
 
 
 class OnnxRuntimeBackend:
@@ -33,7 +34,7 @@ class OnnxRuntimeBackend:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors for bad files
-            raise StartupError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
+            raise ModelLoadError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
         self.input_name = self.session.get_inputs()[0].name
 
     def prepare_thread(self) -> None:
@@ -49,3 +50,8 @@ class OnnxRuntimeBackend:
 
 def open_onnxruntime(path: Path, *, device: str, threads: int, options: dict[str, str]) -> OnnxRuntimeBackend:
     return OnnxRuntimeBackend(path, device=device, threads=threads, name=options.get("name", "onnxruntime"))
+
+
+KIND = BackendKind(
+    "onnxruntime", open_onnxruntime, platform="onnxruntime_onnx", model_format="onnx", packages=("onnxruntime",)
+)

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchrest.errors import StartupError, first_line
+from torchrest.backends.kind import BackendKind
+from torchrest.errors import ModelLoadError, first_line
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -25,10 +26,10 @@ def resolve_device(requested: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise StartupError(f"--device {requested} asked for, but this torch build sees no CUDA GPU")
+            raise ModelLoadError(f"--device {requested} asked for, but this torch build sees no CUDA GPU")
         return requested
     if requested != "cpu":
-        raise StartupError(f"unknown device {requested!r}: use cpu, cuda, cuda:N or auto")
+        raise ModelLoadError(f"unknown device {requested!r}: use cpu, cuda, cuda:N or auto")
     return requested
 
 
@@ -83,11 +84,11 @@ def open_torchscript(path: Path, *, device: str, threads: int, options: dict[str
         try:
             import torch_tensorrt  # noqa: F401 - registers the TensorRT engine ops the artifact calls
         except ImportError:
-            raise StartupError(f"{path} is a TensorRT engine: pip install torch-tensorrt to serve it") from None
+            raise ModelLoadError(f"{path} is a TensorRT engine: pip install torch-tensorrt to serve it") from None
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError) as exc:
-        raise StartupError(f"{path} is not a TorchScript model: {first_line(exc)}") from None
+        raise ModelLoadError(f"{path} is not a TorchScript model: {first_line(exc)}") from None
     if options.get("freeze") == "true":
         module = freeze(module)
     return TorchBackend(
@@ -106,3 +107,6 @@ def freeze(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
     Done at load time: a frozen module does not survive torch.jit.save/load in torch 2.13."""
     with torch.no_grad():
         return torch.jit.optimize_for_inference(torch.jit.freeze(module.eval()))
+
+
+KIND = BackendKind("torch", open_torchscript, platform="pytorch_libtorch", model_format="pytorch", packages=("torch",))

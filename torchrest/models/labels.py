@@ -7,7 +7,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from torchrest.errors import StartupError
+from torchrest.errors import ModelLoadError
 
 
 @lru_cache(maxsize=1)
@@ -23,18 +23,18 @@ def read_labels(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise StartupError(f"cannot read labels file {path}: {exc.strerror or exc}") from None
+        raise ModelLoadError(f"cannot read labels file {path}: {exc.strerror or exc}") from None
     if path.suffix.lower() == ".json":
         try:
             parsed = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise StartupError(f"labels file {path} is not valid JSON: {exc}") from None
+            raise ModelLoadError(f"labels file {path} is not valid JSON: {exc}") from None
         if isinstance(parsed, dict):
             return [str(parsed[key]) for key in sorted(parsed, key=int)]
         if isinstance(parsed, list):
             return [str(item) for item in parsed]
-        raise StartupError(f"labels file {path} must hold a JSON list or object")
+        raise ModelLoadError(f"labels file {path} must hold a JSON list or object")
     labels = [line.strip() for line in text.splitlines() if line.strip()]
     if not labels:
-        raise StartupError(f"labels file {path} holds no class names")
+        raise ModelLoadError(f"labels file {path} holds no class names")
     return labels

@@ -14,15 +14,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from torchrest.config import InputSpec, ServerConfig
-from torchrest.errors import StartupError, first_line
+from torchrest.config import InputSpec, ModelSource
+from torchrest.errors import ModelLoadError, first_line
 from torchrest.models.common import LoadedModel, Uint8Classifier
 from torchrest.models.efficientnet_lite import efficientnet_lite0, published_lite0_weights
 from torchrest.models.labels import imagenet_labels, read_labels
-from torchrest.models.repository import load_from_repository
 from torchrest.models.resnet import resnet18
 
 log = logging.getLogger("torchrest.models")
+DEFAULT_MODEL = "efficientnet_lite0"
 
 # name -> (architecture builder, default weights file or None, input spec)
 Builder = Callable[[int], nn.Module]
@@ -32,19 +32,19 @@ BUILTIN: dict[str, tuple[Builder, Callable[[], str | None], InputSpec]] = {
 }
 
 
-def load_model(config: ServerConfig) -> LoadedModel:
-    """Build the model `config` names; raises StartupError with a one-line reason on any failure."""
-    if config.model_repository is not None:
-        return load_from_repository(config.model_repository, config.model)
+def load_model(config: ModelSource) -> LoadedModel:
+    """Build the built-in or TorchScript model `config` names; raises ModelLoadError with a one-line reason
+    on any failure. (Model folders of a repository are `models.repository`'s.)"""
     labels = read_labels(config.labels) if config.labels else list(imagenet_labels())
-    path = Path(config.model)
-    if config.model in BUILTIN:
-        model = _load_builtin(config.model, config.weights, labels)
+    name = config.model or DEFAULT_MODEL
+    path = Path(name)
+    if name in BUILTIN:
+        model = _load_builtin(name, config.weights, labels)
     elif path.suffix in {".pt", ".pth", ".ts", ".torchscript"} or path.exists():
         model = _load_torchscript(path, labels, config.input_spec)
     else:
         names = ", ".join(sorted(BUILTIN))
-        raise StartupError(f"unknown model {config.model!r}: choose one of {names}, or a TorchScript file")
+        raise ModelLoadError(f"unknown model {name!r}: choose one of {names}, or a TorchScript file")
     if model.module is not None:
         model.module.eval()
     return model
@@ -61,7 +61,7 @@ def _load_builtin(name: str, weights: Path | None, labels: list[str]) -> LoadedM
         try:
             network.load_state_dict(state)
         except RuntimeError as exc:
-            raise StartupError(f"weights {weights_file} do not fit {name}: {first_line(exc)}") from None
+            raise ModelLoadError(f"weights {weights_file} do not fit {name}: {first_line(exc)}") from None
         source = weights_file
     else:
         source = "random initialisation (seed 0)"
@@ -82,25 +82,25 @@ def _load_builtin(name: str, weights: Path | None, labels: list[str]) -> LoadedM
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise StartupError(f"weights file not found: {path}")
+        raise ModelLoadError(f"weights file not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
-        raise StartupError(f"weights file {path} is not a PyTorch state dict: {first_line(exc)}") from None
+        raise ModelLoadError(f"weights file {path} is not a PyTorch state dict: {first_line(exc)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise StartupError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
+        raise ModelLoadError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
     return state
 
 
 def _load_torchscript(path: Path, labels: list[str], spec: InputSpec) -> LoadedModel:
     if not path.is_file():
-        raise StartupError(f"model file not found: {path}")
+        raise ModelLoadError(f"model file not found: {path}")
     try:
         scripted = torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError) as exc:
-        raise StartupError(f"{path} is not a TorchScript model: {first_line(exc)}") from None
+        raise ModelLoadError(f"{path} is not a TorchScript model: {first_line(exc)}") from None
     return LoadedModel(
         name=path.stem,
         module=Uint8Classifier(scripted),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from torchrest.backends import BACKENDS, open_backend
 from torchrest.config import ModelConfig
-from torchrest.errors import NotFound, StartupError
+from torchrest.errors import ModelLoadError, NotFound
 from torchrest.models.common import LoadedModel
 from torchrest.models.labels import read_labels
 
@@ -43,9 +43,9 @@ class ModelRepository:
         return (self.root / CONFIG_FILE).is_file()
 
     def folders(self) -> list[Path]:
-        """The model folders, by name; StartupError when the root is no folder or holds none."""
+        """The model folders, by name; ModelLoadError when the root is no folder or holds none."""
         if not self.root.is_dir():
-            raise StartupError(f"model repository {self.root} is not a folder")
+            raise ModelLoadError(f"model repository {self.root} is not a folder")
         if self.is_single_model:
             return [self.root]
         folders = sorted(folder for folder in self.root.iterdir() if (folder / CONFIG_FILE).is_file())
@@ -53,7 +53,7 @@ class ModelRepository:
             log.warning("model folder %s leads outside the repository: not served", folder)
             folders.remove(folder)
         if not folders:
-            raise StartupError(f"model repository {self.root} holds no model folder with a {CONFIG_FILE}")
+            raise ModelLoadError(f"model repository {self.root} holds no model folder with a {CONFIG_FILE}")
         return folders
 
     def folder(self, name: str) -> Path:
@@ -75,7 +75,7 @@ class ModelRepository:
 
 
 def load_from_repository(repository: Path, name: str) -> LoadedModel:
-    """The model folder called `name`, or the only one there is; StartupError with the reason otherwise."""
+    """The model folder called `name`, or the only one there is; ModelLoadError with the reason otherwise."""
     folders = ModelRepository(repository).folders()
     by_name = {folder.name: folder for folder in folders}
     if name in by_name:
@@ -83,7 +83,7 @@ def load_from_repository(repository: Path, name: str) -> LoadedModel:
     elif len(folders) == 1:
         folder = folders[0]
     else:
-        raise StartupError(f"model repository {repository} holds {', '.join(by_name)}: pick one with --model NAME")
+        raise ModelLoadError(f"model repository {repository} holds {', '.join(by_name)}: pick one with --model NAME")
     return load_model_folder(folder)
 
 
@@ -91,15 +91,15 @@ def load_model_folder(folder: Path) -> LoadedModel:
     try:
         config = ModelConfig.read(folder / CONFIG_FILE)
     except ValueError as exc:
-        raise StartupError(str(exc)) from None
+        raise ModelLoadError(str(exc)) from None
     if config.backend not in BACKENDS:
-        raise StartupError(f"{folder / CONFIG_FILE}: unknown backend {config.backend!r} ({', '.join(BACKENDS)})")
+        raise ModelLoadError(f"{folder / CONFIG_FILE}: unknown backend {config.backend!r} ({', '.join(BACKENDS)})")
     for named in (config.artifact, config.labels):
         if not (folder / named).resolve().is_relative_to(folder.resolve()):
-            raise StartupError(f"{folder / CONFIG_FILE} names {named}, which is outside the model folder")
+            raise ModelLoadError(f"{folder / CONFIG_FILE} names {named}, which is outside the model folder")
     artifact = folder / config.artifact
     if not artifact.is_file():
-        raise StartupError(f"{folder / CONFIG_FILE} names artifact {config.artifact}, which is missing")
+        raise ModelLoadError(f"{folder / CONFIG_FILE} names artifact {config.artifact}, which is missing")
     version, artifact = latest_version(folder, Path(config.artifact))
     options = {"precision": config.precision, "name": config.candidate or config.backend, **config.backend_options}
     return LoadedModel(

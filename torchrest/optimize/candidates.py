@@ -31,9 +31,11 @@ from torchrest.backends import (
     OpenVINOBackend,
     TorchBackend,
     missing_package,
-    open_torchscript,
 )
+from torchrest.backends.openvino_backend import KIND as OPENVINO
 from torchrest.backends.openvino_backend import cpu_capabilities
+from torchrest.backends.ort_backend import KIND as ONNXRUNTIME
+from torchrest.backends.torch_backend import KIND as TORCH
 
 log = logging.getLogger("torchrest.optimize")
 
@@ -179,7 +181,7 @@ def torch_bf16(ctx: Context) -> str | None:
 
 
 def onnxruntime_here(ctx: Context) -> str | None:
-    if reason := missing_package("onnxruntime"):
+    if reason := ONNXRUNTIME.missing():
         return reason
     if ctx.on_cuda:
         import onnxruntime as ort
@@ -190,7 +192,7 @@ def onnxruntime_here(ctx: Context) -> str | None:
 
 
 def openvino_here(ctx: Context) -> str | None:
-    return missing_package("openvino") or cpu_only(ctx)
+    return OPENVINO.missing() or cpu_only(ctx)
 
 
 def openvino_bf16(ctx: Context) -> str | None:
@@ -201,7 +203,7 @@ def openvino_bf16(ctx: Context) -> str | None:
 
 
 def int8_here(ctx: Context) -> str | None:
-    if reason := missing_package("onnx", "onnxruntime"):
+    if reason := missing_package("onnx") or ONNXRUNTIME.missing():
         return f"INT8 quantization needs onnx and onnxruntime: {reason}"
     return cpu_only(ctx)
 
@@ -231,7 +233,7 @@ def eager(channels_last: bool, name: str) -> Callable[[Context], Built]:
             ctx.module_copy(), device=ctx.device, threads=ctx.threads, channels_last=channels_last, name=name
         )
         options = {"channels_last": str(channels_last).lower()}
-        return Built(backend, ctx.traced(), "torch", options)
+        return Built(backend, ctx.traced(), TORCH.name, options)
 
     return build
 
@@ -240,9 +242,9 @@ def torchscript_frozen(ctx: Context) -> Built:
     """The traced module is the artifact; freezing happens when it is loaded (here, and in the server)."""
     options = {"channels_last": "false", "freeze": "true", "name": "torchscript-frozen"}
     return Built(
-        open_torchscript(ctx.traced(), device=ctx.device, threads=ctx.threads, options=options),
+        TORCH.open(ctx.traced(), device=ctx.device, threads=ctx.threads, options=options),
         ctx.traced(),
-        "torch",
+        TORCH.name,
         options,
     )
 
@@ -252,25 +254,25 @@ def torch_lower_precision(precision: str) -> Callable[[Context], Built]:
         backend = TorchBackend(
             ctx.module_copy(), device=ctx.device, precision=precision, threads=ctx.threads, name=f"torch-{precision}"
         )
-        return Built(backend, ctx.traced(precision), "torch", {"channels_last": "true"})
+        return Built(backend, ctx.traced(precision), TORCH.name, {"channels_last": "true"})
 
     return build
 
 
 def onnxruntime_fp32(ctx: Context) -> Built:
-    return Built(OnnxRuntimeBackend(ctx.onnx(), device=ctx.device, threads=ctx.threads), ctx.onnx(), "onnxruntime")
+    return Built(OnnxRuntimeBackend(ctx.onnx(), device=ctx.device, threads=ctx.threads), ctx.onnx(), ONNXRUNTIME.name)
 
 
 def onnxruntime_int8(ctx: Context) -> Built:
     path = ctx.onnx_int8()
-    return Built(OnnxRuntimeBackend(path, device=ctx.device, threads=ctx.threads), path, "onnxruntime")
+    return Built(OnnxRuntimeBackend(path, device=ctx.device, threads=ctx.threads), path, ONNXRUNTIME.name)
 
 
 def openvino(precision: str, int8: bool = False) -> Callable[[Context], Built]:
     def build(ctx: Context) -> Built:
         path = ctx.onnx_int8() if int8 else ctx.onnx()
         backend = OpenVINOBackend(path, threads=ctx.threads, precision=precision)
-        return Built(backend, path, "openvino", {"inference_precision": precision})
+        return Built(backend, path, OPENVINO.name, {"inference_precision": precision})
 
     return build
 
@@ -290,7 +292,7 @@ def tensorrt(ctx: Context) -> Built:
     torch.jit.save(compiled, str(path))
     options = {"channels_last": "false", "requires": "torch_tensorrt"}
     backend = TorchBackend(compiled, device=ctx.device, threads=ctx.threads, channels_last=False, name="tensorrt")
-    return Built(backend, path, "torch", options)
+    return Built(backend, path, TORCH.name, options)
 
 
 CANDIDATES: list[Candidate] = [
@@ -333,6 +335,13 @@ CANDIDATES: list[Candidate] = [
     ),
 ]
 CANDIDATE_NAMES = [candidate.name for candidate in CANDIDATES]
+
+
+def candidate_table() -> str:
+    """The README's table of candidates, generated from the list above."""
+    rows = ["| candidate | precision | route |", "| --- | --- | --- |"]
+    rows += [f"| `{c.name}` | {c.precision} | {c.route} |" for c in CANDIDATES]
+    return "\n".join(rows)
 
 
 class _CalibrationReader:

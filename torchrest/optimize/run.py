@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from torchrest.backends import Backend, resolve_device
-from torchrest.config import ModelConfig, OptimizeConfig, ServerConfig
+from torchrest.config import ModelConfig, OptimizeConfig
 from torchrest.errors import StartupError, first_line
 from torchrest.models.common import LoadedModel
 from torchrest.models.registry import load_model
@@ -59,15 +59,7 @@ def optimize(config: OptimizeConfig) -> Outcome:
     wanted = _wanted(config.candidates)
     device = resolve_device(config.device)
     out = _writable(config.out)
-    model = load_model(
-        ServerConfig(
-            model=config.model,
-            weights=config.weights,
-            labels=config.labels,
-            input_size=config.input_size,
-            resize_size=config.resize_size,
-        )
-    )
+    model = load_model(config)
     if model.module is None:
         raise StartupError(f"{config.model} has no torch module to optimize")
     samples = sample_sets(config.calibration, model.input_spec, config.calibration_samples, config.fidelity_samples)
