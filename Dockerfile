@@ -1,4 +1,4 @@
-# torchrest's image: `torchrest serve` on 0.0.0.0:8080 as a non-root user, serving /mnt/models when that
+# torchrest's image: `torchrest serve` on 0.0.0.0:8080 (HTTP) and 8081 (gRPC) as a non-root user, serving /mnt/models when that
 # folder exists (a model repository, or one model folder: what KServe's storage initializer writes), else
 # the built-in default model. Every TORCHREST_* variable and every `torchrest serve` flag still apply.
 #
@@ -53,10 +53,11 @@ ENV PATH=/opt/torchrest/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PORT=8080 \
+    TORCHREST_GRPC_PORT=8081 \
     TORCHREST_HOST=0.0.0.0 \
     TORCHREST_DEVICE=${DEVICE}
 USER 10001
-EXPOSE 8080
+EXPOSE 8080 8081
 # SIGTERM drains: the server stops accepting, answers what it admitted (--drain-timeout), exits 0.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/torchrest-entrypoint"]

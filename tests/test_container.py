@@ -18,10 +18,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import CAT_LABELS, PHOTOS, TINY_LABELS, free_port, metric_value, write_repository
 
@@ -136,7 +138,9 @@ def triton_labels(url: str, model: str) -> list[str]:
 
 
 def test_model_repository_mounted_read_only_as_kserve_mounts_it(repository: Path) -> None:
-    with running_container("--volume", f"{repository}:/mnt/models:ro") as container:
+    grpc_port = free_port()
+    grpc_publish = ("--publish", f"127.0.0.1:{grpc_port}:8081")
+    with running_container("--volume", f"{repository}:/mnt/models:ro", *grpc_publish) as container:
         index = httpx.post(f"{container.url}/v2/repository/index", timeout=10).json()
         assert {(model["name"], model["state"]) for model in index} == {("lite0", "READY"), ("tiny", "READY")}
         assert classify(container.url, "lite0")["prediction"]["label"] in CAT_LABELS  # type: ignore[index]
@@ -147,6 +151,9 @@ def test_model_repository_mounted_read_only_as_kserve_mounts_it(repository: Path
         assert info["batching"]["threads_per_instance"] >= 1
         user = engine("exec", container.id, "id", "-u").stdout.strip()
         assert user != "0", "the image runs as a non-root user"
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:  # gRPC on KServe's port, 8081
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_single_model_folder_any_uid_and_port_from_the_environment(repository: Path) -> None:

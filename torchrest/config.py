@@ -92,6 +92,7 @@ class ServerConfig(ModelSource):
         None, "API keys, one per line (# comments), re-read when the file changes; when set, inference needs one"
     )
     metrics_port: int = option(0, "serve /metrics on this port instead of the main one (0: the main port)")
+    grpc_port: int = option(0, "serve the Open Inference Protocol over gRPC on this port too (0: off)")
     ssl_certfile: Path | None = option(None, "TLS certificate chain (PEM): serve HTTPS")
     ssl_keyfile: Path | None = option(None, "TLS private key (PEM) for --ssl-certfile")
     ssl_ca_certs: Path | None = option(None, "CA bundle (PEM): clients must present a certificate it signed")
@@ -132,6 +133,8 @@ class ServerConfig(ModelSource):
             raise ValueError("--resize-size must be at least --input-size")
         if not 0 <= self.metrics_port <= 65535 or (self.metrics_port and self.metrics_port == self.port):
             raise ValueError("--metrics-port must be 0 or a port other than --port")
+        if not 0 <= self.grpc_port <= 65535 or (self.grpc_port and self.grpc_port in (self.port, self.metrics_port)):
+            raise ValueError("--grpc-port must be 0 or a port other than --port and --metrics-port")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("--ssl-certfile and --ssl-keyfile go together")
         if self.ssl_ca_certs is not None and self.ssl_certfile is None:

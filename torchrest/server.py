@@ -12,8 +12,9 @@ import logging
 import signal
 import socket
 import ssl
+from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import uvicorn
@@ -30,6 +31,9 @@ from torchrest.models.common import LoadedModel
 from torchrest.models.registry import load_model
 from torchrest.preprocess import Preprocessor
 from torchrest.runtime import ModelRuntime
+
+if TYPE_CHECKING:
+    from torchrest.grpc.listener import GrpcListener
 
 log = logging.getLogger("torchrest.server")
 
@@ -60,7 +64,10 @@ def serve(config: ServerConfig) -> int:
     sockets = [bind(config.host, config.port)]
     if config.metrics_port:
         sockets.append(bind(config.host, config.metrics_port))
+    if config.grpc_port:
+        bind(config.host, config.grpc_port).close()  # a port in use fails here, in one line
     state = AppState(config=config, metrics=metrics, models=models, access=access)
+    grpc_listener = _grpc_listener(state) if config.grpc_port else None
     server = DrainingServer(
         uvicorn.Config(
             build_app(state),
@@ -77,8 +84,10 @@ def serve(config: ServerConfig) -> int:
             **tls,
         )
     )
-    state.startup = lambda: _start_loading(state, server)
-    state.shutdown = models.stop
+    state.startup = lambda: _start(state, server, grpc_listener)
+    state.shutdown = lambda: _stop(state, grpc_listener)
+    if grpc_listener is not None:
+        server.on_exit = lambda: grpc_listener.begin_stop(config.drain_timeout)
     host, port = sockets[0].getsockname()[:2]
     scheme = "https" if tls else "http"
     log.info(
@@ -93,10 +102,11 @@ def serve(config: ServerConfig) -> int:
         config.instances,
     )
     log.info(
-        "access: inference %s; repository load/unload %s%s%s",
+        "access: inference %s; repository load/unload %s%s%s%s",
         "needs an API key" if access.requires_api_key else "open",
         "need the admin token" if access.management_enabled else "off (no --admin-token-file)",
         f"; /metrics on port {config.metrics_port}" if config.metrics_port else "",
+        f"; gRPC on port {config.grpc_port}" if config.grpc_port else "",
         f"; CORS for {config.cors_origins}" if config.cors_origin_list else "",
     )
     server.run(sockets=sockets)
@@ -107,8 +117,12 @@ class DrainingServer(uvicorn.Server):
     """uvicorn, with SIGTERM as an orderly end: stop accepting, drain, exit 0. (uvicorn re-raises the
     signal once it has shut down, which would end the process as killed by SIGTERM.)"""
 
+    on_exit: Callable[[], None] | None = None  # also stop the other front-ends (gRPC) accepting
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
+        if self.on_exit is not None:
+            self.on_exit()
         captured = getattr(self, "_captured_signals", None)
         if sig == signal.SIGTERM and captured and captured[-1] == sig:
             captured.pop()
@@ -186,6 +200,25 @@ def bind(host: str, port: int) -> socket.socket:
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.set_inheritable(True)
     return sock
+
+
+def _grpc_listener(state: AppState) -> GrpcListener:
+    from torchrest.grpc.listener import GrpcListener  # only with --grpc-port: see torchrest/grpc/__init__.py
+
+    return GrpcListener(state, state.config.host, state.config.grpc_port)
+
+
+async def _start(state: AppState, server: uvicorn.Server, grpc_listener: GrpcListener | None) -> None:
+    if grpc_listener is not None:
+        await grpc_listener.start()
+    await _start_loading(state, server)
+
+
+async def _stop(state: AppState, grpc_listener: GrpcListener | None) -> None:
+    """After HTTP has drained: let gRPC's admitted calls finish too, then stop the models."""
+    if grpc_listener is not None:
+        await grpc_listener.stopped(state.config.drain_timeout)
+    await state.models.stop()
 
 
 async def _start_loading(state: AppState, server: uvicorn.Server) -> None:

@@ -99,16 +99,33 @@ def json_object(data: bytes) -> dict[str, Any]:
     return value
 
 
-def _input(raw: object, binary: bytes, offset: int) -> tuple[Tensor, int]:
-    item = _object(raw, "an input")
-    name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
+def checked_header(name: object, datatype: object, shape: object) -> tuple[str, str, list[int]]:
+    """An input's name, datatype and shape, as any wire gives them; BadRequest for what no input can be."""
     if not isinstance(name, str) or not name:
         raise BadRequest("every input needs a 'name'")
     if datatype != "BYTES" and datatype not in NUMERIC:
         raise BadRequest(f"input {name!r}: unknown datatype {datatype!r}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise BadRequest(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    return name, str(datatype), shape
+
+
+def checked_tensor(name: str, datatype: str, shape: list[int], data: np.ndarray | list[bytes]) -> Tensor:
+    """The tensor, once its data holds as many elements as its shape says."""
     count = math.prod(shape)
+    if len(data) != count:
+        raise BadRequest(f"input {name!r}: shape {shape} holds {count} elements, the data has {len(data)}")
+    return Tensor(name, datatype, shape, data)
+
+
+def binary_elements(chunk: bytes, datatype: str, name: str) -> np.ndarray | list[bytes]:
+    """An input's raw bytes: BYTES elements (4-byte length + bytes each), or little-endian numbers."""
+    return _bytes_elements(chunk, name) if datatype == "BYTES" else _numeric_binary(chunk, datatype, name)
+
+
+def _input(raw: object, binary: bytes, offset: int) -> tuple[Tensor, int]:
+    item = _object(raw, "an input")
+    name, datatype, shape = checked_header(item.get("name"), item.get("datatype"), item.get("shape"))
     size = _object(item.get("parameters"), f"input {name!r} parameters").get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -117,14 +134,12 @@ def _input(raw: object, binary: bytes, offset: int) -> tuple[Tensor, int]:
             raise BadRequest(f"input {name!r}: binary_data_size {size} is past the end of the body")
         chunk = binary[offset : offset + size]
         offset += size
-        data = _bytes_elements(chunk, name) if datatype == "BYTES" else _numeric_binary(chunk, datatype, name)
+        data = binary_elements(chunk, datatype, name)
     elif "data" in item:
         data = _json_bytes(item["data"], name) if datatype == "BYTES" else _numeric_json(item["data"], datatype, name)
     else:
         raise BadRequest(f"input {name!r} has neither 'data' nor a binary_data_size")
-    if len(data) != count:
-        raise BadRequest(f"input {name!r}: shape {shape} holds {count} elements, the data has {len(data)}")
-    return Tensor(name, datatype, shape, data), offset
+    return checked_tensor(name, datatype, shape, data), offset
 
 
 def _bytes_elements(chunk: bytes, name: str) -> list[bytes]:
@@ -223,7 +238,7 @@ def encode_response(document: dict[str, Any], outputs: list[Output]) -> tuple[by
     for output in outputs:
         entry: dict[str, Any] = {"name": output.name, "datatype": output.datatype, "shape": output.shape}
         if output.binary:
-            blob = _encode_binary(output)
+            blob = encode_binary(output)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         elif output.datatype == "BYTES":
@@ -237,7 +252,8 @@ def encode_response(document: dict[str, Any], outputs: list[Output]) -> tuple[by
     return header + b"".join(blobs), len(header)
 
 
-def _encode_binary(output: Output) -> bytes:
+def encode_binary(output: Output) -> bytes:
+    """An output's raw bytes: BYTES elements length-prefixed, numbers little-endian."""
     if output.datatype == "BYTES":
         return b"".join(struct.pack("<I", len(element)) + element for element in output.data)
     return np.ascontiguousarray(output.data, NUMERIC[output.datatype]).tobytes()

@@ -27,18 +27,15 @@ import numpy as np
 
 from torchrest import __version__
 from torchrest.api.app import AppState, Handler
+from torchrest.api.classifier_io import images_of, metadata, output_tensors, platform, rows_of
 from torchrest.api.guards import admin, inference
 from torchrest.api.http import Request, Response, json_response
 from torchrest.api.lifecycle import deadline_s, in_time, until_disconnect
-from torchrest.api.tensors import HEADER_LENGTH, InferRequest, Output, encode_response, json_object, parse_request
-from torchrest.backends import BACKENDS
+from torchrest.api.tensors import HEADER_LENGTH, encode_response, json_object, parse_request
 from torchrest.errors import BadRequest, NotReady
 from torchrest.manager import ModelEntry, ModelState
-from torchrest.postprocess import label, top_indices
-from torchrest.runtime import ModelRuntime
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
-DEFAULT_OUTPUTS = ("labels", "scores")
 PARSE_OFF_LOOP_BYTES = 256 * 1024  # a JSON header this large is parsed on a worker thread
 
 
@@ -62,27 +59,7 @@ def _entry(request: Request, state: AppState) -> ModelEntry:
 
 
 async def model_metadata(request: Request, state: AppState) -> Response:
-    entry = _entry(request, state)
-    model = entry.model
-    side = model.input_spec.crop_size
-    return json_response(
-        200,
-        {
-            "name": entry.name,
-            "versions": [entry.version],
-            "platform": _platform(entry),
-            "inputs": [
-                {"name": "image", "datatype": "BYTES", "shape": [-1]},
-                {"name": "pixels", "datatype": "UINT8", "shape": [-1, side, side, 3]},
-                {"name": "tensor", "datatype": "FP32", "shape": [-1, 3, side, side]},
-            ],
-            "outputs": [
-                {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(model.labels)]},
-                {"name": "labels", "datatype": "BYTES", "shape": [-1, -1]},
-                {"name": "scores", "datatype": "FP32", "shape": [-1, -1]},
-            ],
-        },
-    )
+    return json_response(200, metadata(_entry(request, state)))
 
 
 async def model_ready(request: Request, state: AppState) -> Response:
@@ -98,7 +75,7 @@ async def model_config(request: Request, state: AppState) -> Response:
         200,
         {
             "name": entry.name,
-            "platform": _platform(entry),
+            "platform": platform(entry),
             "max_batch_size": runtime.queue.max_batch_size if runtime else state.config.max_batch_size,
             "instance_group": [{"count": state.config.instances, "kind": "KIND_CPU"}],
             "dynamic_batching": {"max_queue_delay_microseconds": int(state.config.max_wait_ms * 1000)},
@@ -150,11 +127,11 @@ async def infer(request: Request, state: AppState) -> Response:
             parsed = await asyncio.to_thread(parse_request, body, header_length)
         else:
             parsed = parse_request(body, header_length)
-        images = _images(parsed, runtime)
+        images = images_of(parsed, runtime)
         places.add(len(images) - 1)
-        rows = await until_disconnect(_all(runtime, images, deadline, request.request_id), request)
+        rows = await until_disconnect(rows_of(runtime, images, deadline, request.request_id), request)
     probabilities = np.stack(rows) if rows else np.zeros((0, len(runtime.model.labels)), np.float32)
-    outputs = _output_tensors(parsed, probabilities, runtime.model.labels)
+    outputs = output_tensors(parsed, probabilities, runtime.model.labels)
     document: dict[str, Any] = {"model_name": runtime.name, "model_version": runtime.model.version}
     if parsed.id is not None:
         document["id"] = parsed.id
@@ -168,80 +145,6 @@ async def infer(request: Request, state: AppState) -> Response:
         content_type="application/octet-stream",
         headers={"inference-header-content-length": str(header_length_out)},
     )
-
-
-def _images(parsed: InferRequest, runtime: ModelRuntime) -> list[bytes | np.ndarray]:
-    """The request's one input -> one item per image: encoded bytes, or a pixel/tensor array."""
-    if len(parsed.inputs) != 1:
-        raise BadRequest(f"send exactly one input (image, pixels or tensor), got {len(parsed.inputs)}")
-    tensor = parsed.inputs[0]
-    side = runtime.model.input_spec.crop_size
-    expected = {"image": ("BYTES", None), "pixels": ("UINT8", (side, side, 3)), "tensor": ("FP32", (3, side, side))}
-    if tensor.name not in expected:
-        raise BadRequest(
-            f"unknown input {tensor.name!r}: this model takes image (BYTES), pixels (UINT8) or tensor (FP32)"
-        )
-    datatype, row_shape = expected[tensor.name]
-    if tensor.datatype != datatype:
-        raise BadRequest(f"input {tensor.name!r} must be {datatype}, got {tensor.datatype}")
-    if row_shape is None:
-        if not tensor.data:
-            raise BadRequest("input 'image' holds no image")
-        if any(not element for element in tensor.data):
-            raise BadRequest("input 'image' holds an empty element")
-        return list(tensor.data)
-    if len(tensor.shape) != 4 or tuple(tensor.shape[1:]) != row_shape or tensor.shape[0] == 0:
-        raise BadRequest(
-            f"input {tensor.name!r} must have shape [n, {', '.join(map(str, row_shape))}], got {tensor.shape}"
-        )
-    assert isinstance(tensor.data, np.ndarray)
-    batch = tensor.data.reshape(tensor.shape)
-    if datatype == "FP32" and not np.isfinite(batch).all():
-        raise BadRequest("input 'tensor' holds NaN or infinite values")
-    return list(batch)
-
-
-async def _all(
-    runtime: ModelRuntime, images: list[bytes | np.ndarray], deadline_s: float, request_id: str
-) -> list[np.ndarray]:
-    """Every image's row; the first failure (400 for an undecodable image, 504, ...) fails the request."""
-    answers = await asyncio.gather(
-        *(runtime.infer(image, deadline_s, request_id) for image in images), return_exceptions=True
-    )
-    for answer in answers:
-        if isinstance(answer, BaseException):
-            raise answer
-    return answers  # type: ignore[return-value]
-
-
-def _output_tensors(parsed: InferRequest, probabilities: np.ndarray, labels: list[str]) -> list[Output]:
-    classes = probabilities.shape[1]
-    k = parsed.parameters.get("top_k", 1)
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= classes:
-        raise BadRequest(f"top_k must be an integer from 1 to {classes}, got {k!r}")
-    wanted = (
-        parsed.outputs if parsed.outputs is not None else {name: parsed.binary_by_default for name in DEFAULT_OUTPUTS}
-    )
-    n = probabilities.shape[0]
-    top = top_indices(probabilities, k)
-    outputs = []
-    for name, binary in wanted.items():
-        binary = binary or parsed.binary_by_default
-        if name == "probabilities":
-            outputs.append(Output(name, "FP32", [n, classes], probabilities, binary))
-        elif name == "scores":
-            outputs.append(Output(name, "FP32", [n, k], np.take_along_axis(probabilities, top, axis=1), binary))
-        elif name == "labels":
-            names = [label(labels, int(i)).encode() for i in top.reshape(-1)]
-            outputs.append(Output(name, "BYTES", [n, k], names, binary))
-        else:
-            raise BadRequest(f"unknown output {name!r}: this model has probabilities, labels and scores")
-    return outputs
-
-
-def _platform(entry: ModelEntry) -> str:
-    backend = str(entry.model.metadata.get("backend", "torch"))
-    return BACKENDS[backend].platform if backend in BACKENDS else backend
 
 
 def templates() -> dict[str, dict[str, Handler]]:
