@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # torch is pinned in every install step: an unpinned request pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: install install-dev serve test lint format image image-cuda image-test bench bench-quick bench-core bench-container clean
+.PHONY: install install-dev serve test lint format image image-cuda image-test bench bench-quick bench-core bench-container bench-grpc clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -63,6 +63,10 @@ bench-quick: install-dev
 # Served req/s at 1, 8, 100 connections beside the offline limit (needs wrk: apt-get install wrk).
 bench-core: install-dev
 	$(BIN)/python benchmark/core.py $(ARGS)
+
+# gRPC beside REST /v2 and /classify on one server (3 rounds).
+bench-grpc: install-dev
+	$(BIN)/python benchmark/grpc_vs_rest.py $(ARGS)
 
 # The image beside the native server: req/s, cold start, memory, image size (needs wrk and `make image`).
 bench-container: install-dev

@@ -120,17 +120,26 @@ def kserve(address: str, admin_token: str) -> dict[str, Any]:
     from kserve import InferenceGRPCClient, InferInput, InferRequest
 
     async def infer() -> dict[str, Any]:
+        """The image as raw_input_contents (binary_data), and its pixels as typed uint_contents (the
+        client sends BYTES as contents only when they are UTF-8 text, which an image is not)."""
+        from torchrest.config import InputSpec
+        from torchrest.preprocess import decode_image
+
         client = InferenceGRPCClient(address)
+        answers: dict[str, Any] = {}
         image = InferInput(name="image", shape=[1], datatype="BYTES")
         image.set_data_from_numpy(np.array([PHOTOS["cat"]], dtype=np.object_), binary_data=True)
-        response = await client.infer(InferRequest(model_name="lite0", infer_inputs=[image]))
+        pixels = InferInput(name="pixels", shape=[1, 224, 224, 3], datatype="UINT8")
+        pixels.set_data_from_numpy(
+            decode_image(PHOTOS["cat"], InputSpec(224, 256), 64_000_000)[None], binary_data=False
+        )
+        for form, tensor in (("raw", image), ("typed", pixels)):
+            response = await client.infer(InferRequest(model_name="lite0", infer_inputs=[tensor]))
+            labels = next(output for output in response.outputs if output.name == "labels")
+            values = labels.as_numpy().ravel()
+            answers[form] = [value.decode() if isinstance(value, bytes) else str(value) for value in values]
         await client.close()
-        labels = next(output for output in response.outputs if output.name == "labels")
-        return {
-            "labels": [
-                value.decode() if isinstance(value, bytes) else str(value) for value in labels.as_numpy().ravel()
-            ]
-        }
+        return answers
 
     return asyncio.run(infer())
 

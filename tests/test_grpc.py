@@ -77,8 +77,9 @@ def test_tritonclient_grpc_covers_the_protocol(served: tuple[Server, str]) -> No
     assert metric_value(server.metrics(), "torchrest_requests_total", route="grpc", status="OK") > 40
 
 
-def test_kserve_grpc_client(served: tuple[Server, str]) -> None:
-    assert clients("kserve", served[1])["labels"][0] in CAT_LABELS
+def test_kserve_grpc_client_raw_and_typed_contents(served: tuple[Server, str]) -> None:
+    answers = clients("kserve", served[1])
+    assert answers["raw"][0] in CAT_LABELS and answers["typed"][0] in CAT_LABELS
 
 
 def test_fuzzed_model_infer_gets_only_documented_codes(served: tuple[Server, str]) -> None:
@@ -117,8 +118,8 @@ def test_generated_modules_are_fresh(tmp_path: Path) -> None:
         assert filecmp.cmp(tmp_path / "torchrest/grpc" / name, ROOT / "torchrest/grpc" / name, shallow=False), name
 
 
-def _infer_request(photo: bytes) -> bytes:
-    """A ModelInferRequest for lite0 with one image, as raw protobuf (field numbers of the protocol), so
+def infer_request(model: str, photo: bytes) -> bytes:
+    """A ModelInferRequest for `model` with one image, as raw protobuf (the protocol's field numbers), so
     this process needs no generated module of the `inference` package."""
 
     def field(number: int, payload: bytes) -> bytes:
@@ -126,7 +127,7 @@ def _infer_request(photo: bytes) -> bytes:
 
     tensor = field(1, b"image") + field(2, b"BYTES") + _varint(3 << 3 | 0) + _varint(1)
     raw = len(photo).to_bytes(4, "little") + photo
-    return field(1, b"lite0") + field(5, tensor) + field(7, raw)
+    return field(1, model.encode()) + field(5, tensor) + field(7, raw)
 
 
 def _varint(value: int) -> bytes:
@@ -148,10 +149,10 @@ def test_a_short_deadline_on_a_busy_server_is_never_computed(served: tuple[Serve
     before = server.metrics()
     with grpc.insecure_channel(address) as channel:
         call = _model_infer(channel)
-        busy = [call.future(_infer_request(photo), timeout=120) for _ in range(24)]
+        busy = [call.future(infer_request("lite0", photo), timeout=120) for _ in range(24)]
         time.sleep(0.3)
         with pytest.raises(grpc.RpcError) as late:
-            call(_infer_request(photo), timeout=0.05)
+            call(infer_request("lite0", photo), timeout=0.05)
         assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         for future in busy:
             future.result()
@@ -170,7 +171,7 @@ def test_sigterm_finishes_admitted_grpc_calls(repository: Path, tmp_path: Path) 
     photo = (ROOT / "tests/data/cat.jpg").read_bytes()
     with running_server(tmp_path, *args) as server, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = _model_infer(channel)
-        calls = [call.future(_infer_request(photo), timeout=120) for _ in range(8)]
+        calls = [call.future(infer_request("lite0", photo), timeout=120) for _ in range(8)]
         deadline = time.monotonic() + 30
         while metric_value(server.metrics(), "torchrest_in_flight", model="lite0") < 8:
             assert time.monotonic() < deadline

@@ -16,12 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+import grpc
 import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -40,6 +42,7 @@ from tests.conftest import (
     write_model_folder,
 )
 from tests.test_cli import assert_one_line_failure, start
+from tests.test_grpc import infer_request
 
 ORIGIN = "https://app.example.com"
 KEYS = ("key-that-stays-valid-1", "key-rotated-out-22")
@@ -72,13 +75,15 @@ def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def locked(repository: Path, keys_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Everything on: admin token, API keys, metrics on their own port, CORS for one origin."""
     folder = tmp_path_factory.mktemp("locked")
-    metrics_port = free_port()
+    metrics_port, grpc_port = free_port(), free_port()
     args = (
         *("--model-repository", str(repository), "--admin-token-file", str(admin_token_file(folder))),
         *("--api-keys-file", str(keys_file), "--metrics-port", str(metrics_port), "--cors-origins", ORIGIN),
+        *("--grpc-port", str(grpc_port)),
     )
     with running_server(folder, *args) as server:
         server.metrics_url = f"http://127.0.0.1:{metrics_port}"  # type: ignore[attr-defined]
+        server.grpc_address = f"127.0.0.1:{grpc_port}"  # type: ignore[attr-defined]
         yield server
 
 
@@ -125,6 +130,17 @@ def test_inference_needs_an_api_key_and_probes_stay_open(locked: Server) -> None
     assert answer.status_code == 200 and answer.json()["outputs"][0]["data"][0] in TINY_LABELS
     for path in ("/health", "/v2/health/live", "/v2/health/ready", "/v2", "/v2/models/tiny/ready", "/openapi.json"):
         assert httpx.get(f"{locked.url}{path}", timeout=10).status_code == 200, path
+
+
+def test_grpc_inference_needs_an_api_key_too(locked: Server) -> None:
+    request = infer_request("tiny", PHOTOS["cat"])
+    with grpc.insecure_channel(locked.grpc_address) as channel:  # type: ignore[attr-defined]
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as refused:
+            call(request, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert len(call(request, metadata=[("x-api-key", KEYS[0])], timeout=30)) > 0
+        assert len(call(request, metadata=[("authorization", f"Bearer {KEYS[1]}")], timeout=30)) > 0
 
 
 def test_metrics_move_to_their_own_port_and_count_401s_by_route(locked: Server) -> None:
@@ -242,8 +258,10 @@ def test_tls_with_client_certificates(repository: Path, tmp_path: Path) -> None:
     server_cert, server_key = write_pem(tmp_path, "server", *certificate("localhost", authority, server=True))
     client_cert, client_key = write_pem(tmp_path, "client", *certificate("a client", authority, server=False))
     port = free_port()
+    grpc_port = free_port()
     tls = ("--ssl-certfile", str(server_cert), "--ssl-keyfile", str(server_key), "--ssl-ca-certs", str(ca_path))
     command = [*torchrest_command("serve", "--host", "127.0.0.1", "--port", str(port)), *tls]
+    command += ["--grpc-port", str(grpc_port)]
     with open(tmp_path / "server.log", "wb") as log_file:
         process = subprocess.Popen(
             [*command, "--model-repository", str(repository)], stdout=log_file, stderr=subprocess.STDOUT
@@ -268,6 +286,15 @@ def test_tls_with_client_certificates(repository: Path, tmp_path: Path) -> None:
         with pytest.raises(httpx.HTTPError):  # plain HTTP to the TLS port: refused, not answered
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
         assert httpx.get(f"{url}/health", verify=trusted, timeout=10).status_code == 200  # still serving
+        # gRPC on the same certificates: a client certificate is required there too
+        ca = ca_path.read_bytes()
+        with_cert = grpc.ssl_channel_credentials(ca, client_key.read_bytes(), client_cert.read_bytes())
+        with grpc.secure_channel(f"localhost:{grpc_port}", with_cert) as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+        with grpc.secure_channel(f"localhost:{grpc_port}", grpc.ssl_channel_credentials(ca)) as channel:
+            with pytest.raises(grpc.RpcError):
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
     finally:
         process.terminate()
         process.wait(timeout=20)
