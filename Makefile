@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # torch is pinned in every install step: an unpinned request pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: install install-dev serve test lint format image image-cuda image-test bench bench-quick bench-core bench-container bench-grpc clean
+.PHONY: install install-dev serve test browser lint format image image-cuda image-test bench bench-quick bench-core bench-container bench-grpc bench-web clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -27,13 +27,18 @@ install-dev: $(VENV)/.installed-dev
 serve: install
 	$(BIN)/torchrest serve $(ARGS)
 
-test: install-dev
+test: install-dev browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The web page's tests drive Debian's Chromium (installed with apt-get where it is missing; needs root).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 # The container image (deploy/README.md): CPU, or CUDA (not buildable without PyTorch's CUDA index).
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' torchrest/__init__.py)
 
 image:
+	deploy/container/setup-podman.sh
 	deploy/container/build.sh torchrest:latest -t torchrest:$(VERSION)
 
 image-cuda:
@@ -63,6 +68,10 @@ bench-quick: install-dev
 # Served req/s at 1, 8, 100 connections beside the offline limit (needs wrk: apt-get install wrk).
 bench-core: install-dev
 	$(BIN)/python benchmark/core.py $(ARGS)
+
+# What an open web page costs: req/s at 100 connections with and without one (needs wrk and chromium).
+bench-web: install-dev browser
+	$(BIN)/python benchmark/web.py $(ARGS)
 
 # gRPC beside REST /v2 and /classify on one server (3 rounds).
 bench-grpc: install-dev

@@ -23,6 +23,25 @@ Clock = Callable[[], float]
 
 
 @dataclass(slots=True)
+class StageTimes:
+    """Where one request's time went, for its Server-Timing header: the longest of its images' waits,
+    and the decode and model run of the batches they were in (seconds)."""
+
+    queue_s: float = 0.0
+    decode_s: float = 0.0
+    inference_s: float = 0.0
+
+    def note(self, queue_s: float, decode_s: float, inference_s: float) -> None:
+        self.queue_s = max(self.queue_s, queue_s)
+        self.decode_s = max(self.decode_s, decode_s)
+        self.inference_s = max(self.inference_s, inference_s)
+
+    def header(self, total_s: float) -> str:
+        stages = (("queue", self.queue_s), ("decode", self.decode_s), ("inference", self.inference_s))
+        return ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in (*stages, ("total", total_s)))
+
+
+@dataclass(slots=True)
 class Job:
     """One request on its way through the batcher."""
 
@@ -33,6 +52,7 @@ class Job:
     enqueued_s: float
     request_id: str
     future: Any  # asyncio.Future[np.ndarray], resolved on the event loop by the runtime
+    times: StageTimes | None = None  # filled by the runtime thread before the future resolves
 
     def abandoned(self) -> bool:
         """The caller went away (cancelled future): computing this row would be wasted work."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -105,6 +105,33 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class RecentActivity:
+    """The last requests' latencies and the last batches' sizes of one model, for the web page's charts:
+    two bounded deques, appended to as requests finish (deque appends are atomic), read only when a page
+    asks (GET /web/stats), so no page open costs nothing but the appends."""
+
+    LATENCIES = 1024
+    BATCHES = 256
+
+    def __init__(self) -> None:
+        self.latencies_s: deque[float] = deque(maxlen=self.LATENCIES)
+        self.batch_sizes: deque[int] = deque(maxlen=self.BATCHES)
+
+    def latency_percentiles_ms(self) -> dict[str, float | None]:
+        ordered = sorted(self.latencies_s)
+        if not ordered:
+            return {"p50": None, "p90": None, "p99": None}
+        pick = {name: ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000 for name, q in QUANTILES}
+        return {name: round(value, 2) for name, value in pick.items()}
+
+    def mean_batch_size(self) -> float | None:
+        sizes = list(self.batch_sizes)[-32:]
+        return round(sum(sizes) / len(sizes), 2) if sizes else None
+
+
+QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
 
 
 class ModelStats:

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from torchrest.backends import Backend
-from torchrest.batching import Admission, BatchQueue, Job, Taken
+from torchrest.batching import Admission, BatchQueue, Job, StageTimes, Taken
 from torchrest.errors import DeadlineExceeded, ModelError, QueueFull, TorchrestError, first_line
-from torchrest.metrics import Metrics, ModelStats
+from torchrest.metrics import Metrics, ModelStats, RecentActivity
 from torchrest.models.common import LoadedModel
 from torchrest.postprocess import softmax
 from torchrest.preprocess import Preprocessor
@@ -104,6 +104,7 @@ class ModelRuntime:
         self.admission = Admission(max_queue)
         self.metrics = metrics
         self.stats = ModelStats()
+        self.recent = RecentActivity()
         self.loop = loop
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -173,12 +174,16 @@ class ModelRuntime:
 
     def observe_total(self, seconds: float) -> None:
         self._total.observe(seconds)
+        self.recent.latencies_s.append(seconds)
 
-    async def infer(self, image: bytes | np.ndarray, deadline_s: float, request_id: str) -> np.ndarray:
-        """Queue one image (encoded, or pixels); return its row of class probabilities (or raise its error)."""
+    async def infer(
+        self, image: bytes | np.ndarray, deadline_s: float, request_id: str, times: StageTimes | None = None
+    ) -> np.ndarray:
+        """Queue one image (encoded, or pixels); return its row of class probabilities (or raise its error).
+        `times`, when given, learns where the time went (queue, decode, model)."""
         future: asyncio.Future[np.ndarray] = self.loop.create_future()
         enqueued = time.monotonic()
-        self.queue.put(Job(image, deadline_s, enqueued, request_id, future))
+        self.queue.put(Job(image, deadline_s, enqueued, request_id, future, times))
         try:
             probabilities = await future
         except Exception:
@@ -294,6 +299,10 @@ class ModelRuntime:
         finished = time.monotonic()
         self._inference.observe(ran - decoded)
         self._batch_size.observe(size)
+        self.recent.batch_sizes.append(size)
+        for job in batch:
+            if job.times is not None:
+                job.times.note(started - job.enqueued_s, decoded - started, ran - decoded)
         self.stats.record_batch(
             size,
             queue_ns=int(sum(started - job.enqueued_s for job in batch) * 1e9),

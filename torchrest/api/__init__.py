@@ -6,10 +6,11 @@ on the routes) and `cors` (browser origins)."""
 
 from __future__ import annotations
 
+from torchrest import web
 from torchrest.api.app import App, AppState, Handler
 from torchrest.api.classify import classify
 from torchrest.api.guards import inference
-from torchrest.api.health import health, info, metrics
+from torchrest.api.health import health, metrics
 from torchrest.api.openapi import openapi
 from torchrest.api.v2 import templates
 
@@ -21,7 +22,10 @@ def route_table() -> tuple[dict[str, dict[str, Handler]], dict[str, dict[str, Ha
         "/classify": {"POST": inference(classify)},
         "/health": {"GET": health},
         "/metrics": {"GET": metrics},
-        "/": {"GET": info},
+        "/": {"GET": web.front_door},
+        "/web/app.js": {"GET": web.script},
+        "/web/style.css": {"GET": web.style},
+        "/web/stats": {"GET": web.stats},
         "/openapi.json": {"GET": openapi},
     }
     return routes, templates()

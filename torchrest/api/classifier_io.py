@@ -15,6 +15,7 @@ import numpy as np
 
 from torchrest.api.tensors import InferRequest, Output
 from torchrest.backends import BACKENDS
+from torchrest.batching import StageTimes
 from torchrest.errors import BadRequest
 from torchrest.manager import ModelEntry
 from torchrest.postprocess import label, top_indices
@@ -81,11 +82,15 @@ def images_of(parsed: InferRequest, runtime: ModelRuntime) -> list[bytes | np.nd
 
 
 async def rows_of(
-    runtime: ModelRuntime, images: list[bytes | np.ndarray], deadline_s: float, request_id: str
+    runtime: ModelRuntime,
+    images: list[bytes | np.ndarray],
+    deadline_s: float,
+    request_id: str,
+    times: StageTimes | None = None,
 ) -> list[np.ndarray]:
     """Every image's row; the first failure (400 for an undecodable image, 504, ...) fails the request."""
     answers = await asyncio.gather(
-        *(runtime.infer(image, deadline_s, request_id) for image in images), return_exceptions=True
+        *(runtime.infer(image, deadline_s, request_id, times) for image in images), return_exceptions=True
     )
     for answer in answers:
         if isinstance(answer, BaseException):

@@ -16,6 +16,7 @@ from torchrest.api.app import AppState
 from torchrest.api.forms import read_image
 from torchrest.api.http import Request, Response, json_response
 from torchrest.api.lifecycle import deadline_s, in_time, until_disconnect
+from torchrest.batching import StageTimes
 from torchrest.errors import BadRequest
 from torchrest.postprocess import top_k
 
@@ -27,11 +28,14 @@ async def classify(request: Request, state: AppState) -> Response:
     k = parse_top_k(request.query.get("top_k"))
     config = state.config
     deadline = deadline_s(request, config.timeout_ms)
+    times = StageTimes()
     with runtime.admitted():
         data = await in_time(read_image(request, config.max_body_bytes), config.read_timeout)
-        probabilities = await until_disconnect(runtime.infer(data, deadline, request.request_id), request)
+        answer = runtime.infer(data, deadline, request.request_id, times)
+        probabilities = await until_disconnect(answer, request)
     predictions = top_k(probabilities, k, runtime.model.labels)
-    runtime.observe_total(time.monotonic() - request.started_s)
+    total_s = time.monotonic() - request.started_s
+    runtime.observe_total(total_s)
     return json_response(
         200,
         {
@@ -40,6 +44,7 @@ async def classify(request: Request, state: AppState) -> Response:
             "prediction": predictions[0].as_dict(),
             "top_k": [p.as_dict() for p in predictions],
         },
+        headers={"server-timing": times.header(total_s)},
     )
 
 

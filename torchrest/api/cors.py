@@ -17,7 +17,7 @@ from torchrest.errors import Forbidden
 ALLOWED_HEADERS = (
     "authorization, content-type, x-api-key, x-request-id, x-request-timeout-ms, inference-header-content-length"
 )
-EXPOSED_HEADERS = "x-request-id, inference-header-content-length, retry-after"
+EXPOSED_HEADERS = "x-request-id, inference-header-content-length, retry-after, server-timing"
 MAX_AGE_S = 600
 
 

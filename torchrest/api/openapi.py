@@ -134,7 +134,7 @@ HEALTH: Schema = {
 }
 
 INFO: Schema = {
-    "summary": "What is served: model, weights source, backend, device, batching settings",
+    "summary": "What is served (JSON); a browser (Accept: text/html) gets the web page instead",
     "responses": {
         "200": {
             "description": "server description",
@@ -154,7 +154,8 @@ INFO: Schema = {
                             "endpoints": {"type": "array", "items": {"type": "string"}},
                         },
                     }
-                }
+                },
+                "text/html": {"schema": {"type": "string"}},
             },
         }
     },
@@ -336,6 +337,10 @@ def v2_paths() -> dict[str, Schema]:
     return paths
 
 
+def _static(summary: str, content_type: str) -> Schema:
+    return {"summary": summary, "responses": {"200": {"description": summary, "content": {content_type: {}}}}}
+
+
 def document() -> Schema:
     return {
         "openapi": "3.0.3",
@@ -350,6 +355,19 @@ def document() -> Schema:
                 }
             },
             "/": {"get": INFO},
+            "/web/app.js": {"get": _static("The web page's script", "text/javascript")},
+            "/web/style.css": {"get": _static("The web page's style sheet", "text/css")},
+            "/web/stats": {
+                "get": {
+                    "summary": "The web page's feed: per model, answers so far, recent latency and batch size, queue",
+                    "responses": {
+                        "200": {
+                            "description": "one sample",
+                            "content": {JSON: {"schema": {"type": "object", "required": ["time", "models"]}}},
+                        }
+                    },
+                }
+            },
             "/openapi.json": {
                 "get": {
                     "summary": "This document",

@@ -32,6 +32,7 @@ from torchrest.api.guards import admin, inference
 from torchrest.api.http import Request, Response, json_response
 from torchrest.api.lifecycle import deadline_s, in_time, until_disconnect
 from torchrest.api.tensors import HEADER_LENGTH, encode_response, json_object, parse_request
+from torchrest.batching import StageTimes
 from torchrest.errors import BadRequest, NotReady
 from torchrest.manager import ModelEntry, ModelState
 
@@ -120,6 +121,7 @@ async def infer(request: Request, state: AppState) -> Response:
     runtime = state.models.runtime(request.params["name"], request.params.get("version"))
     config = state.config
     deadline = deadline_s(request, config.timeout_ms)
+    times = StageTimes()
     with runtime.admitted() as places:  # one place first: a full queue is refused before the body is read
         body = await in_time(request.body(config.max_body_bytes), config.read_timeout)
         header_length = request.headers.get(HEADER_LENGTH)
@@ -129,21 +131,23 @@ async def infer(request: Request, state: AppState) -> Response:
             parsed = parse_request(body, header_length)
         images = images_of(parsed, runtime)
         places.add(len(images) - 1)
-        rows = await until_disconnect(rows_of(runtime, images, deadline, request.request_id), request)
+        rows = await until_disconnect(rows_of(runtime, images, deadline, request.request_id, times), request)
     probabilities = np.stack(rows) if rows else np.zeros((0, len(runtime.model.labels)), np.float32)
     outputs = output_tensors(parsed, probabilities, runtime.model.labels)
     document: dict[str, Any] = {"model_name": runtime.name, "model_version": runtime.model.version}
     if parsed.id is not None:
         document["id"] = parsed.id
     body, header_length_out = encode_response(document, outputs)
-    runtime.observe_total(time.monotonic() - request.started_s)
+    total_s = time.monotonic() - request.started_s
+    runtime.observe_total(total_s)
+    timing = {"server-timing": times.header(total_s)}
     if header_length_out is None:
-        return Response(200, body)
+        return Response(200, body, headers=timing)
     return Response(
         200,
         body,
         content_type="application/octet-stream",
-        headers={"inference-header-content-length": str(header_length_out)},
+        headers={"inference-header-content-length": str(header_length_out), **timing},
     )
 
 

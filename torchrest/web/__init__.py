@@ -1,0 +1,72 @@
+"""The web page for people: `GET /` in a browser (Accept: text/html) serves it; API clients keep the JSON.
+
+    /             the page (static/index.html), or the server's JSON description
+    /web/app.js, /web/style.css   its script and style, shipped in the package, read once
+    /web/stats    the small JSON feed its charts poll, built only when asked: per model, cumulative
+                  answers by outcome, recent latency percentiles and batch size, queue depth, in-flight
+
+The page tries a model (file, drop, paste or camera -> POST /classify?top_k=5, the Server-Timing header
+split into queue, decode and inference) and watches the server (charts over the last three minutes).
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+
+from torchrest import __version__
+from torchrest.api.app import AppState
+from torchrest.api.health import info
+from torchrest.api.http import Request, Response, json_response
+
+CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
+STATIC = {
+    name: (resources.files(__package__).joinpath("static", name).read_bytes(), CONTENT_TYPES["." + name.split(".")[-1]])
+    for name in ("index.html", "app.js", "style.css")
+}
+# the files change only with the package: browsers may keep them a while
+CACHE = {"cache-control": "public, max-age=300"}
+
+
+async def front_door(request: Request, state: AppState) -> Response:
+    """The page for a browser, the JSON description for everyone else."""
+    if "text/html" in request.headers.get("accept", ""):
+        body, content_type = STATIC["index.html"]
+        return Response(200, body, content_type=content_type, headers={"cache-control": "no-cache"})
+    return await info(request, state)
+
+
+async def script(request: Request, state: AppState) -> Response:
+    body, content_type = STATIC["app.js"]
+    return Response(200, body, content_type=content_type, headers=CACHE)
+
+
+async def style(request: Request, state: AppState) -> Response:
+    body, content_type = STATIC["style.css"]
+    return Response(200, body, content_type=content_type, headers=CACHE)
+
+
+async def stats(request: Request, state: AppState) -> Response:
+    models = []
+    for entry in state.models.entries.values():
+        runtime = entry.runtime
+        row: dict[str, object] = {
+            "name": entry.name,
+            "version": entry.version,
+            "state": entry.state,
+            "backend": runtime.backends[0].name if runtime else None,
+            "default": entry.name == state.models.default,
+        }
+        if runtime is not None:
+            inference = runtime.stats.as_triton(entry.name, entry.version)["inference_stats"]
+            row |= {
+                "ok": inference["success"]["count"],  # type: ignore[index]
+                "failed": inference["fail"]["count"],  # type: ignore[index]
+                "latency_ms": runtime.recent.latency_percentiles_ms(),
+                "batch_size": runtime.recent.mean_batch_size(),
+                "queue_depth": len(runtime.queue),
+                "in_flight": runtime.admission.in_flight,
+            }
+        models.append(row)
+    payload = {"time": time.time(), "version": __version__, "ready": state.not_ready_reason() is None}
+    return json_response(200, payload | {"models": models}, headers={"cache-control": "no-store"})
