@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # torch is pinned in every install step: an unpinned request pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: install install-dev serve test browser lint format image image-cuda image-test bench bench-quick bench-core bench-container bench-grpc bench-web clean
+.PHONY: install install-dev serve test browser lint format image image-cuda image-test bench bench-quick bench-core bench-container bench-grpc bench-web bench-ceiling clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -68,6 +68,10 @@ bench-quick: install-dev
 # Served req/s at 1, 8, 100 connections beside the offline limit (needs wrk: apt-get install wrk).
 bench-core: install-dev
 	$(BIN)/python benchmark/core.py $(ARGS)
+
+# The pipeline's own ceiling: a near-free model, torchrest vs the naive baseline (ARGS="--base REF" adds a commit).
+bench-ceiling: install-dev
+	$(BIN)/python benchmark/ceiling.py $(ARGS)
 
 # What an open web page costs: req/s at 100 connections with and without one (needs wrk and chromium).
 bench-web: install-dev browser

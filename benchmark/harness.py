@@ -91,22 +91,23 @@ def torchrest_command(model_name: str, port: int, extra: list[str]) -> list[str]
 
 
 @contextmanager
-def serving(command: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Start `command` (a server listening on `port`), wait for /health, yield its URL; always stop it."""
-    with serving_process(command, port, env) as (url, _):
+def serving(command: list[str], port: int, env: dict[str, str] | None = None, cwd: Path | None = None) -> Iterator[str]:
+    """Start `command` (a server listening on `port`), wait for /health, yield its URL; always stop it.
+    `cwd` (default: this tree) is where it runs: another checkout serves its own code."""
+    with serving_process(command, port, env, cwd) as (url, _):
         yield url
 
 
 @contextmanager
 def serving_process(
-    command: list[str], port: int, env: dict[str, str] | None = None
+    command: list[str], port: int, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """As `serving`, yielding the process too (its pid, for memory readings). The server's log goes to a
     file: a pipe nobody reads fills up under load and then blocks the server on its next log line."""
     log_file = tempfile.NamedTemporaryFile(prefix="server-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
         command,
-        cwd=ROOT,
+        cwd=cwd or ROOT,
         stdout=subprocess.DEVNULL,
         stderr=log_file,
         start_new_session=True,
