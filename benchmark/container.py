@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from harness import (
@@ -157,15 +158,6 @@ def plot(results: dict[str, Any], path: Path) -> None:
     axis.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    return (
-        ordered[len(ordered) // 2]
-        if len(ordered) % 2
-        else (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
-    )
 
 
 def main() -> int:

@@ -175,6 +175,11 @@ class ModelStats:
             entry[0] += 1
             entry[1] += ns
 
+    def request_counts(self) -> tuple[int, int]:
+        """Requests answered so far: (succeeded, failed)."""
+        with self._lock:
+            return self._stage["success"][0], self._stage["fail"][0]
+
     def as_triton(self, name: str, version: str) -> dict[str, object]:
         with self._lock:
             return {

@@ -58,10 +58,10 @@ async def stats(request: Request, state: AppState) -> Response:
             "default": entry.name == state.models.default,
         }
         if runtime is not None:
-            inference = runtime.stats.as_triton(entry.name, entry.version)["inference_stats"]
+            ok, failed = runtime.stats.request_counts()
             row |= {
-                "ok": inference["success"]["count"],  # type: ignore[index]
-                "failed": inference["fail"]["count"],  # type: ignore[index]
+                "ok": ok,
+                "failed": failed,
                 "latency_ms": runtime.recent.latency_percentiles_ms(),
                 "batch_size": runtime.recent.mean_batch_size(),
                 "queue_depth": len(runtime.queue),
