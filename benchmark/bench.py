@@ -70,6 +70,7 @@ def main() -> int:
     parser.add_argument("--repository", type=Path, default=ROOT / "model-repository")
     parser.add_argument("--image", type=Path, default=ROOT / "tests" / "data" / "cat.jpg")
     parser.add_argument("--quick", action="store_true", help="short runs: under 3 minutes")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: every server and the offline limit run there")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if missing := _missing_tools():
@@ -81,7 +82,7 @@ def main() -> int:
     out = args.out or ROOT / "benchmark" / "results" / started.date().isoformat()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        results = run(args.model, args.repository, args.image, plan, args.quick)
+        results = run(args.model, args.repository, args.image, plan, args.quick, args.device)
     except KeyboardInterrupt:
         log("interrupted: every server was stopped")
         return 130
@@ -93,25 +94,30 @@ def main() -> int:
     return 0
 
 
-def run(model: str, repository: Path, image: Path, plan: Plan, quick: bool) -> dict[str, Any]:
-    optimized = ensure_optimized(model, repository, quick)
+def run(model: str, repository: Path, image: Path, plan: Plan, quick: bool, device: str = "cpu") -> dict[str, Any]:
+    optimized = ensure_optimized(model, repository, quick, device)
     photo = image.read_bytes()
     large = make_large_photo(image)
     log("1/4 offline limit: decode + pre-process + model, tight loop")
     limits = {
-        "torch eager": offline(model, photo, list(plan.batch_sizes), plan.offline_s),
-        "optimized": offline(model, photo, list(plan.batch_sizes), plan.offline_s, repository),
+        "torch eager": offline(model, photo, list(plan.batch_sizes), plan.offline_s, device=device),
+        "optimized": offline(model, photo, list(plan.batch_sizes), plan.offline_s, repository, device),
     }
     log("2/4 choosing the baseline's worker count (1 or 2: the higher peak at 8 or 100 connections)")
-    workers = pick_baseline_workers(model, image, plan)
+    workers = pick_baseline_workers(model, image, plan, device)
+    on = ["--device", device]
     servers = {
-        "torchrest optimized": (torchrest_command(model, 0, ["--model-repository", str(repository)]), "optimized"),
-        "torchrest eager": (torchrest_command(model, 0, []), "torch eager"),
-        f"baseline ({workers} worker{'s' if workers > 1 else ''})": (baseline_command(model, workers), None),
+        "torchrest optimized": (
+            torchrest_command(model, 0, ["--model-repository", str(repository), *on]),
+            "optimized",
+        ),
+        "torchrest eager": (torchrest_command(model, 0, on), "torch eager"),
+        f"baseline ({workers} worker{'s' if workers > 1 else ''})": (baseline_command(model, workers, device), None),
     }
     results: dict[str, Any] = {
         "model": model,
-        "machine": f"{_cores()} cores, {platform_name()}",
+        "device": device,
+        "machine": f"{_cores()} cores, {platform_name()}" + (f", {_gpu_name()}" if device != "cpu" else ""),
         "image": str(image.relative_to(ROOT) if image.is_relative_to(ROOT) else image),
         "large_image": f"{Image.open(large).size[0]}x{Image.open(large).size[1]} JPEG",
         "optimized": optimized,
@@ -129,14 +135,19 @@ def run(model: str, repository: Path, image: Path, plan: Plan, quick: bool) -> d
     return results
 
 
-def ensure_optimized(model: str, repository: Path, quick: bool) -> dict[str, Any]:
+def ensure_optimized(model: str, repository: Path, quick: bool, device: str = "cpu") -> dict[str, Any]:
     config = repository / model / "config.json"
     if not config.is_file():
         log(f"no {config}: running torchrest optimize first")
-        candidates = "openvino-fp32" if quick else "onnxruntime-fp32,openvino-fp32,onnxruntime-int8,openvino-int8"
+        if device != "cpu":
+            candidates = "torch-fp16,tensorrt"
+        elif quick:
+            candidates = "openvino-fp32"
+        else:
+            candidates = "onnxruntime-fp32,openvino-fp32,onnxruntime-int8,openvino-int8"
         command = [
             *(sys.executable, "-m", "torchrest", "optimize", "--model", model, "--out", str(repository)),
-            *("--calibration", str(ROOT / "tests" / "data"), "--candidates", candidates),
+            *("--calibration", str(ROOT / "tests" / "data"), "--candidates", candidates, "--device", device),
             *("--batch-sizes", "1,8,32", "--seconds-per-point", "0.3" if quick else "1"),
         ]
         subprocess.run(command, check=True, cwd=ROOT)
@@ -151,12 +162,14 @@ def make_large_photo(image: Path) -> Path:
     return path
 
 
-def baseline_command(model: str, workers: int) -> list[str]:
+def baseline_command(model: str, workers: int, device: str = "cpu") -> list[str]:
     return [
         *(sys.executable, "-m", "gunicorn", "-k", "uvicorn_worker.UvicornWorker", "-w", str(workers)),
         *("--chdir", str(ROOT / "benchmark" / "baseline"), "--timeout", "120", "--log-level", "warning"),
         "--env",
         f"BASELINE_MODEL={model}",
+        "--env",
+        f"BASELINE_DEVICE={device}",
         "--env",
         f"PYTHONPATH={ROOT}",
         "-b",
@@ -174,13 +187,13 @@ def bind(command: list[str]) -> tuple[list[str], int]:
     return command, port
 
 
-def pick_baseline_workers(model: str, image: Path, plan: Plan) -> int:
+def pick_baseline_workers(model: str, image: Path, plan: Plan, device: str = "cpu") -> int:
     if not plan.pick_s:
         log("  --quick: 1 worker, without measuring 2")
         return 1
     best: tuple[float, int] = (-1.0, 1)
     for workers in (1, 2):
-        command, port = bind(baseline_command(model, workers))
+        command, port = bind(baseline_command(model, workers, device))
         with serving(command, port) as url:
             wrk(url, 8, plan.warm_up_s, image)
             rates = []
@@ -231,6 +244,12 @@ def measure_server(name: str, command: list[str], image: Path, large: Path, plan
         "open_loop": opened,
         "large_photo": large_run,
     }
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
 
 
 def add_ratios(results: dict[str, Any]) -> None:

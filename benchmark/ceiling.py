@@ -145,6 +145,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
     parser.add_argument("--connections", default="1,8,32,100")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where every server runs the model")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("benchmark/ceiling.py: error: wrk not found (apt-get install wrk)", file=sys.stderr)
@@ -153,7 +154,7 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="ceiling-"))
     model = near_free_model(folder)
     large = make_large_photo(PHOTO)
-    quiet = ["--log-level", "warning"]
+    quiet = ["--log-level", "warning", "--device", args.device]
     servers = []
     log(f"near-free model at {model}; wrk at {args.connections} connections, {args.duration:.0f} s each")
     servers.append(
@@ -171,10 +172,13 @@ def main() -> int:
                     cwd=tree,
                 )
             )
-    servers.append(measure("naive baseline", baseline_command(str(model), 1), connections, args.duration, large))
+    baseline = baseline_command(str(model), 1, args.device)
+    servers.append(measure("naive baseline", baseline, connections, args.duration, large))
     results = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": f"{len(os.sched_getaffinity(0))} cores, {platform_name()}",
+        "device": args.device,
+        "machine": f"{len(os.sched_getaffinity(0))} cores, {platform_name()}"
+        + (f", {torch.cuda.get_device_name(0)}" if args.device != "cpu" else ""),
         "command": "python " + " ".join(sys.argv),
         "servers": servers,
     }

@@ -40,13 +40,18 @@ def log(message: str) -> None:
 
 
 def offline(
-    model_name: str, image: bytes, batch_sizes: list[int], seconds: float, repository: Path | None = None
+    model_name: str,
+    image: bytes,
+    batch_sizes: list[int],
+    seconds: float,
+    repository: Path | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Decode + pre-process + model in a tight loop: what one process does with no HTTP and no queue."""
     config = ServerConfig(model=model_name, model_repository=repository)
     configure_torch(config)
     model = load_from_repository(repository, model_name) if repository else load_model(config)
-    backend = model.open_backend("cpu", config.threads_per_instance)
+    backend = model.open_backend(device, config.threads_per_instance)
     backend.prepare_thread()
     spec, limit = model.input_spec, config.max_image_pixels
     buffer = backend.input_buffer(max(batch_sizes), spec.crop_size)

@@ -1,7 +1,9 @@
 """Overload: wrk at 1000 connections for 60 s against the default model, far past its capacity.
 
 What a trusted server must show, and this script measures:
-  - every answer is 200 or 503 (wrk counts answers by status);
+  - goodput holds: 200s per second under overload against the capacity measured first, on the same
+    server, at 8 connections;
+  - every answer is 200, 503 or (rarely) 504 (wrk counts answers by status); 504s as a share of admitted;
   - 503s come back at once: a probe sends one request every 100 ms on its own connection during the
     load and times each answer by status (wrk's latencies mix 200s and 503s);
   - admitted requests finish within the deadline (the probe's 200s, against --timeout-ms);
@@ -48,8 +50,10 @@ def main() -> int:
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--capacity-seconds", type=float, default=15.0, help="the 8-connection run first")
     parser.add_argument("--image", type=Path, default=ROOT / "tests" / "data" / "cat.jpg")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("server_options", nargs="*", help="more `torchrest serve` options (after --)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("benchmark/overload.py: error: wrk not found (apt-get install wrk)", file=sys.stderr)
@@ -57,7 +61,11 @@ def main() -> int:
     started = dt.datetime.now()
     port = free_port()
     image = args.image.read_bytes()
-    with serving_process(torchrest_command(args.model, port, []), port) as (url, process):
+    with serving_process(torchrest_command(args.model, port, args.server_options), port) as (url, process):
+        log(f"capacity: wrk at 8 connections for {args.capacity_seconds:.0f} s")
+        run_wrk(url, 8, 3, args.image)  # warm-up
+        capacity = run_wrk(url, 8, args.capacity_seconds, args.image)
+        log(f"capacity: {ok_per_s(capacity):.1f} answers (200) per second")
         rss = MemorySampler(process.pid)
         probe = Probe(port, image)
         rss.start()
@@ -75,7 +83,9 @@ def main() -> int:
         "model": args.model,
         "connections": args.connections,
         "duration_s": args.duration,
+        "capacity": capacity,
         "wrk": load,
+        "goodput": goodput(capacity, load),
         "probe": probe.summary(),
         "rss_mib": {"samples": rss.samples_mib, "peak": peak_kib / 1024, "first": rss.samples_mib[0]},
         "recovery": after,
@@ -97,6 +107,22 @@ def run_wrk(url: str, connections: int, seconds: float, image: Path) -> dict[str
     result["statuses"] = json.loads(lines["WRK_STATUSES"])
     result["req_per_s"] = result["requests"] / result["duration_s"]
     return result
+
+
+def ok_per_s(run: dict[str, Any]) -> float:
+    return run["statuses"].get("200", 0) / run["duration_s"]
+
+
+def goodput(capacity: dict[str, Any], load: dict[str, Any]) -> dict[str, float]:
+    """200s per second under overload, as a share of the 8-connection capacity; 504s as a share of the
+    requests admitted (answered 200 or 504)."""
+    admitted = load["statuses"].get("200", 0) + load["statuses"].get("504", 0)
+    return {
+        "capacity_ok_per_s": ok_per_s(capacity),
+        "overload_ok_per_s": ok_per_s(load),
+        "share_of_capacity": ok_per_s(load) / max(ok_per_s(capacity), 1e-9),
+        "expired_share_of_admitted": load["statuses"].get("504", 0) / max(admitted, 1),
+    }
 
 
 class Probe(threading.Thread):
@@ -202,6 +228,7 @@ def recovery(url: str, port: int, image: bytes) -> dict[str, Any]:
 
 def markdown(results: dict[str, Any]) -> str:
     load, probe, rss, after = results["wrk"], results["probe"], results["rss_mib"], results["recovery"]
+    good = results["goodput"]
     statuses = ", ".join(f"{status}: {count}" for status, count in sorted(load["statuses"].items()))
     errors = {kind: count for kind, count in load["errors"].items() if count and kind != "status"}
     lines = [
@@ -210,8 +237,12 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Machine: {results['machine']}. Command: `{results['command']}`.",
         "",
+        f"- capacity first (8 connections, {results['capacity']['duration_s']:.0f} s): "
+        f"{good['capacity_ok_per_s']:.1f} answers (200) per second.",
         f"- wrk: {load['requests']} answers ({load['req_per_s']:.1f}/s) by status: {statuses}; socket errors: "
         f"{errors or 'none'}.",
+        f"- goodput under overload: {good['overload_ok_per_s']:.1f} 200s per second, "
+        f"**{good['share_of_capacity']:.0%} of capacity**; 504s: {good['expired_share_of_admitted']:.2%} of admitted.",
         "- probe (one request every 100 ms on its own connection, during the load), latency by status:",
         "",
         "| status | count | p50 ms | p90 ms | p99 ms | max ms |",

@@ -111,6 +111,22 @@ def test_admission_bounds_in_flight() -> None:
     assert admission.in_flight == 2
 
 
+def test_admission_refuses_what_the_queue_would_keep_past_its_deadline() -> None:
+    admission = Admission(100, instances=2)
+    admission.admit(deadline_s=0.001, now_s=0.0)  # nothing measured yet: nothing refused for time
+    admission.observe(images=4, seconds=0.4)  # 0.1 s per image
+    for _ in range(18):
+        admission.admit(deadline_s=10.0, now_s=0.0)
+    assert admission.expected_wait_s() == pytest.approx(1.0)  # 20 images x 0.1 s / 2 instances
+    admission.admit(deadline_s=1.0, now_s=0.0)  # 1.0 s ahead: just in time
+    with pytest.raises(QueueFull) as refused:
+        admission.admit(deadline_s=1.0, now_s=0.0)  # 1.05 s ahead: it would expire in the queue
+    assert refused.value.headers["retry-after"] == "2"  # the wait, rounded up
+    assert admission.in_flight == 20
+    admission.observe(images=1, seconds=0.0)  # a faster batch moves the estimate a fifth of the way
+    assert admission.seconds_per_image == pytest.approx(0.08)
+
+
 class PeaksAtFour:
     """A stand-in device whose per-image speed peaks at batch 4 (as small CPUs do), timed for real."""
 

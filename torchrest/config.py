@@ -76,6 +76,12 @@ class ServerConfig(ModelSource):
     instances: int = option(1, "model instances, each with its own inference thread")
     threads: int = option(0, "intra-op threads for all instances together (0: one per core)")
     preprocess_threads: int = option(0, "threads that decode images (0: one per core)")
+    decode_ahead: bool = option(
+        True, "decode each image as soon as it is queued, overlapping the model's run (off: when its batch runs)"
+    )
+    event_loop_nice: int = option(
+        10, "nice value added to the event loop's thread, so that the model keeps the cores under overload (0: off)"
+    )
     max_queue: int = option(256, "admitted requests per model (decoding or queued) before 503")
     timeout_ms: int = option(10_000, "deadline for a request to reach the model; past it, 504")
     drain_timeout: int = option(30, "on SIGTERM, seconds to finish admitted requests before exiting")
@@ -125,6 +131,8 @@ class ServerConfig(ModelSource):
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{flag_name(name)} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.event_loop_nice <= 19:
+            raise ValueError("--event-loop-nice must be from 0 to 19")
         if self.max_wait_ms < 0 or self.threads < 0 or self.preprocess_threads < 0 or self.drain_timeout < 0:
             raise ValueError("--max-wait-ms, --threads, --preprocess-threads and --drain-timeout cannot be negative")
         if self.max_body_mb <= 0 or self.max_image_megapixels <= 0 or self.read_timeout <= 0:

@@ -7,6 +7,8 @@ one table of codes (`error_table()` renders it for the README).
 
 from __future__ import annotations
 
+import math
+
 
 class TorchrestError(Exception):
     """An unexpected server-side failure."""
@@ -130,11 +132,16 @@ class NotReady(TorchrestError):
 
 
 class QueueFull(TorchrestError):
-    """The model's queue is full; retry after `Retry-After` seconds."""
+    """The model's queue is full, or what is queued would keep this request past its deadline; retry after
+    `Retry-After` seconds (the queue's expected wait, at least 1)."""
 
     status = 503
     code = "queue_full"
     headers = {"retry-after": "1", "connection": "close"}
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.headers = {"retry-after": str(max(1, math.ceil(retry_after_s))), "connection": "close"}
 
 
 class DeadlineExceeded(TorchrestError):

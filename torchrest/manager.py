@@ -26,6 +26,7 @@ from pathlib import Path
 from torchrest.errors import BadRequest, LoadFailed, ModelLoadError, NotFound, NotReady, StartupError
 from torchrest.models.common import LoadedModel
 from torchrest.models.repository import ModelRepository, load_model_folder
+from torchrest.priority import started_pool
 from torchrest.runtime import ModelRuntime
 
 log = logging.getLogger("torchrest.models")
@@ -80,6 +81,8 @@ class ModelManager:
         self.drain_timeout_s = drain_timeout_s
         self.served_name = served_name
         self._locks: dict[str, asyncio.Lock] = {}
+        # loads run here: the threads a runtime starts keep this thread's priority (torchrest.priority)
+        self._loader = started_pool(1, "load")
 
     # -- discovery (before the port is bound: a bad folder fails the start) -------------------------
     def add(self, model: LoadedModel, reload: Callable[[], LoadedModel]) -> None:
@@ -170,8 +173,8 @@ class ModelManager:
             if entry.runtime is None:
                 entry.state, entry.reason = LOADING, ""
             try:
-                model = await loop.run_in_executor(None, entry.reload)
-                runtime = await loop.run_in_executor(None, self.build, model, loop)
+                model = await loop.run_in_executor(self._loader, entry.reload)
+                runtime = await loop.run_in_executor(self._loader, self.build, model, loop)
             except Exception as exc:  # noqa: BLE001 - any failure is reported; the others keep serving
                 reason = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
                 if entry.runtime is None:

@@ -1,13 +1,16 @@
 """Pre-processing: encoded image bytes -> (S, S, 3) uint8 RGB pixels, written into the batch buffer.
 
-    bytes -> header (format, size: bomb check) -> JPEG DCT-scaled decode -> EXIF orientation
-          -> RGB -> resize of the centre-crop box straight to S x S -> ndarray
+    bytes -> header (format, size: bomb check; EXIF orientation)
+          -> JPEG: libjpeg-turbo, DCT-scaled (torchrest.jpeg) | anything else or refused: Pillow -> RGB
+          -> resize shorter side to R, centre crop S, written once into the batch row (torchrest.resize)
 
 The runtime calls `Preprocessor.fill` on its inference thread just before the model runs: the batch's
-images are decoded in parallel on a small pool (Pillow releases the GIL) straight into their rows of the
-batch buffer. Decoding never competes with the model's threads for the cores, which on a small CPU costs
-more than it overlaps, and never runs on the event loop. Resizing only the crop box in one pass is the
-same arithmetic as "resize the shorter side, then crop", without resampling pixels the crop throws away.
+images are decoded in parallel on a small pool (the codecs and the resize release the GIL) straight into
+their rows of the batch buffer. Decoding never competes with the model's threads for the cores, which on
+a small CPU costs more than it overlaps, and never runs on the event loop.
+
+`reference_pixels` is the textbook pre-processing (Pillow: orientation, RGB, resize 256 with
+antialiasing, centre crop 224) that the fast path is held to (tests/test_fidelity.py, benchmark/ceiling.py).
 """
 
 from __future__ import annotations
@@ -16,14 +19,17 @@ import io
 import struct
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
+from torchrest import jpeg
 from torchrest.config import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 from torchrest.errors import ImageTooLarge, InvalidImage, TorchrestError, first_line
+from torchrest.priority import started_pool
+from torchrest.resize import crop_origin, resize_crop_into, resized_size
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 
@@ -33,29 +39,43 @@ Image.MAX_IMAGE_PIXELS = None
 
 
 class Preprocessor:
-    """Decodes a batch of images into the first rows of a batch buffer, in parallel."""
+    """Decodes images into rows of a batch buffer on a pool of `threads`: the batch's images in parallel
+    when its instance is about to run it (`fill`), or each image as soon as it is queued (`start`, decode
+    ahead), so that decoding overlaps the model's run and the event loop's work."""
 
-    def __init__(self, spec: InputSpec, max_pixels: int, threads: int) -> None:
+    def __init__(self, spec: InputSpec, max_pixels: int, threads: int, ahead: bool = False) -> None:
         self.spec = spec
         self.max_pixels = max_pixels
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads > 1 else None
+        self.ahead = ahead
+        pool_needed = ahead or threads > 1
+        self._pool = started_pool(threads, "decode") if pool_needed else None
 
-    def fill(self, images: Sequence[bytes | np.ndarray], buffer: np.ndarray) -> list[TorchrestError | None]:
+    def start(self, image: bytes) -> Future[np.ndarray]:
+        """Decode ahead: start decoding `image` now; `fill` copies the pixels when its batch runs."""
+        assert self._pool is not None, "a Preprocessor that decodes ahead has a pool"
+        return self._pool.submit(decode_image, image, self.spec, self.max_pixels)
+
+    def fill(
+        self, images: Sequence[bytes | np.ndarray | Future[np.ndarray]], buffer: np.ndarray
+    ) -> list[TorchrestError | None]:
         """Decode images[i] into buffer[i]; return, per image, None or the 4xx error it earned. A tensor
-        a client pre-processed is copied as it is (uint8 pixels) or quantised back to pixels (float)."""
+        a client pre-processed is copied as it is (uint8 pixels) or quantised back to pixels (float); an
+        image decoded ahead is copied once its decode is done."""
 
         def decode_row(row: int) -> TorchrestError | None:
             image = images[row]
-            if isinstance(image, np.ndarray):
-                buffer[row] = image if image.dtype == np.uint8 else pixels_from_normalized(image)
-                return None
             try:
-                buffer[row] = decode_image(image, self.spec, self.max_pixels)
+                if isinstance(image, Future):
+                    buffer[row] = image.result()
+                elif isinstance(image, np.ndarray):
+                    buffer[row] = image if image.dtype == np.uint8 else pixels_from_normalized(image)
+                else:
+                    decode_into(image, self.spec, self.max_pixels, buffer[row])
             except (InvalidImage, ImageTooLarge) as error:
                 return error
             return None
 
-        if self._pool is None or len(images) == 1:
+        if self._pool is None or len(images) == 1 or self.ahead:
             return [decode_row(row) for row in range(len(images))]
         return list(self._pool.map(decode_row, range(len(images))))
 
@@ -65,11 +85,20 @@ class Preprocessor:
 
 
 def decode_image(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
-    """Decode and pre-process one image. Raises InvalidImage or ImageTooLarge, nothing else."""
+    """Decode and pre-process one image into a new (S, S, 3) array. Raises InvalidImage or
+    ImageTooLarge, nothing else."""
+    out = np.empty((spec.crop_size, spec.crop_size, 3), np.uint8)
+    decode_into(data, spec, max_pixels, out)
+    return out
+
+
+def decode_into(data: bytes, spec: InputSpec, max_pixels: int, out: np.ndarray) -> None:
+    """Decode and pre-process one image into `out` ((S, S, 3) uint8, a row of the batch buffer).
+    Raises InvalidImage or ImageTooLarge, nothing else."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return _decode(data, spec, max_pixels)
+            resize_crop_into(_decode(data, spec, max_pixels), spec, out)
     except (ImageTooLarge, InvalidImage):
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
@@ -79,6 +108,22 @@ def decode_image(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
 
 
 def _decode(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
+    """Bytes -> upright (H, W, 3) uint8 RGB, shrunk in the DCT where that keeps the shorter side >=
+    the resize target."""
+    image = _open_checked(data, max_pixels)
+    if isinstance(image, JpegImageFile):
+        if image.mode in jpeg.DECODABLE_MODES:
+            pixels = jpeg.decode(data, image.width, image.height, spec.resize_size)
+            if pixels is not None:
+                return jpeg.orient(pixels, image.getexif().get(ExifTags.Base.Orientation))
+        factor = jpeg.dct_factor(min(image.size), spec.resize_size)
+        if factor > 1:  # libjpeg (in Pillow) scales in the DCT too
+            image.draft(image.mode, (-(-image.width // factor), -(-image.height // factor)))
+    return np.asarray(to_rgb(ImageOps.exif_transpose(image)))
+
+
+def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    """Read the header only; refuse an empty or too large declared size before anything is decoded."""
     image: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
     width, height = image.size
     if width <= 0 or height <= 0:
@@ -88,18 +133,18 @@ def _decode(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
             f"image is {width}x{height} = {width * height / 1e6:.1f} megapixels, "
             f"over the limit of {max_pixels / 1e6:.1f}"
         )
-    if isinstance(image, JpegImageFile):
-        # Let libjpeg scale by 1/2, 1/4 or 1/8 in the DCT while the crop box stays >= the target size.
-        scale = min(width, height) * spec.crop_fraction / spec.crop_size
-        if scale >= 2:
-            image.draft("RGB", (int(width / scale) + 1, int(height / scale) + 1))
-    image = to_rgb(ImageOps.exif_transpose(image))
-    width, height = image.size
-    crop = min(width, height) * spec.crop_fraction
-    left, top = (width - crop) / 2, (height - crop) / 2
-    box = (left, top, left + crop, top + crop)
-    resized = image.resize((spec.crop_size, spec.crop_size), Image.Resampling.BILINEAR, box=box)
-    return np.asarray(resized)
+    return image
+
+
+def reference_pixels(data: bytes, spec: InputSpec) -> np.ndarray:
+    """The textbook pre-processing, all in Pillow and at full resolution: EXIF orientation, RGB, resize
+    the shorter side to R (bilinear, antialiased), centre crop S. What the fast path is measured against."""
+    with Image.open(io.BytesIO(data)) as opened:
+        image = to_rgb(ImageOps.exif_transpose(opened))
+    height, width = resized_size(image.height, image.width, spec.resize_size)
+    resized = image.resize((width, height), Image.Resampling.BILINEAR)
+    top, left = crop_origin(height, width, spec.crop_size)
+    return np.asarray(resized.crop((left, top, left + spec.crop_size, top + spec.crop_size)))
 
 
 def pixels_from_normalized(tensor: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,20 +66,22 @@ class Instance:
     backend: Backend
     down: str | None = None
     restarts: int = 0
+    last_answered_s: float = 0.0  # when its last batch was answered (monotonic clock)
 
 
 class Admitted:
     """The places one request holds in a model's admission bound."""
 
-    __slots__ = ("runtime", "count")
+    __slots__ = ("runtime", "count", "deadline_s")
 
-    def __init__(self, runtime: ModelRuntime, count: int) -> None:
+    def __init__(self, runtime: ModelRuntime, count: int, deadline_s: float | None) -> None:
         self.runtime = runtime
         self.count = count
+        self.deadline_s = deadline_s
 
     def add(self, count: int) -> None:
         if count > 0:
-            self.runtime.admit(count)
+            self.runtime.admit(count, self.deadline_s)
             self.count += count
 
 
@@ -101,7 +104,7 @@ class ModelRuntime:
         self.reopen = reopen  # opens a fresh backend for an instance that died (None: restart not possible)
         self.preprocessor = preprocessor
         self.queue = BatchQueue(max_batch_size, max_wait_s)
-        self.admission = Admission(max_queue)
+        self.admission = Admission(max_queue, len(backends))
         self.metrics = metrics
         self.stats = ModelStats()
         self.recent = RecentActivity()
@@ -150,10 +153,11 @@ class ModelRuntime:
             thread.join(timeout_s)
         self.preprocessor.close()
 
-    def admit(self, count: int = 1) -> None:
-        """Take `count` places in this model's bound, or raise QueueFull (503) before any work is done."""
+    def admit(self, count: int = 1, deadline_s: float | None = None) -> None:
+        """Take `count` places in this model's bound, or raise QueueFull (503) before any work is done: when
+        the bound is full, or when the queue's expected wait would keep them past `deadline_s`."""
         try:
-            self.admission.admit(count)
+            self.admission.admit(count, deadline_s)
         except QueueFull:
             self._shed.inc(count)
             raise
@@ -162,11 +166,12 @@ class ModelRuntime:
         self.admission.release(count)
 
     @contextlib.contextmanager
-    def admitted(self, count: int = 1) -> Iterator[Admitted]:
-        """`with runtime.admitted() as places:` takes places (QueueFull, 503, when there are none) and gives
-        them back however the request ends; `places.add(n)` takes more once the request says how many."""
-        self.admit(count)
-        places = Admitted(self, count)
+    def admitted(self, deadline_s: float | None = None, count: int = 1) -> Iterator[Admitted]:
+        """`with runtime.admitted(deadline) as places:` takes places (QueueFull, 503, when there are none or
+        the queue would keep them past the deadline) and gives them back however the request ends;
+        `places.add(n)` takes more once the request says how many."""
+        self.admit(count, deadline_s)
+        places = Admitted(self, count, deadline_s)
         try:
             yield places
         finally:
@@ -183,7 +188,8 @@ class ModelRuntime:
         `times`, when given, learns where the time went (queue, decode, model)."""
         future: asyncio.Future[np.ndarray] = self.loop.create_future()
         enqueued = time.monotonic()
-        self.queue.put(Job(image, deadline_s, enqueued, request_id, future, times))
+        pending = self.preprocessor.start(image) if self.preprocessor.ahead and isinstance(image, bytes) else image
+        self.queue.put(Job(pending, deadline_s, enqueued, request_id, future, times))
         try:
             probabilities = await future
         except Exception:
@@ -264,7 +270,7 @@ class ModelRuntime:
             try:
                 self._drop_dead(taken)
                 if taken.batch:
-                    self._run_batch(backend, buffer, taken.batch)
+                    self._run_batch(instance, backend, buffer, taken.batch)
             except BaseException as exc:
                 # down first, so that /health is not-ready before any client hears of the failure
                 cause = exc.__cause__ if isinstance(exc, InstanceDied) and exc.__cause__ else exc
@@ -274,7 +280,7 @@ class ModelRuntime:
                 self.loop.call_soon_threadsafe(_fail, taken.batch, error)
                 raise
 
-    def _run_batch(self, backend: Backend, buffer: np.ndarray, batch: list[Job]) -> None:
+    def _run_batch(self, instance: Instance, backend: Backend, buffer: np.ndarray, batch: list[Job]) -> None:
         started = time.monotonic()
         for job in batch:
             self._queue_wait.observe(started - job.enqueued_s)
@@ -297,6 +303,12 @@ class ModelRuntime:
             self.loop.call_soon_threadsafe(_fail, batch, error)
             return
         finished = time.monotonic()
+        # the time this batch held the instance, from when it could start: the previous answer (busy) or
+        # its first job's arrival (idle). Under load that counts what a batch's own timing misses: the
+        # instance waiting for the CPU and the GIL between batches.
+        since = max(instance.last_answered_s, min(job.enqueued_s for job in batch))
+        instance.last_answered_s = finished
+        self.admission.observe(size, finished - since)
         self._inference.observe(ran - decoded)
         self._batch_size.observe(size)
         self.recent.batch_sizes.append(size)
@@ -329,6 +341,9 @@ class ModelRuntime:
         return [batch[row] for row in live_rows]
 
     def _drop_dead(self, taken: Taken) -> None:
+        for job in (*taken.expired, *taken.abandoned):
+            if isinstance(job.image, Future):
+                job.image.cancel()  # not decoded yet: never will be
         if taken.expired:
             self._expired.inc(len(taken.expired))
             error = DeadlineExceeded("request waited past its deadline before reaching the model")

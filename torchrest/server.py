@@ -30,6 +30,7 @@ from torchrest.metrics import Metrics
 from torchrest.models.common import LoadedModel
 from torchrest.models.registry import load_model
 from torchrest.preprocess import Preprocessor
+from torchrest.priority import hand_off_gil_quickly, lower_this_thread
 from torchrest.runtime import ModelRuntime
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ def serve(config: ServerConfig) -> int:
         raise StartupError(str(exc)) from None
     device = resolve_device(config.device)
     configure_torch(config)
+    hand_off_gil_quickly()
     metrics = Metrics()
     models = ModelManager(
         lambda model, loop: start_runtime(model, device, config, metrics, loop),
@@ -155,7 +157,7 @@ def start_runtime(
         return model.open_backend(device, config.threads_per_instance)
 
     backends = [reopen() for _ in range(config.instances)]
-    preprocessor = Preprocessor(model.input_spec, config.max_image_pixels, config.decode_threads)
+    preprocessor = Preprocessor(model.input_spec, config.max_image_pixels, config.decode_threads, config.decode_ahead)
     runtime = ModelRuntime(
         model,
         backends,
@@ -211,6 +213,7 @@ def _grpc_listener(state: AppState) -> GrpcListener:
 async def _start(state: AppState, server: uvicorn.Server, grpc_listener: GrpcListener | None) -> None:
     if grpc_listener is not None:
         await grpc_listener.start()
+    lower_this_thread(state.config.event_loop_nice)  # the event loop's thread; workers keep theirs
     await _start_loading(state, server)
 
 

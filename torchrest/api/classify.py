@@ -29,7 +29,7 @@ async def classify(request: Request, state: AppState) -> Response:
     config = state.config
     deadline = deadline_s(request, config.timeout_ms)
     times = StageTimes()
-    with runtime.admitted():
+    with runtime.admitted(deadline):
         data = await in_time(read_image(request, config.max_body_bytes), config.read_timeout)
         answer = runtime.infer(data, deadline, request.request_id, times)
         probabilities = await until_disconnect(answer, request)

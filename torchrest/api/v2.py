@@ -122,7 +122,7 @@ async def infer(request: Request, state: AppState) -> Response:
     config = state.config
     deadline = deadline_s(request, config.timeout_ms)
     times = StageTimes()
-    with runtime.admitted() as places:  # one place first: a full queue is refused before the body is read
+    with runtime.admitted(deadline) as places:  # one place first: a full queue is refused before the body is read
         body = await in_time(request.body(config.max_body_bytes), config.read_timeout)
         header_length = request.headers.get(HEADER_LENGTH)
         if len(body) > PARSE_OFF_LOOP_BYTES and header_length is None:

@@ -157,7 +157,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         timeout_s = self.state.config.timeout_ms / 1000
         remaining = context.time_remaining()
         deadline = started + (timeout_s if remaining is None else min(timeout_s, remaining))
-        with runtime.admitted() as places:
+        with runtime.admitted(deadline) as places:
             parsed = infer_request(request)
             images = images_of(parsed, runtime)
             places.add(len(images) - 1)

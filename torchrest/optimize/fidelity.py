@@ -1,12 +1,18 @@
-"""Fidelity: how far a candidate's answers are from the fp32 reference on the same held-out inputs."""
+"""Fidelity: how far a candidate's answers are from the fp32 reference on the same held-out inputs, and
+how far the server's pre-processing moves the model's answers from the textbook pre-processing."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from torchrest.config import InputSpec
 from torchrest.postprocess import softmax
+from torchrest.preprocess import decode_image, reference_pixels
+
+MAX_PIXELS = 64_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +46,16 @@ def compare(reference_logits: np.ndarray, logits: np.ndarray) -> Fidelity:
         top5_overlap=float(np.mean(overlap)),
         max_probability_diff=float(np.max(np.abs(reference_p - candidate_p))),
     )
+
+
+def preprocessing_fidelity(
+    run: Callable[[np.ndarray], np.ndarray], files: Sequence[bytes], spec: InputSpec, batch_size: int = 16
+) -> Fidelity:
+    """The model's answers (`run`: (N, S, S, 3) uint8 -> (N, classes) logits) on what the server's
+    pre-processing makes of `files`, compared with its answers on `reference_pixels` of the same files."""
+
+    def logits(pixels: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate([run(np.stack(pixels[at : at + batch_size])) for at in range(0, len(pixels), batch_size)])
+
+    served = logits([decode_image(data, spec, MAX_PIXELS) for data in files])
+    return compare(logits([reference_pixels(data, spec) for data in files]), served)

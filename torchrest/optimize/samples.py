@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import ExifTags, Image, ImageEnhance, ImageOps
 
 from torchrest.config import InputSpec
 from torchrest.errors import StartupError, TorchrestError
@@ -83,7 +83,60 @@ def _views(photos: list[tuple[bytes, Image.Image]], spec: InputSpec, count: int,
 
 
 def _random_view(image: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A random crop (30-100% of the area, aspect 3:4 to 4:3), maybe mirrored, with colour jitter."""
+    """A random crop (30-100% of the area, aspect 3:4 to 4:3) resized to `size` x `size`, maybe mirrored,
+    with colour jitter."""
+    return np.asarray(_jittered(image, _random_box(image, rng), (size, size), rng), dtype=np.uint8)
+
+
+def encoded_views(photos: list[bytes], count: int, seed: int) -> list[bytes]:
+    """`count` files a server could receive, made from `photos`: a random crop of each (as
+    `_random_view`), at a random size (shorter side 96 to 1600 pixels), stored with a random EXIF
+    orientation (the pixels turned so that the upright image is the view), as JPEG (quality 70-95,
+    4:2:0 or 4:4:4, some progressive) or one time in eight as PNG. What pre-processing fidelity is
+    measured on: every path a decoder takes (DCT scaling, orientation, Pillow's fallback) is exercised."""
+    rng = np.random.default_rng(seed)
+    opened = [_open_rgb(data) for data in photos]
+    files = []
+    for _ in range(count):
+        image = opened[int(rng.integers(len(opened)))]
+        left, top, right, bottom = box = _random_box(image, rng)
+        shorter = float(np.exp(rng.uniform(np.log(96), np.log(1600))))
+        scale = shorter / min(right - left, bottom - top)
+        size = (max(1, round((right - left) * scale)), max(1, round((bottom - top) * scale)))
+        view = _jittered(image, box, size, rng)
+        orientation = int(rng.choice([1, 1, 1, 2, 3, 4, 5, 6, 7, 8]))
+        if orientation != 1:
+            view = view.transpose(_STORED_AS[orientation])
+        exif = Image.Exif()
+        exif[ExifTags.Base.Orientation] = orientation
+        buffer = io.BytesIO()
+        if rng.random() < 1 / 8:
+            view.save(buffer, "PNG", exif=exif)
+        else:
+            quality = int(rng.integers(70, 96))
+            subsampling = int(rng.choice([0, 2]))  # 4:4:4 or 4:2:0
+            view.save(
+                buffer, "JPEG", quality=quality, subsampling=subsampling, progressive=rng.random() < 0.3, exif=exif
+            )
+        files.append(buffer.getvalue())
+    return files
+
+
+# How a camera stores an upright picture it tags with each orientation (the inverse of what
+# ImageOps.exif_transpose does to display it).
+_STORED_AS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+def _random_box(image: Image.Image, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """A random crop box: 30-100% of the area, aspect 3:4 to 4:3."""
     width, height = image.size
     area = width * height * rng.uniform(0.3, 1.0)
     aspect = float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
@@ -91,12 +144,19 @@ def _random_view(image: Image.Image, size: int, rng: np.random.Generator) -> np.
     crop_h = int(min(height, round((area / aspect) ** 0.5)))
     left = int(rng.integers(0, width - crop_w + 1))
     top = int(rng.integers(0, height - crop_h + 1))
-    view = image.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + crop_w, top + crop_h))
+    return left, top, left + crop_w, top + crop_h
+
+
+def _jittered(
+    image: Image.Image, box: tuple[int, int, int, int], size: tuple[int, int], rng: np.random.Generator
+) -> Image.Image:
+    """`box` of `image` resized to `size`, mirrored half the time, brightness/contrast/colour +-20%."""
+    view = image.resize(size, Image.Resampling.BILINEAR, box=box)
     if rng.random() < 0.5:
         view = ImageOps.mirror(view)
     for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
         view = enhance(view).enhance(float(rng.uniform(0.8, 1.2)))
-    return np.asarray(view, dtype=np.uint8)
+    return view
 
 
-__all__ = ["IMAGE_SUFFIXES", "SampleSets", "sample_sets"]
+__all__ = ["IMAGE_SUFFIXES", "SampleSets", "encoded_views", "sample_sets"]
