@@ -7,22 +7,31 @@ serving a near-free model (built here as TorchScript: a channel mean and one lin
   - torchrest from this tree, and with --base REF torchrest from that commit too (a `git worktree`, each
     server started from its own tree), so a change shows as a ratio in one run;
   - the naive FastAPI + PyTorch baseline (benchmark/baseline/naive_server.py, one worker) on the same model;
-  - wrk at 1, 8, 32 and 100 connections uploading cat.jpg as multipart, and a 12 MP photo at 8.
+  - wrk at 1, 8, 32 and 100 connections uploading cat.jpg as multipart, and a 12 MP photo at 8;
+  - the event loop alone: a 16x16 JPEG (decode and resize next to nothing) at 100 connections;
+  - decode + resize per photo on one core: this tree's fast path, the base commit's, Pillow's reference;
+  - fidelity: the default model's answers on what this tree's pre-processing makes of the sample photos
+    and of 400 random views of them, against the Pillow reference (resize 256, crop 224).
 
 Writes benchmark/results/<date>/ceiling.{json,md,png}. Needs wrk and the bench extras.
 
-    python benchmark/ceiling.py [--base REF] [--duration 10] [--connections 1,8,32,100]
+    python benchmark/ceiling.py [--base REF] [--rounds 3] [--duration 10] [--connections 1,8,32,100]
+                                [--device cuda]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,8 +40,39 @@ from typing import Any
 import torch
 from bench import baseline_command, bind, make_large_photo
 from harness import ROOT, log, platform_name, serving, torchrest_command, write_results, wrk
+from PIL import Image
+
+from torchrest.config import InputSpec, ServerConfig
+from torchrest.models.registry import load_model
+from torchrest.optimize.fidelity import preprocessing_fidelity
+from torchrest.optimize.samples import encoded_views
+from torchrest.preprocess import reference_pixels
 
 PHOTO = ROOT / "tests" / "data" / "cat.jpg"
+PHOTOS = [ROOT / "tests" / "data" / f"{name}.jpg" for name in ("cat", "coffee", "astronaut", "rocket")]
+FIDELITY_VIEWS = 400
+
+# Times decode_image, as the tree it runs in has it (python -c in that tree), on one core: ms per image,
+# the median of 5 rounds of 0.3 s each, by file.
+DECODE_TIMER = """
+import json, statistics, sys, time, torch
+torch.set_num_threads(1)
+from torchrest.config import InputSpec
+from torchrest.preprocess import decode_image
+spec, times = InputSpec(224, 256), {}
+for path in sys.argv[1:]:
+    data = open(path, "rb").read()
+    decode_image(data, spec, 10**8)
+    rounds = []
+    for _ in range(5):
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < 0.3:
+            decode_image(data, spec, 10**8)
+            count += 1
+        rounds.append((time.perf_counter() - started) / count * 1000)
+    times[path] = statistics.median(rounds)
+print(json.dumps(times))
+"""
 
 
 class NearFree(torch.nn.Module):
@@ -71,7 +111,13 @@ def worktree(ref: str) -> Iterator[Path]:
 
 
 def measure(
-    name: str, command: list[str], connections: list[int], seconds: float, large: Path, cwd: Path | None = None
+    name: str,
+    command: list[str],
+    connections: list[int],
+    seconds: float,
+    large: Path,
+    cwd: Path | None = None,
+    tiny: Path | None = None,
 ) -> dict[str, Any]:
     command, port = bind(command)
     runs = []
@@ -87,7 +133,10 @@ def measure(
             )
         big = wrk(url, 8, seconds, large)
         log(f"  {name:<22} 12 MP, 8 conn: {big['req_per_s']:6.1f} req/s  p50 {big['latency_ms']['p50']:6.1f} ms")
-    return {"name": name, "runs": runs, "large": big}
+        loop_only = wrk(url, 100, seconds, tiny) if tiny else None
+        if loop_only:
+            log(f"  {name:<22} 16x16 JPEG, 100 conn (the front-end alone): {loop_only['req_per_s']:6.1f} req/s")
+    return {"name": name, "runs": runs, "large": big, "loop_only": loop_only}
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -99,23 +148,52 @@ def markdown(results: dict[str, Any]) -> str:
         f"Machine: {results['machine']}. Photo: tests/data/cat.jpg (multipart, as curl -F), and a 12 MP JPEG at 8 "
         f"connections. Command: `{results['command']}`",
         "",
-        "| server | connections | req/s | vs " + reference["name"] + " | p50 ms | p99 ms | errors |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| server | connections | req/s (median) | each round | vs {reference['name']} | p50 ms | p99 ms | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for server in servers:
         for run, ref in zip(server["runs"], reference["runs"], strict=True):
             lines.append(
-                f"| {server['name']} | {run['connections']} | {run['req_per_s']:.1f} "
+                f"| {server['name']} | {run['connections']} | {run['req_per_s']:.1f} | {_rounds(run)} "
                 f"| {run['req_per_s'] / ref['req_per_s']:.2f}x | {run['latency_ms']['p50']:.1f} "
                 f"| {run['latency_ms']['p99']:.1f} | {run['error_count']} |"
             )
         big = server["large"]
         ratio = big["req_per_s"] / reference["large"]["req_per_s"]
         lines.append(
-            f"| {server['name']} | 12 MP x 8 | {big['req_per_s']:.1f} | {ratio:.2f}x "
+            f"| {server['name']} | 12 MP x 8 | {big['req_per_s']:.1f} | {_rounds(big)} | {ratio:.2f}x "
             f"| {big['latency_ms']['p50']:.1f} | {big['latency_ms']['p99']:.1f} | {big['error_count']} |"
         )
+    loop_rows = [server for server in servers if server.get("loop_only")]
+    if loop_rows:
+        lines += ["", "The front-end alone (a 16x16 JPEG: decode and resize next to nothing), 100 connections:", ""]
+        lines += [
+            f"- {server['name']}: {server['loop_only']['req_per_s']:.1f} req/s (rounds: {_rounds(server['loop_only'])})"
+            for server in loop_rows
+        ]
+    decode = results["decode_ms"]
+    names = list(next(iter(decode.values())))
+    lines += [
+        "",
+        "Decode + resize + crop, one core, ms per image (median of rounds):",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    lines += [f"| {who} | " + " | ".join(f"{times[n]:.2f}" for n in names) + " |" for who, times in decode.items()]
+    fidelity = results["fidelity"]
+    for what, label in (("photos", "the 4 sample photos"), ("views", f"{fidelity['views']['samples']} random views")):
+        row = fidelity[what]
+        lines.append(
+            f"\nFidelity ({fidelity['model']}, this tree's pre-processing against the Pillow reference) on {label}: "
+            f"top-1 agreement {row['top1_agreement']:.1%}, top-5 overlap {row['top5_overlap']:.1%}, "
+            f"largest probability difference {row['max_probability_diff']:.3f}."
+        )
     return "\n".join(lines) + "\n"
+
+
+def _rounds(run: dict[str, Any]) -> str:
+    return ", ".join(f"{rate:.0f}" for rate in run.get("rounds_req_per_s", [run["req_per_s"]]))
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -146,6 +224,7 @@ def main() -> int:
     parser.add_argument("--connections", default="1,8,32,100")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where every server runs the model")
+    parser.add_argument("--rounds", type=int, default=1, help="all servers once per round, interleaved; medians")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("benchmark/ceiling.py: error: wrk not found (apt-get install wrk)", file=sys.stderr)
@@ -154,38 +233,109 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="ceiling-"))
     model = near_free_model(folder)
     large = make_large_photo(PHOTO)
+    tiny = make_tiny_photo(folder)
     quiet = ["--log-level", "warning", "--device", args.device]
-    servers = []
-    log(f"near-free model at {model}; wrk at {args.connections} connections, {args.duration:.0f} s each")
-    servers.append(
-        measure("torchrest (this tree)", torchrest_command(str(model), 0, quiet), connections, args.duration, large)
-    )
-    if args.base:
-        with worktree(args.base) as tree:
-            servers.append(
-                measure(
-                    f"torchrest ({args.base})",
-                    torchrest_command(str(model), 0, quiet),
-                    connections,
-                    args.duration,
-                    large,
-                    cwd=tree,
-                )
-            )
-    baseline = baseline_command(str(model), 1, args.device)
-    servers.append(measure("naive baseline", baseline, connections, args.duration, large))
+    log("1/3 fidelity: the default model on this tree's pre-processing against the Pillow reference")
+    fidelity = preprocessing_fidelity_report()
+    log(f"  {fidelity['views']}")
+    log("2/3 decode + resize, one core, ms per image")
+    decode = {"this tree": decode_times(ROOT, [*PHOTOS, large]), "Pillow reference": reference_times([*PHOTOS, large])}
+    log(f"3/3 servers: near-free model; wrk at {args.connections} connections, {args.duration:.0f} s each")
+    this_tree = torchrest_command(str(model), 0, quiet)
+    plans: list[tuple[str, list[str], Path | None, Path | None]] = [("torchrest (this tree)", this_tree, None, tiny)]
+    with contextlib.ExitStack() as stack:
+        if args.base:
+            tree = stack.enter_context(worktree(args.base))
+            decode[args.base] = decode_times(tree, [*PHOTOS, large])
+            plans.append((f"torchrest ({args.base})", this_tree, tree, tiny))
+        plans.append(("naive baseline", baseline_command(str(model), 1, args.device), None, None))
+        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in plans}
+        for round_number in range(1, args.rounds + 1):
+            log(f"  round {round_number} of {args.rounds}")
+            for name, command, cwd, small in plans:
+                rounds[name].append(measure(name, command, connections, args.duration, large, cwd=cwd, tiny=small))
+    servers = [median_of(name, measured) for name, measured in rounds.items()]
     results = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "device": args.device,
         "machine": f"{len(os.sched_getaffinity(0))} cores, {platform_name()}"
         + (f", {torch.cuda.get_device_name(0)}" if args.device != "cpu" else ""),
         "command": "python " + " ".join(sys.argv),
+        "fidelity": fidelity,
+        "decode_ms": decode,
         "servers": servers,
     }
     write_results(
         args.out or ROOT / "benchmark" / "results" / dt.date.today().isoformat(), "ceiling", results, markdown, plot
     )
     return 0
+
+
+def median_of(name: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One server's figures over the rounds: for each run, the round with the median req/s (its latencies
+    with it), and every round's req/s beside it."""
+
+    def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+        ranked = sorted(runs, key=lambda run: run["req_per_s"])
+        return {**ranked[len(ranked) // 2], "rounds_req_per_s": [run["req_per_s"] for run in runs]}
+
+    runs = [median_run([measured["runs"][i] for measured in rounds]) for i in range(len(rounds[0]["runs"]))]
+    loop_only = [measured["loop_only"] for measured in rounds if measured["loop_only"]]
+    return {
+        "name": name,
+        "runs": runs,
+        "large": median_run([measured["large"] for measured in rounds]),
+        "loop_only": median_run(loop_only) if loop_only else None,
+    }
+
+
+def make_tiny_photo(folder: Path) -> Path:
+    """A 16x16 JPEG: decoding and resizing it costs next to nothing, so a server's rate on it is what its
+    HTTP front-end and hand-offs alone can carry."""
+    path = folder / "tiny.jpg"
+    Image.open(PHOTO).convert("RGB").resize((16, 16)).save(path, quality=90)
+    return path
+
+
+def decode_times(tree: Path, photos: list[Path]) -> dict[str, float]:
+    """decode_image as `tree` has it, ms per image on one core, by file name."""
+    command = [sys.executable, "-c", DECODE_TIMER, *map(str, photos)]
+    output = subprocess.run(command, cwd=tree, capture_output=True, text=True, check=True).stdout
+    times: dict[str, float] = json.loads(output.splitlines()[-1])
+    named = {_photo_name(Path(path)): ms for path, ms in times.items()}
+    log(f"  {tree.name}: " + ", ".join(f"{name} {ms:.2f}" for name, ms in named.items()))
+    return named
+
+
+def reference_times(photos: list[Path]) -> dict[str, float]:
+    """The Pillow reference (full-resolution decode, resize 256, crop 224), ms per image on one core."""
+    torch.set_num_threads(1)
+    spec, times = InputSpec(224, 256), {}
+    for path in photos:
+        data = path.read_bytes()
+        rounds = []
+        for _ in range(3):
+            count, started = 0, time.perf_counter()
+            while time.perf_counter() - started < 0.3:
+                reference_pixels(data, spec)
+                count += 1
+            rounds.append((time.perf_counter() - started) / count * 1000)
+        times[_photo_name(path)] = statistics.median(rounds)
+    return times
+
+
+def _photo_name(path: Path) -> str:
+    return path.name if path.parent == PHOTO.parent else "12 MP (4000x3000)"
+
+
+def preprocessing_fidelity_report() -> dict[str, Any]:
+    backend = load_model(ServerConfig()).open_backend("cpu", len(os.sched_getaffinity(0)))
+    backend.prepare_thread()
+    photos = [path.read_bytes() for path in PHOTOS]
+    spec = InputSpec(224, 256)
+    on_photos = preprocessing_fidelity(backend.run, photos, spec)
+    on_views = preprocessing_fidelity(backend.run, encoded_views(photos, FIDELITY_VIEWS, seed=7), spec)
+    return {"model": "efficientnet_lite0", "photos": on_photos.to_dict(), "views": on_views.to_dict()}
 
 
 if __name__ == "__main__":

@@ -1,11 +1,23 @@
-"""Last stage: a batch of logits -> probabilities (in the inference thread, once per batch), then one
-row -> the top-k labels a request asked for (on the event loop, a few microseconds)."""
+"""Last stage: a batch of logits -> probabilities and each row's most probable class (in the inference
+thread, once per batch), then one row -> the top-k labels a request asked for (on the event loop).
+
+The event loop does no numpy work for the usual top-1 answer: numpy releases the GIL inside its calls,
+and taking it back from busy decode threads costs the loop far more than the call itself.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
+
+
+class Answer(NamedTuple):
+    """One image's answer from the runtime."""
+
+    probabilities: np.ndarray  # (classes,) float32
+    best: int  # the most probable class
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,10 +39,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted
 
 
-def top_k(probabilities: np.ndarray, k: int, labels: list[str]) -> list[Prediction]:
-    """The k most probable classes of one row, most probable first."""
-    best = top_indices(probabilities[None], k)[0]
-    return [Prediction(label(labels, int(i)), int(i), round(float(probabilities[i]), 6)) for i in best]
+def top_k(answer: Answer, k: int, labels: list[str]) -> list[Prediction]:
+    """The k most probable classes of one answer, most probable first."""
+    probabilities = answer.probabilities
+    best = [answer.best] if k == 1 else [int(i) for i in top_indices(probabilities[None], k)[0]]
+    return [Prediction(label(labels, i), i, round(float(probabilities[i]), 6)) for i in best]
 
 
 def top_indices(probabilities: np.ndarray, k: int) -> np.ndarray:

@@ -32,7 +32,7 @@ from torchrest.batching import Admission, BatchQueue, Job, StageTimes, Taken
 from torchrest.errors import DeadlineExceeded, ModelError, QueueFull, TorchrestError, first_line
 from torchrest.metrics import Metrics, ModelStats, RecentActivity
 from torchrest.models.common import LoadedModel
-from torchrest.postprocess import softmax
+from torchrest.postprocess import Answer, softmax
 from torchrest.preprocess import Preprocessor
 
 log = logging.getLogger("torchrest.runtime")
@@ -183,20 +183,21 @@ class ModelRuntime:
 
     async def infer(
         self, image: bytes | np.ndarray, deadline_s: float, request_id: str, times: StageTimes | None = None
-    ) -> np.ndarray:
-        """Queue one image (encoded, or pixels); return its row of class probabilities (or raise its error).
+    ) -> Answer:
+        """Queue one image (encoded, or pixels); return its answer: class probabilities and the most probable
+        class (or raise its error).
         `times`, when given, learns where the time went (queue, decode, model)."""
-        future: asyncio.Future[np.ndarray] = self.loop.create_future()
+        future: asyncio.Future[Answer] = self.loop.create_future()
         enqueued = time.monotonic()
         pending = self.preprocessor.start(image) if self.preprocessor.ahead and isinstance(image, bytes) else image
         self.queue.put(Job(pending, deadline_s, enqueued, request_id, future, times))
         try:
-            probabilities = await future
+            answer = await future
         except Exception:
             self.stats.record_request(False, int((time.monotonic() - enqueued) * 1e9))
             raise
         self.stats.record_request(True, int((time.monotonic() - enqueued) * 1e9))
-        return probabilities
+        return answer
 
     def warm_up(self, tune_batch: bool) -> dict[int, float]:
         """Run every backend at each batch size so the first requests pay no kernel set-up; with
@@ -293,6 +294,7 @@ class ModelRuntime:
             logits = backend.run(buffer[:size])
             ran = time.monotonic()
             probabilities = softmax(logits)
+            best = probabilities.argmax(axis=1).tolist()
         except Exception as exc:  # noqa: BLE001 - any failure of the model fails this batch only
             self._errors.inc()
             ids = ", ".join(job.request_id for job in batch)
@@ -322,7 +324,7 @@ class ModelRuntime:
             infer_ns=int((ran - decoded) * 1e9),
             output_ns=int((finished - ran) * 1e9),
         )
-        self.loop.call_soon_threadsafe(_settle, batch, probabilities)
+        self.loop.call_soon_threadsafe(_settle, batch, probabilities, best)
 
     def _decode(self, batch: list[Job], buffer: np.ndarray) -> list[Job]:
         """Fill buffer rows 0..k-1 with the batch's decodable images; fail the others (4xx)."""
@@ -369,10 +371,10 @@ def _best_time_s(backend: Backend, batch: np.ndarray, budget_s: float = 0.3, mos
     return min(times)
 
 
-def _settle(batch: list[Job], probabilities: np.ndarray) -> None:
+def _settle(batch: list[Job], probabilities: np.ndarray, best: list[int]) -> None:
     for row, job in enumerate(batch):
         if not job.future.done():
-            job.future.set_result(probabilities[row])
+            job.future.set_result(Answer(probabilities[row], best[row]))
 
 
 def _fail(jobs: list[Job], error: TorchrestError) -> None:

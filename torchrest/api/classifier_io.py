@@ -95,7 +95,7 @@ async def rows_of(
     for answer in answers:
         if isinstance(answer, BaseException):
             raise answer
-    return answers  # type: ignore[return-value]
+    return [answer.probabilities for answer in answers]  # type: ignore[union-attr]
 
 
 def output_tensors(parsed: InferRequest, probabilities: np.ndarray, labels: list[str]) -> list[Output]:

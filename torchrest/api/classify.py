@@ -32,8 +32,8 @@ async def classify(request: Request, state: AppState) -> Response:
     with runtime.admitted(deadline):
         data = await in_time(read_image(request, config.max_body_bytes), config.read_timeout)
         answer = runtime.infer(data, deadline, request.request_id, times)
-        probabilities = await until_disconnect(answer, request)
-    predictions = top_k(probabilities, k, runtime.model.labels)
+        answered = await until_disconnect(answer, request)
+    predictions = top_k(answered, k, runtime.model.labels)
     total_s = time.monotonic() - request.started_s
     runtime.observe_total(total_s)
     return json_response(

@@ -5,7 +5,7 @@ byte limit, and JSON or plain responses. Kept to what we use; uvicorn and httpto
 from __future__ import annotations
 
 import json
-import os
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,4 +122,4 @@ def _request_id(supplied: str | None) -> str:
     """The client's X-Request-Id when it is short and printable, else a fresh random one."""
     if supplied and len(supplied) <= REQUEST_ID_MAX_LENGTH and supplied.isprintable() and supplied.isascii():
         return supplied
-    return os.urandom(8).hex()
+    return f"{random.getrandbits(64):016x}"  # not os.urandom: a syscall that lets go of the GIL

@@ -59,7 +59,8 @@ class TorchBackend:
 
     def prepare_thread(self) -> None:
         if self.on_cuda:
-            torch.cuda.set_device(torch.device(self.device))
+            index = torch.device(self.device).index  # None for plain "cuda": the current GPU
+            torch.cuda.set_device(torch.cuda.current_device() if index is None else index)
         else:
             torch.set_num_threads(self.threads)
 
