@@ -197,15 +197,16 @@ def test_queue_full_is_503_with_retry_after(tight_server: Server) -> None:
 @pytest.mark.parametrize("deadline_from", ["server", "client"])
 def test_deadline_passed_in_queue_is_504_and_never_reaches_the_model(tmp_path: Path, deadline_from: str) -> None:
     """One image at a time (~50+ ms each) and a 40 ms deadline, the server's (--timeout-ms) or the
-    client's (X-Request-Timeout-Ms): of 8 concurrent requests, the first is served and those still
-    queued at their deadline get 504 without ever reaching the model."""
+    client's (X-Request-Timeout-Ms): of 8 concurrent requests sent before the server has timed a batch
+    (so admission cannot foresee the wait), the first is served and those still queued at their
+    deadline get 504 without ever reaching the model."""
     args = ("--model", "resnet18", "--max-batch-size", "1")
     server_timeout = ("--timeout-ms", "40") if deadline_from == "server" else ()
     headers = {"x-request-timeout-ms": "40"} if deadline_from == "client" else {}
     with running_server(tmp_path, *args, *server_timeout) as server:
         responses = concurrent_posts(server, [PHOTOS["cat"]] * 8, headers=headers)
         statuses = [r.status_code for r in responses]
-        assert set(statuses) <= {200, 504}, statuses
+        assert set(statuses) <= {200, 503, 504}, statuses  # 503: a late sender, once a batch was timed
         late = [r for r in responses if r.status_code == 504]
         assert late, statuses
         for response in late:
@@ -213,6 +214,27 @@ def test_deadline_passed_in_queue_is_504_and_never_reaches_the_model(tmp_path: P
         metrics = server.metrics()
         assert metric_value(metrics, "torchrest_batch_size_sum") == statuses.count(200)
         assert metric_value(metrics, "torchrest_dropped_requests_total", reason="expired") == len(late)
+
+
+def test_a_request_the_queue_would_keep_past_its_deadline_is_refused_at_once(tmp_path: Path) -> None:
+    """Once the server has timed its batches, a request that the queue ahead of it would keep past its
+    deadline is refused at admission (503, Retry-After: the expected wait) instead of queued to expire."""
+    with running_server(tmp_path, "--model", "resnet18", "--max-batch-size", "1") as server:
+        first = httpx.post(f"{server.url}/classify", files={"image": PHOTOS["cat"]}, timeout=60)
+        assert first.status_code == 200
+        timing = dict(part.split(";dur=") for part in first.headers["server-timing"].split(", "))
+        per_image_ms = float(timing["inference"]) + float(timing["decode"])
+        deadline_ms = max(1, round(3 * per_image_ms))  # room for about three images
+        responses = concurrent_posts(server, [PHOTOS["cat"]] * 16, headers={"x-request-timeout-ms": str(deadline_ms)})
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) <= {200, 503, 504}, statuses
+        refused = [r for r in responses if r.status_code == 503]
+        assert refused, statuses
+        for response in refused:
+            assert "past this request's deadline" in assert_error(response, 503, "queue_full")["message"]
+            assert int(response.headers["retry-after"]) >= 1
+        metrics = server.metrics()
+        assert metric_value(metrics, "torchrest_dropped_requests_total", reason="shed") == len(refused)
 
 
 class FailsOnWhite(torch.nn.Module):
