@@ -118,15 +118,15 @@ def test_generated_modules_are_fresh(tmp_path: Path) -> None:
         assert filecmp.cmp(tmp_path / "torchrest/grpc" / name, ROOT / "torchrest/grpc" / name, shallow=False), name
 
 
-def infer_request(model: str, photo: bytes) -> bytes:
-    """A ModelInferRequest for `model` with one image, as raw protobuf (the protocol's field numbers), so
-    this process needs no generated module of the `inference` package."""
+def infer_request(model: str, photo: bytes, images: int = 1) -> bytes:
+    """A ModelInferRequest for `model` with `images` copies of one image, as raw protobuf (the protocol's
+    field numbers), so this process needs no generated module of the `inference` package."""
 
     def field(number: int, payload: bytes) -> bytes:
         return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
-    tensor = field(1, b"image") + field(2, b"BYTES") + _varint(3 << 3 | 0) + _varint(1)
-    raw = len(photo).to_bytes(4, "little") + photo
+    tensor = field(1, b"image") + field(2, b"BYTES") + _varint(3 << 3 | 0) + _varint(images)
+    raw = (len(photo).to_bytes(4, "little") + photo) * images
     return field(1, model.encode()) + field(5, tensor) + field(7, raw)
 
 
@@ -173,9 +173,10 @@ def test_sigterm_finishes_admitted_grpc_calls(repository: Path, tmp_path: Path) 
     photo = (ROOT / "tests/data/cat.jpg").read_bytes()
     with running_server(tmp_path, *args) as server, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = _model_infer(channel)
-        calls = [call.future(infer_request("lite0", photo), timeout=120) for _ in range(8)]
+        # 8 calls of 8 images each: long enough in the server that all 64 places are seen taken at once
+        calls = [call.future(infer_request("lite0", photo, images=8), timeout=120) for _ in range(8)]
         deadline = time.monotonic() + 30
-        while metric_value(server.metrics(), "torchrest_in_flight", model="lite0") < 8:
+        while metric_value(server.metrics(), "torchrest_in_flight", model="lite0") < 64:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         server.process.send_signal(signal.SIGTERM)

@@ -4,10 +4,11 @@
           -> JPEG: libjpeg-turbo, DCT-scaled (torchrest.jpeg) | anything else or refused: Pillow -> RGB
           -> resize shorter side to R, centre crop S, written once into the batch row (torchrest.resize)
 
-The runtime calls `Preprocessor.fill` on its inference thread just before the model runs: the batch's
-images are decoded in parallel on a small pool (the codecs and the resize release the GIL) straight into
-their rows of the batch buffer. Decoding never competes with the model's threads for the cores, which on
-a small CPU costs more than it overlaps, and never runs on the event loop.
+The runtime hands each image to `Preprocessor.start` as it is queued (decode ahead: the pool, one
+thread per core, decodes while the model runs a batch; the codecs and the resize release the GIL), and
+its inference thread calls `Preprocessor.fill` when the batch runs, which copies each decoded row into
+the batch buffer (or, with --no-decode-ahead or for a lone image on an idle instance, decodes it there).
+Decoding never runs on the event loop.
 
 `reference_pixels` is the textbook pre-processing (Pillow: orientation, RGB, resize 256 with
 antialiasing, centre crop 224) that the fast path is held to (tests/test_fidelity.py, benchmark/ceiling.py).
