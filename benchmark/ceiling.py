@@ -27,11 +27,9 @@ import datetime as dt
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,28 +44,31 @@ from torchrest.config import InputSpec, ServerConfig
 from torchrest.models.registry import load_model
 from torchrest.optimize.fidelity import preprocessing_fidelity
 from torchrest.optimize.samples import encoded_views
-from torchrest.preprocess import reference_pixels
 
 PHOTO = ROOT / "tests" / "data" / "cat.jpg"
 PHOTOS = [ROOT / "tests" / "data" / f"{name}.jpg" for name in ("cat", "coffee", "astronaut", "rocket")]
 FIDELITY_VIEWS = 400
 
-# Times decode_image, as the tree it runs in has it (python -c in that tree), on one core: ms per image,
-# the median of 5 rounds of 0.3 s each, by file.
+# Times one pre-processing function, as the tree it runs in has it (python -c in that tree), on one core:
+# ms per image, the median of 5 rounds of 0.3 s each, by file. argv: the function, then the photos.
 DECODE_TIMER = """
 import json, statistics, sys, time, torch
 torch.set_num_threads(1)
+from torchrest import preprocess
 from torchrest.config import InputSpec
-from torchrest.preprocess import decode_image
 spec, times = InputSpec(224, 256), {}
-for path in sys.argv[1:]:
+if sys.argv[1] == "reference_pixels":
+    run = lambda data: preprocess.reference_pixels(data, spec)
+else:
+    run = lambda data: preprocess.decode_image(data, spec, 10**8)
+for path in sys.argv[2:]:
     data = open(path, "rb").read()
-    decode_image(data, spec, 10**8)
+    run(data)
     rounds = []
     for _ in range(5):
         count, started = 0, time.perf_counter()
         while time.perf_counter() - started < 0.3:
-            decode_image(data, spec, 10**8)
+            run(data)
             count += 1
         rounds.append((time.perf_counter() - started) / count * 1000)
     times[path] = statistics.median(rounds)
@@ -239,14 +240,18 @@ def main() -> int:
     fidelity = preprocessing_fidelity_report()
     log(f"  {fidelity['views']}")
     log("2/3 decode + resize, one core, ms per image")
-    decode = {"this tree": decode_times(ROOT, [*PHOTOS, large]), "Pillow reference": reference_times([*PHOTOS, large])}
+    photos = [*PHOTOS, large]
+    decode = {
+        "this tree": decode_times(ROOT, photos),
+        "Pillow reference": decode_times(ROOT, photos, "reference_pixels"),
+    }
     log(f"3/3 servers: near-free model; wrk at {args.connections} connections, {args.duration:.0f} s each")
     this_tree = torchrest_command(str(model), 0, quiet)
     plans: list[tuple[str, list[str], Path | None, Path | None]] = [("torchrest (this tree)", this_tree, None, tiny)]
     with contextlib.ExitStack() as stack:
         if args.base:
             tree = stack.enter_context(worktree(args.base))
-            decode[args.base] = decode_times(tree, [*PHOTOS, large])
+            decode[args.base] = decode_times(tree, photos)
             plans.append((f"torchrest ({args.base})", this_tree, tree, tiny))
         plans.append(("naive baseline", baseline_command(str(model), 1, args.device), None, None))
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in plans}
@@ -297,31 +302,15 @@ def make_tiny_photo(folder: Path) -> Path:
     return path
 
 
-def decode_times(tree: Path, photos: list[Path]) -> dict[str, float]:
-    """decode_image as `tree` has it, ms per image on one core, by file name."""
-    command = [sys.executable, "-c", DECODE_TIMER, *map(str, photos)]
+def decode_times(tree: Path, photos: list[Path], function: str = "decode_image") -> dict[str, float]:
+    """`function` of torchrest.preprocess (decode_image, or reference_pixels: Pillow's reference) as `tree`
+    has it, ms per image on one core, by file name."""
+    command = [sys.executable, "-c", DECODE_TIMER, function, *map(str, photos)]
     output = subprocess.run(command, cwd=tree, capture_output=True, text=True, check=True).stdout
     times: dict[str, float] = json.loads(output.splitlines()[-1])
     named = {_photo_name(Path(path)): ms for path, ms in times.items()}
-    log(f"  {tree.name}: " + ", ".join(f"{name} {ms:.2f}" for name, ms in named.items()))
+    log(f"  {tree.name} {function}: " + ", ".join(f"{name} {ms:.2f}" for name, ms in named.items()))
     return named
-
-
-def reference_times(photos: list[Path]) -> dict[str, float]:
-    """The Pillow reference (full-resolution decode, resize 256, crop 224), ms per image on one core."""
-    torch.set_num_threads(1)
-    spec, times = InputSpec(224, 256), {}
-    for path in photos:
-        data = path.read_bytes()
-        rounds = []
-        for _ in range(3):
-            count, started = 0, time.perf_counter()
-            while time.perf_counter() - started < 0.3:
-                reference_pixels(data, spec)
-                count += 1
-            rounds.append((time.perf_counter() - started) / count * 1000)
-        times[_photo_name(path)] = statistics.median(rounds)
-    return times
 
 
 def _photo_name(path: Path) -> str:
