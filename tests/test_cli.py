@@ -55,7 +55,7 @@ def test_port_in_use() -> None:
 
 
 def test_bad_option_value() -> None:
-    assert_one_line_failure(start("--max-batch-size", "0"), "--max-batch-size must be positive")
+    assert_one_line_failure(start("--max-batch-size", "-1"), "--max-batch-size cannot be negative")
 
 
 def test_help_lists_options_with_env_names() -> None:

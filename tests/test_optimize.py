@@ -81,13 +81,110 @@ def test_report_lists_every_candidate_with_its_status(int8_repository: Path) -> 
         assert candidates["torch-fp16"]["reason"] == "needs --device cuda"
 
 
-def test_serve_model_repository_answers_with_the_int8_model(int8_repository: Path, tmp_path: Path) -> None:
+def test_served_layouts_are_measured_and_the_best_written_to_config(int8_repository: Path) -> None:
+    folder = int8_repository / "efficientnet_lite0"
+    report = read_report(folder)
+    config = json.loads((folder / "config.json").read_text())
+    cores = report["threads"]
+    # every split of the cores into instances x threads, at each batch size measured, on the served path
+    splits = {(layout["instances"], layout["threads"]) for layout in report["layouts"]}
+    assert splits == {(n, cores // n) for n in range(1, cores + 1) if cores % n == 0}
+    assert {layout["max_batch_size"] for layout in report["layouts"]} == {1, 2}
+    assert all(layout["throughput"] > 0 and layout["p50_ms"] > 0 for layout in report["layouts"])
+    chosen = [layout for layout in report["layouts"] if layout["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["candidate"] == "openvino-int8"
+    assert config["layout"] == {key: chosen[0][key] for key in ("instances", "threads", "max_batch_size")}
+    assert config["objective"] == "throughput" and config["best_batch_size"] == chosen[0]["max_batch_size"]
+    assert "Served layouts" in (folder / "report.md").read_text()
+
+
+def test_serve_model_repository_answers_with_the_int8_model_in_its_layout(
+    int8_repository: Path, tmp_path: Path
+) -> None:
+    layout = json.loads((int8_repository / "efficientnet_lite0" / "config.json").read_text())["layout"]
     with running_server(tmp_path, "--model-repository", str(int8_repository)) as server:
         answer = httpx.post(f"{server.url}/classify", files={"image": PHOTOS["cat"]}, timeout=60).json()
         assert answer["status"] == "success"
         assert answer["prediction"]["label"] in CAT_LABELS
-        model = httpx.get(server.url, timeout=10).json()["model"]
-        assert model["backend"] == "openvino" and model["precision"] == "int8"
+        info = httpx.get(server.url, timeout=10).json()
+        assert info["model"]["backend"] == "openvino" and info["model"]["precision"] == "int8"
+        # config.json's layout and batch cap, not re-timed at start-up
+        assert info["batching"]["instances"] == layout["instances"]
+        assert info["batching"]["threads_per_instance"] == layout["threads"]
+        assert info["batching"]["max_batch_size"] == layout["max_batch_size"]
+        assert "timed at start-up" not in server.log()
+    # flags win over config.json, and --tune-batch re-times the batch cap
+    flags = ("--model-repository", str(int8_repository), "--instances", "1", "--max-batch-size", "3")
+    with running_server(tmp_path, *flags) as server:
+        batching = httpx.get(server.url, timeout=10).json()["batching"]
+        assert batching["instances"] == 1 and batching["max_batch_size"] == 3
+    with running_server(tmp_path, "--model-repository", str(int8_repository), "--tune-batch") as server:
+        assert "timed at start-up" in server.log()
+
+
+def test_int8_mixed_keeps_the_most_harmful_layers_in_float(tmp_path: Path) -> None:
+    # a 0% bound: whole-graph INT8 Lite0 breaks it on the augmented views, so the search ranks every
+    # layer by its harm and keeps the most harmful in float, as few as it can
+    result = optimize(
+        *("--model", "efficientnet_lite0", "--calibration", str(DATA), "--out", str(tmp_path / "out")),
+        *("--candidates", "onnxruntime-int8-mixed,openvino-int8-mixed", "--max-top1-disagreement", "0%"),
+        *("--calibration-samples", "16", *QUICK),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = read_report(tmp_path / "out" / "efficientnet_lite0")
+    mixed = report["mixed_int8"]
+    assert mixed["layers"] > 40 and len(mixed["harm"]) == mixed["layers"]
+    assert all(value >= 0 for value in mixed["harm"].values())
+    assert mixed["steps"][0]["kept"] == 0 and mixed["steps"][0]["agreement"] < 1
+    # the layers kept in float are the most harmful ones, in order, and no more than half of them
+    ranked = sorted(mixed["harm"], key=lambda layer: -mixed["harm"][layer])
+    assert 0 < len(mixed["kept_float"]) <= mixed["layers"] // 2
+    assert mixed["kept_float"] == ranked[: len(mixed["kept_float"])]
+    tried = {step["kept"]: step["agreement"] for step in mixed["steps"]}
+    assert mixed["agreement"] == tried[len(mixed["kept_float"])]
+    if mixed["met_bound"]:
+        assert mixed["agreement"] == 1.0
+    else:  # the most faithful graph tried
+        assert mixed["agreement"] == max(tried.values())
+    for name in ("onnxruntime-int8-mixed", "openvino-int8-mixed"):
+        candidate = by_name(report)[name]
+        assert candidate["status"] in ("ok", "rejected") and "layers kept in float" in candidate["detail"]
+    assert "Accuracy-aware INT8" in (tmp_path / "out" / "efficientnet_lite0" / "report.md").read_text()
+
+
+def small_model(tmp_path: Path) -> tuple[str, ...]:
+    """NotExportable's cousin that exports: a user's TorchScript classifier of 4 classes at 64 px."""
+    path = tmp_path / "small.pt"
+    torch.jit.trace(
+        torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4)
+        ).eval(),
+        torch.zeros((1, 3, 64, 64)),
+    ).save(str(path))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("north\neast\nsouth\nwest\n")
+    return ("--model", str(path), "--labels", str(labels), "--input-size", "64", "--resize-size", "72")
+
+
+def test_labelled_photos_give_accuracy_and_an_accuracy_bound(tmp_path: Path) -> None:
+    photos = tmp_path / "labelled"
+    for label, photo in (("north", "cat"), ("east", "coffee"), ("unknown-class", "rocket")):
+        (photos / label).mkdir(parents=True)
+        (photos / label / f"{photo}.jpg").write_bytes(PHOTOS[photo])
+    common = (*small_model(tmp_path), "--calibration", str(photos), "--out", str(tmp_path / "out"), *QUICK)
+    result = optimize(*common, "--candidates", "onnxruntime-int8", "--max-accuracy-drop", "100%")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = read_report(tmp_path / "out" / "small")
+    assert report["max_accuracy_drop"] == 1.0
+    assert 0 < report["samples"]["labelled_held_out"] < report["samples"]["held_out"]
+    assert report["samples"]["unlabelled_folders"] == ["unknown-class"]
+    candidates = by_name(report)
+    assert 0 <= candidates["torch-eager"]["accuracy"] <= 1 and candidates["onnxruntime-int8"]["status"] == "ok"
+    assert "top-1 accuracy" in (tmp_path / "out" / "small" / "report.md").read_text()
+    unlabelled = optimize(
+        *small_model(tmp_path), "--calibration", str(DATA), "--out", str(tmp_path / "o2"), "--max-accuracy-drop", "1%"
+    )
+    assert_one_line_failure(unlabelled, "--max-accuracy-drop needs labelled photos")
 
 
 def test_unfaithful_candidate_is_rejected_and_the_reference_written(tmp_path: Path) -> None:
@@ -145,6 +242,8 @@ def test_candidate_that_crashes_on_export_is_reported_failed_and_the_rest_go_on(
         (("--candidates", "openvino-int4"), "unknown candidate openvino-int4"),
         (("--max-top1-disagreement", "lots"), "--max-top1-disagreement must look like"),
         (("--batch-sizes", "1,zero"), "--batch-sizes must be comma-separated integers"),
+        (("--objective", "cheapest"), "--objective must be throughput or latency"),
+        (("--max-accuracy-drop", "some"), "--max-accuracy-drop must look like"),
     ],
 )
 def test_bad_arguments_fail_in_one_line(args: tuple[str, ...], fragment: str, tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ CONVERTERS: dict[str, Any] = {
     "Path | None": Path,
     "str | None": str,
     "bool": parse_bool,
+    "bool | None": parse_bool,
 }
 COMMANDS: dict[str, type] = {"serve": ServerConfig, "optimize": OptimizeConfig}
 
@@ -161,9 +162,11 @@ def run_optimize(config: OptimizeConfig) -> int:
     outcome = optimize(config)
     report = outcome.report
     chosen = next(c for c in report.candidates if c.chosen)
+    served = next((layout for layout in report.layouts if layout.chosen), None)
+    layout = f"; served as {served.layout.describe()}: {served.throughput:.1f} img/s in process" if served else ""
     print(
         f"chose {chosen.name}: {chosen.best_throughput:.1f} img/s at batch {chosen.best_batch_size} "
-        f"({chosen.speedup:.2f}x torch eager), top-1 agreement {chosen.top1_agreement:.1%}\n"
+        f"({chosen.speedup:.2f}x torch eager), top-1 agreement {chosen.top1_agreement:.1%}{layout}\n"
         f"wrote {outcome.folder} (report.md, report.png); serve it with: "
         f"torchrest serve --model-repository {outcome.folder.parent}"
     )

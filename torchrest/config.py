@@ -70,11 +70,24 @@ class ServerConfig(ModelSource):
     host: str = option("0.0.0.0", "address to listen on")
     port: int = option(8088, "port to listen on")
     device: str = option("cpu", "cpu, cuda, cuda:N, or auto (cuda when available)")
-    max_batch_size: int = option(32, "largest batch an instance runs at once")
-    tune_batch: bool = option(True, "at start-up, cap batches at the size with the best measured throughput")
+    max_batch_size: int = option(
+        0, "largest batch an instance runs at once (0: the model's config.json layout, else 32, timed at start-up)"
+    )
+    tune_batch: bool | None = option(
+        None,
+        "at start-up, cap batches at the size with the best measured throughput (default: only when config.json "
+        "has no batch cap; --no-tune-batch: never)",
+    )
     max_wait_ms: float = option(0.0, "extra time a lone request waits for company (0: run at once)")
-    instances: int = option(1, "model instances, each with its own inference thread")
-    threads: int = option(0, "intra-op threads for all instances together (0: one per core)")
+    instances: int = option(
+        0, "instances of each model, each with its own inference thread (0: the model's config.json layout, else 1)"
+    )
+    threads: int = option(0, "thread budget of the models' instances (0: one per core)")
+    share_cores: bool = option(
+        True,
+        "models take turns on the cores: each batch leases its instance's threads from the thread budget "
+        "(off: every model runs its batches at once, oversubscribing the cores when several are busy)",
+    )
     preprocess_threads: int = option(0, "threads that decode images (0: one per core)")
     decode_ahead: bool = option(
         True, "decode each image as soon as it is queued, overlapping the model's run (off: when its batch runs)"
@@ -119,7 +132,8 @@ class ServerConfig(ModelSource):
 
     @property
     def threads_per_instance(self) -> int:
-        return max(1, self.total_threads // self.instances)
+        """For one model without a tuned layout (a built-in model): the budget split between its instances."""
+        return max(1, self.total_threads // max(1, self.instances))
 
     @property
     def decode_threads(self) -> int:
@@ -127,7 +141,7 @@ class ServerConfig(ModelSource):
 
     def validate(self) -> None:
         """Raise ValueError with a one-line reason for values no server can run with."""
-        positive = ("port", "max_batch_size", "instances", "max_queue", "timeout_ms", "input_size")
+        positive = ("port", "max_queue", "timeout_ms", "input_size")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{flag_name(name)} must be positive, got {getattr(self, name)}")
@@ -135,6 +149,8 @@ class ServerConfig(ModelSource):
             raise ValueError("--event-loop-nice must be from 0 to 19")
         if self.max_wait_ms < 0 or self.threads < 0 or self.preprocess_threads < 0 or self.drain_timeout < 0:
             raise ValueError("--max-wait-ms, --threads, --preprocess-threads and --drain-timeout cannot be negative")
+        if self.instances < 0 or self.max_batch_size < 0:
+            raise ValueError("--instances and --max-batch-size cannot be negative (0: the model's config.json layout)")
         if self.max_body_mb <= 0 or self.max_image_megapixels <= 0 or self.read_timeout <= 0:
             raise ValueError("--max-body-mb, --max-image-megapixels and --read-timeout must be positive")
         if self.resize_size < self.input_size:
@@ -163,12 +179,24 @@ class OptimizeConfig(ModelSource):
     out: Path = option(Path("model-repository"), "model repository to write <out>/<model>/ into")
     batch_sizes: str = option("1,2,4,8,16,32", "batch sizes to measure throughput at")
     max_top1_disagreement: str = option("1%", "reject a candidate whose top-1 differs from fp32 more often")
+    max_accuracy_drop: str = option(
+        "",
+        "with labelled photos (--calibration holding class-named sub-folders): reject a candidate whose top-1 "
+        "accuracy on them is more than this below fp32's (e.g. 0.5%), instead of judging agreement",
+    )
     device: str = option("cpu", "cpu, cuda, cuda:N, or auto (cuda when available)")
     threads: int = option(0, "threads every candidate may use, as the server gives them (0: one per core)")
     candidates: str = option("all", "comma-separated candidate names to try (see report.md), or all")
     fidelity_samples: int = option(256, "held-out inputs the fidelity check compares on (at least 200)")
     calibration_samples: int = option(128, "inputs INT8 calibration sees")
-    seconds_per_point: float = option(2.0, "time spent measuring each batch size of each candidate")
+    seconds_per_point: float = option(
+        2.0, "time spent measuring each batch size of each candidate, and each served layout"
+    )
+    objective: str = option(
+        "throughput",
+        "throughput (the most img/s whose lone-request p50 is within 2x the quickest) or latency (the quickest "
+        "lone request): how the served layout is chosen",
+    )
     log_level: str = option("warning", "debug, info, warning or error")
 
     @property
@@ -186,24 +214,24 @@ class OptimizeConfig(ModelSource):
 
     def disagreement_bound(self) -> float:
         """'1%' or '0.01' -> 0.01."""
-        text = self.max_top1_disagreement.strip()
-        try:
-            value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-        except ValueError:
-            raise ValueError(f"--max-top1-disagreement must look like 1% or 0.01, got {text!r}") from None
-        if not 0 <= value <= 1:
-            raise ValueError(f"--max-top1-disagreement must be between 0% and 100%, got {text!r}")
-        return value
+        return _share(self.max_top1_disagreement, "--max-top1-disagreement")
+
+    def accuracy_drop(self) -> float | None:
+        """'0.5%' -> 0.005; None when not set (candidates are judged by agreement)."""
+        return _share(self.max_accuracy_drop, "--max-accuracy-drop") if self.max_accuracy_drop.strip() else None
 
     def validate(self) -> None:
         self.batch_size_list()
         self.disagreement_bound()
+        self.accuracy_drop()
         if self.calibration is None:
             raise ValueError("--calibration DIR is required: a folder of sample images")
         if self.fidelity_samples <= 0 or self.calibration_samples <= 0 or self.seconds_per_point <= 0:
             raise ValueError("--fidelity-samples, --calibration-samples and --seconds-per-point must be positive")
         if self.threads < 0:
             raise ValueError("--threads cannot be negative")
+        if self.objective not in ("throughput", "latency"):
+            raise ValueError(f"--objective must be throughput or latency, got {self.objective!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +254,8 @@ class ModelConfig:
     threads: int = 0  # the thread budget it was tuned with
     backend_options: dict[str, str] = field(default_factory=dict)
     source: str = ""
+    layout: dict[str, int] | None = None  # the serving layout optimize chose (torchrest.layout.Layout)
+    objective: str = ""  # what that layout was chosen for: throughput or latency
 
     @property
     def input_spec(self) -> InputSpec:
@@ -255,6 +285,18 @@ class ModelConfig:
             return cls(**values)
         except TypeError as exc:
             raise ValueError(f"{path}: {exc}") from None
+
+
+def _share(text: str, flag: str) -> float:
+    """'1%' or '0.01' -> 0.01, from 0 to 1."""
+    text = text.strip()
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise ValueError(f"{flag} must look like 1% or 0.01, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise ValueError(f"{flag} must be between 0% and 100%, got {text!r}")
+    return value
 
 
 def flag_name(field_name: str) -> str:

@@ -29,15 +29,18 @@ import numpy as np
 
 from torchrest.backends import Backend
 from torchrest.batching import Admission, BatchQueue, Job, StageTimes, Taken
+from torchrest.core_budget import CoreBudget
 from torchrest.errors import DeadlineExceeded, ModelError, QueueFull, TorchrestError, first_line
 from torchrest.metrics import Metrics, ModelStats, RecentActivity
 from torchrest.models.common import LoadedModel
 from torchrest.postprocess import Answer, softmax
 from torchrest.preprocess import Preprocessor
+from torchrest.timing import median_call_s
 
 log = logging.getLogger("torchrest.runtime")
 
 BATCH_TOLERANCE = 0.95  # a smaller batch within 5% of the best throughput wins: same speed, less latency
+TUNE_SECONDS_PER_SIZE = 0.3  # start-up batch tuning: time spent on each batch size
 RESTART_BACKOFF_S = (1.0, 30.0)  # first wait before re-opening a dead instance, and the most it grows to
 # errors after which a backend cannot be trusted with the next batch: re-open it rather than retry
 FATAL_ERRORS = (
@@ -99,8 +102,12 @@ class ModelRuntime:
         max_queue: int,
         metrics: Metrics,
         loop: asyncio.AbstractEventLoop,
+        threads: int = 1,
+        cores: CoreBudget | None = None,
     ) -> None:
         self.model = model
+        self.threads = threads  # intra-op threads of each instance
+        self.cores = cores  # shared with the other models: each batch leases its threads (None: no sharing)
         self.instances = [Instance(index, backend) for index, backend in enumerate(backends)]
         self.reopen = reopen  # opens a fresh backend for an instance that died (None: restart not possible)
         self.preprocessor = preprocessor
@@ -215,7 +222,8 @@ class ModelRuntime:
     def warm_up(self, tune_batch: bool) -> dict[int, float]:
         """Run every backend at each batch size so the first requests pay no kernel set-up; with
         `tune_batch`, cap batches at the smallest size within 5% of the best measured throughput
-        (on a small CPU a model can run slower per image at batch 32 than at 4). Returns img/s by size."""
+        (on a small CPU a model can run slower per image at batch 32 than at 4), timed as optimize times
+        them. Returns img/s by size (empty without `tune_batch`)."""
         limit = self.queue.max_batch_size
         sizes = sorted({1, limit} | ({2**i for i in range(1, 10) if 2**i < limit} if tune_batch else set()))
         side = self.model.input_spec.crop_size
@@ -226,7 +234,7 @@ class ModelRuntime:
                 batch = np.zeros((size, side, side, 3), np.uint8)
                 backend.run(batch)
                 if index == 0 and tune_batch:
-                    throughput[size] = size / _best_time_s(backend, batch)
+                    throughput[size] = size / median_call_s(backend.run, batch, TUNE_SECONDS_PER_SIZE)
         if throughput:
             best = max(throughput.values())
             self.queue.max_batch_size = min(s for s, rate in throughput.items() if rate >= BATCH_TOLERANCE * best)
@@ -307,7 +315,8 @@ class ModelRuntime:
         if not size:
             return
         try:
-            logits = backend.run(buffer[:size])
+            with self.cores.lease(self.threads) if self.cores is not None else contextlib.nullcontext():
+                logits = backend.run(buffer[:size])
             ran = time.monotonic()
             probabilities = softmax(logits)
             best = probabilities.argmax(axis=1).tolist()
@@ -375,16 +384,6 @@ def is_fatal(exc: BaseException) -> bool:
     the libraries raise RuntimeError for these as for any other failure."""
     text = str(exc).lower()
     return isinstance(exc, MemoryError) or any(marker in text for marker in FATAL_ERRORS)
-
-
-def _best_time_s(backend: Backend, batch: np.ndarray, budget_s: float = 0.3, most: int = 3) -> float:
-    """The fastest of a few timed runs (at least one, more while they fit in `budget_s`)."""
-    times: list[float] = []
-    while not times or (len(times) < most and sum(times) < budget_s):
-        started = time.perf_counter()
-        backend.run(batch)
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def _settle(batch: list[Job], probabilities: np.ndarray, best: list[int]) -> None:

@@ -24,7 +24,9 @@ from torchrest.api import AppState, build_app
 from torchrest.api.protocol import guarded_protocol
 from torchrest.backends import Backend, resolve_device
 from torchrest.config import ServerConfig
+from torchrest.core_budget import CoreBudget
 from torchrest.errors import LoadFailed, StartupError, first_line
+from torchrest.layout import serving_layout
 from torchrest.manager import ModelManager
 from torchrest.metrics import Metrics
 from torchrest.models.common import LoadedModel
@@ -49,8 +51,9 @@ def serve(config: ServerConfig) -> int:
     configure_torch(config)
     hand_off_gil_quickly()
     metrics = Metrics()
+    cores = CoreBudget(config.total_threads) if config.share_cores and not device.startswith("cuda") else None
     models = ModelManager(
-        lambda model, loop: start_runtime(model, device, config, metrics, loop),
+        lambda model, loop: start_runtime(model, device, config, metrics, loop, cores),
         config.model_repository,
         config.default_model,
         config.drain_timeout,
@@ -93,15 +96,15 @@ def serve(config: ServerConfig) -> int:
     host, port = sockets[0].getsockname()[:2]
     scheme = "https" if tls else "http"
     log.info(
-        "torchrest serving %s (default %s) on %s://%s:%d (device %s, %d threads x %d instances per model)",
+        "torchrest serving %s (default %s) on %s://%s:%d (device %s, %d threads for %d model(s))",
         ", ".join(models.entries),
         models.default,
         scheme,
         host,
         port,
         device,
-        config.threads_per_instance,
-        config.instances,
+        config.total_threads,
+        len(models.entries),
     )
     log.info(
         "access: inference %s; repository load/unload %s%s%s%s",
@@ -150,26 +153,49 @@ def start_runtime(
     config: ServerConfig,
     metrics: Metrics,
     loop: asyncio.AbstractEventLoop,
+    cores: CoreBudget | None = None,
 ) -> ModelRuntime:
-    """Open a model's instances, warm them up, start their threads (blocking: run it off the loop)."""
+    """Open a model's instances, warm them up, start their threads (blocking: run it off the loop).
+
+    The model is laid out on the whole thread budget as its config.json says, unless the flags say
+    otherwise (torchrest.layout); with `cores`, its batches take turns with the other models' on them
+    (torchrest.core_budget)."""
+    layout, untimed = serving_layout(
+        model.layout,
+        config.total_threads,
+        instances=config.instances,
+        max_batch_size=config.max_batch_size,
+        tune_batch=bool(config.tune_batch),
+    )
+    tune = untimed and config.tune_batch is not False
 
     def reopen() -> Backend:
-        return model.open_backend(device, config.threads_per_instance)
+        return model.open_backend(device, layout.threads)
 
-    backends = [reopen() for _ in range(config.instances)]
+    backends = [reopen() for _ in range(layout.instances)]
     preprocessor = Preprocessor(model.input_spec, config.max_image_pixels, config.decode_threads, config.decode_ahead)
     runtime = ModelRuntime(
         model,
         backends,
         preprocessor,
         reopen=reopen,
-        max_batch_size=config.max_batch_size,
+        max_batch_size=layout.max_batch_size,
         max_wait_s=config.max_wait_ms / 1000,
         max_queue=config.max_queue,
         metrics=metrics,
         loop=loop,
+        threads=layout.threads,
+        cores=cores,
     )
-    runtime.warm_up(config.tune_batch)
+    runtime.warm_up(tune)
+    log.info(
+        "model %s: %d instance(s) x %d threads, batches of up to %d (%s)",
+        model.name,
+        layout.instances,
+        layout.threads,
+        runtime.queue.max_batch_size,
+        "timed at start-up" if tune else "config.json" if model.layout and not config.max_batch_size else "flags",
+    )
     runtime.start()
     return runtime
 

@@ -37,11 +37,11 @@ async def info(request: Request, state: AppState) -> Response:
             "backend": runtime.backends[0].name if runtime else None,
             "device": runtime.backends[0].device if runtime else None,
             "batching": {
-                "max_batch_size": config.max_batch_size,
+                "max_batch_size": runtime.queue.max_batch_size if runtime else None,
                 "tuned_batch_size": runtime.queue.max_batch_size if runtime else None,
                 "max_wait_ms": config.max_wait_ms,
-                "instances": config.instances,
-                "threads_per_instance": config.threads_per_instance,
+                "instances": len(runtime.instances) if runtime else None,
+                "threads_per_instance": runtime.threads if runtime else None,
             },
             "models": [
                 {

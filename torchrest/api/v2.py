@@ -78,7 +78,7 @@ async def model_config(request: Request, state: AppState) -> Response:
             "name": entry.name,
             "platform": platform(entry),
             "max_batch_size": runtime.queue.max_batch_size if runtime else state.config.max_batch_size,
-            "instance_group": [{"count": state.config.instances, "kind": "KIND_CPU"}],
+            "instance_group": [{"count": len(runtime.instances) if runtime else 0, "kind": "KIND_CPU"}],
             "dynamic_batching": {"max_queue_delay_microseconds": int(state.config.max_wait_ms * 1000)},
             "parameters": {k: str(v) for k, v in entry.model.describe().items() if not isinstance(v, dict)},
         },

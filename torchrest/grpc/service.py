@@ -113,7 +113,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 platform=platform(entry),
                 backend=str(entry.model.metadata.get("backend", "torch")),
                 max_batch_size=runtime.queue.max_batch_size if runtime else config.max_batch_size,
-                instance_group=[pb.ModelInstanceGroup(count=config.instances, kind=kind)],
+                instance_group=[pb.ModelInstanceGroup(count=len(runtime.instances) if runtime else 0, kind=kind)],
                 dynamic_batching=pb.ModelDynamicBatching(max_queue_delay_microseconds=int(config.max_wait_ms * 1000)),
             )
         )

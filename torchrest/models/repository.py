@@ -23,6 +23,7 @@ from pathlib import Path
 from torchrest.backends import BACKENDS, open_backend
 from torchrest.config import ModelConfig
 from torchrest.errors import ModelLoadError, NotFound
+from torchrest.layout import Layout
 from torchrest.models.common import LoadedModel
 from torchrest.models.labels import read_labels
 
@@ -100,6 +101,10 @@ def load_model_folder(folder: Path) -> LoadedModel:
     artifact = folder / config.artifact
     if not artifact.is_file():
         raise ModelLoadError(f"{folder / CONFIG_FILE} names artifact {config.artifact}, which is missing")
+    try:
+        layout = Layout.from_dict(config.layout) if config.layout is not None else None
+    except ValueError as exc:
+        raise ModelLoadError(f"{folder / CONFIG_FILE}: {exc}") from None
     version, artifact = latest_version(folder, Path(config.artifact))
     options = {"precision": config.precision, "name": config.candidate or config.backend, **config.backend_options}
     return LoadedModel(
@@ -118,6 +123,7 @@ def load_model_folder(folder: Path) -> LoadedModel:
         opener=lambda device, threads: open_backend(
             config.backend, artifact, device=device, threads=threads, options=options
         ),
+        layout=layout,
     )
 
 

@@ -36,6 +36,8 @@ from torchrest.backends.openvino_backend import KIND as OPENVINO
 from torchrest.backends.openvino_backend import cpu_capabilities
 from torchrest.backends.ort_backend import KIND as ONNXRUNTIME
 from torchrest.backends.torch_backend import KIND as TORCH
+from torchrest.optimize.fidelity import accuracy, compare
+from torchrest.optimize.mixed import MixedSearch, search_float_layers
 
 log = logging.getLogger("torchrest.optimize")
 
@@ -54,7 +56,14 @@ class Context:
     threads: int
     workdir: Path
     calibration: np.ndarray
+    held_out: np.ndarray | None = None  # what the accuracy-aware INT8 search checks its bound on
+    bound: float = 0.01  # the largest top-1 disagreement with fp32 a candidate may have
+    held_out_labels: np.ndarray | None = None  # the held-out inputs' classes (-1: unlabelled)
+    max_accuracy_drop: float | None = None  # when set, the bound is on top-1 accuracy, not agreement
+    progress: Callable[[str], None] = lambda text: None  # what the candidate being built is doing
+    mixed: MixedSearch | None = None  # what the accuracy-aware INT8 search found, once it has run
     _forms: dict[str, Path] = field(default_factory=dict)
+    _weighted: list[str] = field(default_factory=list)
 
     @property
     def on_cuda(self) -> bool:
@@ -105,7 +114,7 @@ class Context:
             self._forms["onnx"] = path
         return self._forms["onnx"]
 
-    def onnx_int8(self) -> Path:
+    def onnx_int8(self, keep_float: list[str] | None = None, path: Path | None = None) -> Path:
         """Static INT8 post-training quantization of the ONNX graph, in QDQ form, calibrated here.
 
         Weights per channel (symmetric int8), activations per tensor (asymmetric uint8, min-max over
@@ -113,32 +122,105 @@ class Context:
         pixels and produce the logits, where 8 bits cost the most agreement. Without VNNI, x86 int8
         kernels (VPMADDUBSW) can saturate, so weights are reduced to 7 bits there, as ONNX Runtime
         advises.
+
+        `keep_float` names more layers to leave in float (the accuracy-aware search): the ranges are
+        calibrated once and cached, so each such graph is a rewrite, not a new calibration.
         """
-        if "onnx-int8" not in self._forms:
+        if keep_float is None and "onnx-int8" in self._forms:
+            return self._forms["onnx-int8"]
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        prepared, layers = self.quantizable()
+        out = path or self.workdir / "model-int8.onnx"
+        with _quiet():
+            quantize_static(
+                str(prepared),
+                str(out),
+                _CalibrationReader(self.calibration),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                reduce_range=not has_vnni(),
+                calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=[*self.always_float(), *(keep_float or [])],
+                calibration_cache_path=str(self.workdir / "int8-ranges.json"),
+            )
+        if keep_float is None:
+            self._forms["onnx-int8"] = out
+        return out
+
+    def quantizable(self) -> tuple[Path, list[str]]:
+        """The ONNX graph prepared for quantization (shapes inferred) and its weighted layers, in order."""
+        if "onnx-prepared" not in self._forms:
             import onnx
-            from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
             prepared = self.workdir / "model-prepared.onnx"
-            path = self.workdir / "model-int8.onnx"
             with _quiet():
                 quant_pre_process(str(self.onnx()), str(prepared), skip_symbolic_shape=True)
-            weighted = [node.name for node in onnx.load(str(prepared)).graph.node if node.op_type in WEIGHTED_OPS]
-            with _quiet():
-                quantize_static(
-                    str(prepared),
-                    str(path),
-                    _CalibrationReader(self.calibration),
-                    quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    per_channel=True,
-                    reduce_range=not has_vnni(),
-                    calibrate_method=CalibrationMethod.MinMax,
-                    nodes_to_exclude=[weighted[0], weighted[-1]] if len(weighted) > 2 else [],
-                )
-            self._forms["onnx-int8"] = path
-        return self._forms["onnx-int8"]
+            self._forms["onnx-prepared"] = prepared
+            self._weighted = [node.name for node in onnx.load(str(prepared)).graph.node if node.op_type in WEIGHTED_OPS]
+        return self._forms["onnx-prepared"], self._weighted
+
+    def always_float(self) -> list[str]:
+        _, weighted = self.quantizable()
+        return [weighted[0], weighted[-1]] if len(weighted) > 2 else []
+
+    def onnx_int8_mixed(self) -> Path:
+        """The INT8 graph with the fewest layers kept in float that meets the bound (torchrest.optimize.mixed);
+        the whole-graph one when it already does."""
+        if "onnx-int8-mixed" not in self._forms:
+            assert self.held_out is not None, "the accuracy-aware search checks its bound on the held-out set"
+            _, weighted = self.quantizable()
+            always = set(self.always_float())
+            layers = [layer for layer in weighted if layer not in always]
+            run = self._quick_runner()
+            calibration_reference = run(self.onnx(), self.calibration)
+            held_out_reference = run(self.onnx(), self.held_out)
+            if self.max_accuracy_drop is not None and self.held_out_labels is not None:
+                labels, floor = self.held_out_labels, accuracy(held_out_reference, self.held_out_labels)
+                floor -= self.max_accuracy_drop
+
+                def judge(logits: np.ndarray) -> tuple[float, bool]:
+                    value = accuracy(logits, labels)
+                    return value, value >= floor - 1e-9
+
+                criterion = "top-1 accuracy"
+            else:
+
+                def judge(logits: np.ndarray) -> tuple[float, bool]:
+                    value = compare(held_out_reference, logits).top1_agreement
+                    return value, value >= 1 - self.bound - 1e-9
+
+                criterion = "top-1 agreement"
+            path, self.mixed = search_float_layers(
+                layers,
+                lambda keep, at: self.onnx_int8(keep, at),
+                run,
+                self.calibration,
+                calibration_reference,
+                self.held_out,
+                judge,
+                criterion,
+                self.workdir,
+                self.progress,
+            )
+            self._forms["onnx-int8-mixed"] = path
+        return self._forms["onnx-int8-mixed"]
+
+    def _quick_runner(self) -> Callable[[Path, np.ndarray], np.ndarray]:
+        """(ONNX graph, inputs) -> logits, with the fastest runtime here to open a graph and answer."""
+
+        def run(path: Path, inputs: np.ndarray) -> np.ndarray:
+            if OPENVINO.missing() is None:
+                backend: Backend = OpenVINOBackend(path, threads=self.threads, precision="fp32")
+            else:
+                backend = OnnxRuntimeBackend(path, device="cpu", threads=self.threads)
+            backend.prepare_thread()
+            return np.concatenate([backend.run(inputs[at : at + 16]) for at in range(0, len(inputs), 16)])
+
+        return run
 
 
 WEIGHTED_OPS = {"Conv", "Gemm", "MatMul"}
@@ -150,6 +232,7 @@ class Built:
     artifact: Path
     kind: str  # the serving backend that opens the artifact (a key of torchrest.backends.BACKENDS)
     options: dict[str, str] = field(default_factory=dict)
+    detail: str = ""  # how it was made, when that is worth a line in the report (the layers kept in float)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,13 +351,26 @@ def onnxruntime_int8(ctx: Context) -> Built:
     return Built(OnnxRuntimeBackend(path, device=ctx.device, threads=ctx.threads), path, ONNXRUNTIME.name)
 
 
-def openvino(precision: str, int8: bool = False) -> Callable[[Context], Built]:
+def onnxruntime_int8_mixed(ctx: Context) -> Built:
+    path = ctx.onnx_int8_mixed()
+    backend = OnnxRuntimeBackend(path, device=ctx.device, threads=ctx.threads)
+    return Built(backend, path, ONNXRUNTIME.name, detail=_mixed_detail(ctx))
+
+
+def openvino(precision: str, int8: str = "") -> Callable[[Context], Built]:
+    """`int8`: "" (float graph), "whole" (every layer but the first and last in INT8) or "mixed"."""
+
     def build(ctx: Context) -> Built:
-        path = ctx.onnx_int8() if int8 else ctx.onnx()
+        path = {"": ctx.onnx, "whole": ctx.onnx_int8, "mixed": ctx.onnx_int8_mixed}[int8]()
         backend = OpenVINOBackend(path, threads=ctx.threads, precision=precision)
-        return Built(backend, path, OPENVINO.name, {"inference_precision": precision})
+        detail = _mixed_detail(ctx) if int8 == "mixed" else ""
+        return Built(backend, path, OPENVINO.name, {"inference_precision": precision}, detail)
 
     return build
+
+
+def _mixed_detail(ctx: Context) -> str:
+    return ctx.mixed.summary() if ctx.mixed is not None else ""
 
 
 def tensorrt(ctx: Context) -> Built:
@@ -331,7 +427,21 @@ CANDIDATES: list[Candidate] = [
         "int8",
         "static INT8 QDQ (calibrated), OpenVINO CPU",
         openvino_int8,
-        openvino("fp32", int8=True),
+        openvino("fp32", int8="whole"),
+    ),
+    Candidate(
+        "onnxruntime-int8-mixed",
+        "int8",
+        "static INT8 QDQ, the layers that break fidelity kept in float (accuracy-aware search), ONNX Runtime",
+        int8_here,
+        onnxruntime_int8_mixed,
+    ),
+    Candidate(
+        "openvino-int8-mixed",
+        "int8",
+        "static INT8 QDQ, the layers that break fidelity kept in float (accuracy-aware search), OpenVINO CPU",
+        openvino_int8,
+        openvino("fp32", int8="mixed"),
     ),
 ]
 CANDIDATE_NAMES = [candidate.name for candidate in CANDIDATES]

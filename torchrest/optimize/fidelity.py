@@ -48,6 +48,14 @@ def compare(reference_logits: np.ndarray, logits: np.ndarray) -> Fidelity:
     )
 
 
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy over the inputs that have a label (label >= 0); NaN when none has."""
+    known = labels >= 0
+    if not known.any():
+        return float("nan")
+    return float(np.mean(logits[known].argmax(axis=1) == labels[known]))
+
+
 def preprocessing_fidelity(
     run: Callable[[np.ndarray], np.ndarray], files: Sequence[bytes], spec: InputSpec, batch_size: int = 16
 ) -> Fidelity:

@@ -1,20 +1,16 @@
 """Speed of one candidate: throughput at each batch size and latency at batch 1, on real inputs.
 
-Each point runs for a fixed time after one warm-up call and takes the median call, so one slow call
-on a shared machine moves it little.
+Each point is timed by `torchrest.timing.median_call_s`, the timer the server's batch tuning uses too.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-MIN_CALLS = 3
-
-Run = Callable[[np.ndarray], np.ndarray]
+from torchrest.timing import Run, median_call_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +45,3 @@ def measure(
         if size in batch_sizes:
             throughput[size] = size / call_s
     return Speed(throughput=throughput, latency_bs1_ms=latency_bs1_ms)
-
-
-def median_call_s(run: Run, batch: np.ndarray, seconds: float) -> float:
-    run(batch)  # warm-up: kernel selection, allocations
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < MIN_CALLS or time.perf_counter() - started < seconds:
-        call_started = time.perf_counter()
-        run(batch)
-        times.append(time.perf_counter() - call_started)
-    return float(np.median(times))

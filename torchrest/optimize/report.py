@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from torchrest.optimize.fidelity import Fidelity
+from torchrest.optimize.serving import LayoutResult
 
 log = logging.getLogger("torchrest.optimize")
 
@@ -32,6 +33,8 @@ class CandidateResult:
     fidelity: Fidelity | None = None
     build_s: float | None = None
     chosen: bool = False
+    accuracy: float | None = None  # top-1 accuracy on the labelled held-out inputs (when there are labels)
+    detail: str = ""  # how it was made, when that matters (the layers an INT8-mixed graph keeps in float)
 
     @property
     def top1_agreement(self) -> float | None:
@@ -59,10 +62,15 @@ class Report:
     created: str
     chosen: str | None = None
     notes: list[str] = field(default_factory=list)  # what makes these figures weaker than they look
+    mixed_int8: dict[str, Any] | None = None  # the accuracy-aware INT8 search (torchrest.optimize.mixed)
+    objective: str = "throughput"
+    max_accuracy_drop: float | None = None  # the bound was on accuracy (labelled photos), not agreement
+    layouts: list[LayoutResult] = field(default_factory=list)  # the served layouts measured (CPU only)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["candidates"] = [candidate.to_dict() for candidate in self.candidates]
+        data["layouts"] = [layout.to_dict() for layout in self.layouts]
         return data
 
 
@@ -85,15 +93,25 @@ def markdown(report: Report) -> str:
         "",
         f"{report.created} on {report.machine}, device {report.device}, {report.threads} threads per candidate.",
         f"Fidelity on {report.samples['held_out']} held-out inputs ({report.samples['split']}); "
-        f"a candidate is rejected when its top-1 differs from the fp32 reference on more than {bound} of them.",
+        + (
+            f"{report.samples.get('labelled_held_out', 0)} of them are labelled (class-named folders); a candidate is "
+            f"rejected when its top-1 accuracy on them is more than {report.max_accuracy_drop:.1%} below fp32's."
+            if report.max_accuracy_drop is not None
+            else f"a candidate is rejected when its top-1 differs from the fp32 reference on more than {bound} of them"
+            + (
+                f" ({report.samples['labelled_held_out']} are labelled: accuracy is shown too)."
+                if report.samples.get("labelled_held_out")
+                else "."
+            )
+        ),
         f"INT8 calibration used {report.samples['calibration']} inputs.",
         *(f"**Note:** {note}" for note in report.notes),
         "",
         f"**Chosen: {report.chosen or 'nothing (no candidate met the bound)'}**",
         "",
         "| candidate | precision | status | best img/s (batch) | vs eager | batch-1 ms | top-1 agree | "
-        "top-5 overlap | max Δp | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "top-5 overlap | max Δp | top-1 accuracy | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in report.candidates:
         best = f"{c.best_throughput:.1f} ({c.best_batch_size})" if c.best_throughput else "-"
@@ -107,7 +125,7 @@ def markdown(report: Report) -> str:
             f"| {name} | {c.precision} | {c.status}{' (chosen)' if c.chosen else ''} | {best} | "
             f"{_num(c.speedup, '{:.2f}x')} | {_num(c.latency_bs1_ms, '{:.1f}')} | "
             f"{_num(agreement, '{:.1%}')} | {_num(overlap, '{:.1%}')} | {_num(largest, '{:.3f}')} | "
-            f"{c.reason or c.route} |"
+            f"{_num(c.accuracy, '{:.1%}')} | {c.reason or c.detail or c.route} |"
         )
     measured = [c for c in report.candidates if c.throughput]
     if measured:
@@ -117,9 +135,57 @@ def markdown(report: Report) -> str:
         for c in measured:
             rates = " | ".join(_num(c.throughput.get(size), "{:.1f}") for size in report.batch_sizes)
             lines.append(f"| {c.name} | {rates} |")
+    lines += _mixed_section(report.mixed_int8)
+    lines += _layouts_section(report)
     versions = ", ".join(f"{name} {version}" for name, version in report.versions.items())
     lines += ["", f"Versions: {versions}.", ""]
     return "\n".join(lines)
+
+
+def _layouts_section(report: Report) -> list[str]:
+    """The served layouts tried: throughput with full batches against a lone request's p50."""
+    if not report.layouts:
+        return []
+    chosen = next(layout for layout in report.layouts if layout.chosen)
+    lines = [
+        "",
+        f"Served layouts (the real runtime in process, the calibration photos sent as files; objective "
+        f"{report.objective}): **{chosen.candidate}, {chosen.layout.describe()}**, written to config.json.",
+        "",
+        "| candidate | instances x threads | batch cap | img/s (full batches) | p50 ms (one in flight) |",
+        "|---|---|---|---|---|",
+    ]
+    for layout in report.layouts:
+        mark = "**" if layout.chosen else ""
+        lines.append(
+            f"| {mark}{layout.candidate}{mark} | {layout.instances} x {layout.threads} | {layout.max_batch_size} | "
+            f"{mark}{layout.throughput:.1f}{mark} | {layout.p50_ms:.1f} |"
+        )
+    return lines
+
+
+def _mixed_section(mixed: dict[str, Any] | None) -> list[str]:
+    """The accuracy-aware INT8 search: the steps it took and the layers that did the most harm."""
+    if not mixed or not mixed["steps"]:
+        return []
+    lines = [
+        "",
+        "Accuracy-aware INT8 (the `-int8-mixed` candidates): layers ranked by the harm each does quantized "
+        "alone (mean KL divergence from fp32 on calibration inputs), then the most harmful kept in float, "
+        f"as few as meet the bound on the held-out set. {len(mixed['kept_float'])} of {mixed['layers']} layers "
+        f"kept in float, {mixed['agreement']:.1%} agreement ({'meets' if mixed['met_bound'] else 'breaks'} the "
+        f"bound), in {mixed['seconds']:.0f} s.",
+        "",
+        "| layers in float | held-out top-1 agreement |",
+        "|---|---|",
+        *(f"| {step['kept']} | {step['agreement']:.1%} |" for step in mixed["steps"]),
+    ]
+    harm = sorted(mixed["harm"].items(), key=lambda item: -item[1])[:10]
+    if harm:
+        kept = set(mixed["kept_float"])
+        lines += ["", "| most harmful layers | KL from fp32 (alone in INT8) | kept in float |", "|---|---|---|"]
+        lines += [f"| `{layer}` | {value:.4f} | {'yes' if layer in kept else ''} |" for layer, value in harm]
+    return lines
 
 
 def plot(report: Report, path: Path) -> Path:
@@ -128,7 +194,10 @@ def plot(report: Report, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(8, 5), dpi=120)
+    figure, panels = plt.subplots(1, 2 if report.layouts else 1, figsize=(14 if report.layouts else 8, 5), dpi=120)
+    axes = panels[0] if report.layouts else panels
+    if report.layouts:
+        _plot_layouts(report, panels[1])
     for c in report.candidates:
         if not c.throughput:
             continue
@@ -148,6 +217,29 @@ def plot(report: Report, path: Path) -> Path:
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def _plot_layouts(report: Report, axes: Any) -> None:
+    """Throughput with full batches against a lone request's p50: the trade a user picks from."""
+    for candidate in dict.fromkeys(layout.candidate for layout in report.layouts):
+        mine = [lay for lay in report.layouts if lay.candidate == candidate]
+        for split in dict.fromkeys((lay.instances, lay.threads) for lay in mine):
+            points = [lay for lay in mine if (lay.instances, lay.threads) == split]
+            axes.plot(
+                [lay.max_batch_size for lay in points],
+                [lay.throughput for lay in points],
+                marker="o",
+                label=f"{candidate} {split[0]} x {split[1]} (p50 {points[0].p50_ms:.1f} ms alone)",
+            )
+    chosen = next(layout for layout in report.layouts if layout.chosen)
+    axes.scatter([chosen.max_batch_size], [chosen.throughput], s=200, facecolors="none", edgecolors="black", zorder=5)
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("batch cap")
+    axes.set_ylabel("images / s, served in process")
+    axes.set_ylim(bottom=0)
+    axes.set_title(f"served layouts (circled: chosen, objective {report.objective})")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="best")
 
 
 def _num(value: float | None, fmt: str) -> str:

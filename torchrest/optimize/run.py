@@ -25,17 +25,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from torchrest.backends import Backend, resolve_device
+from torchrest.backends import Backend, open_backend, resolve_device
 from torchrest.config import ModelConfig, OptimizeConfig
 from torchrest.errors import StartupError, first_line
 from torchrest.models.common import LoadedModel
 from torchrest.models.registry import load_model
 from torchrest.models.repository import CONFIG_FILE
 from torchrest.optimize.candidates import CANDIDATE_NAMES, CANDIDATES, REFERENCE, Built, Candidate, Context
-from torchrest.optimize.fidelity import compare
+from torchrest.optimize.fidelity import accuracy, compare
 from torchrest.optimize.measure import Speed, measure
 from torchrest.optimize.report import FAILED, OK, REJECTED, SKIPPED, CandidateResult, Report, write_report
 from torchrest.optimize.samples import SampleSets, sample_sets
+from torchrest.optimize.serving import LayoutResult, choose_layout, measure_layouts
 
 log = logging.getLogger("torchrest.optimize")
 
@@ -62,7 +63,15 @@ def optimize(config: OptimizeConfig) -> Outcome:
     model = load_model(config)
     if model.module is None:
         raise StartupError(f"{config.model} has no torch module to optimize")
-    samples = sample_sets(config.calibration, model.input_spec, config.calibration_samples, config.fidelity_samples)
+    samples = sample_sets(
+        config.calibration, model.input_spec, config.calibration_samples, config.fidelity_samples, model.labels
+    )
+    accuracy_drop = config.accuracy_drop()
+    if accuracy_drop is not None and not samples.labelled:
+        raise StartupError(
+            f"--max-accuracy-drop needs labelled photos: put them in sub-folders of {config.calibration} named "
+            "after their class (a label of the model, or an ImageNet WordNet id such as n02123045)"
+        )
     threads = config.total_threads
     torch.set_num_threads(threads)
     bound = config.disagreement_bound()
@@ -70,11 +79,24 @@ def optimize(config: OptimizeConfig) -> Outcome:
 
     with tempfile.TemporaryDirectory(prefix=".optimize-", dir=out) as scratch:
         work = Path(scratch)
-        ctx = Context(model.module, model.input_spec.crop_size, device, threads, work, samples.calibration)
-        results, artifacts, reference_top1 = _run_candidates(
-            ctx, wanted, samples, batch_sizes, config.seconds_per_point, bound
+        ctx = Context(
+            model.module,
+            model.input_spec.crop_size,
+            device,
+            threads,
+            work,
+            samples.calibration,
+            samples.held_out,
+            bound,
         )
-        chosen = _choose(results)
+        ctx.held_out_labels, ctx.max_accuracy_drop = samples.held_out_labels, accuracy_drop
+        results, artifacts, reference_top1 = _run_candidates(
+            ctx, wanted, samples, batch_sizes, config.seconds_per_point, bound, accuracy_drop
+        )
+        fastest = _choose(results)
+        layouts = _search_layouts(results, artifacts, fastest, samples, model, device, threads, batch_sizes, config)
+        chosen = next(r for r in results if r.name == layouts_chosen(layouts).candidate) if layouts else fastest
+        fastest.chosen, chosen.chosen = False, True
         report = Report(
             model=model.name,
             device=device,
@@ -89,11 +111,17 @@ def optimize(config: OptimizeConfig) -> Outcome:
                 "calibration": len(samples.calibration),
                 "held_out": len(samples.held_out),
                 "split": samples.split,
+                "labelled_held_out": samples.labelled,
+                "unlabelled_folders": samples.unlabelled_folders,
             },
+            max_accuracy_drop=accuracy_drop,
             candidates=results,
             created=dt.datetime.now().isoformat(timespec="seconds"),
             chosen=chosen.name,
             notes=_notes(model, reference_top1),
+            mixed_int8=ctx.mixed.to_dict() if ctx.mixed is not None else None,
+            objective=config.objective,
+            layouts=layouts,
         )
         folder = _write_model_folder(out, work, model, report, chosen, artifacts[chosen.name])
     return Outcome(folder=folder, report=report)
@@ -106,11 +134,13 @@ def _run_candidates(
     batch_sizes: list[int],
     seconds: float,
     bound: float,
+    accuracy_drop: float | None,
 ) -> tuple[list[CandidateResult], dict[str, Built], np.ndarray]:
     results: list[CandidateResult] = []
     artifacts: dict[str, Built] = {}  # what each candidate that ran would put in the model folder
     reference: np.ndarray | None = None
     reference_best: float | None = None
+    reference_accuracy = float("nan")
     progress = tqdm(CANDIDATES, desc="optimize", unit="candidate", dynamic_ncols=True)
     for candidate in progress:
         result = CandidateResult(candidate.name, candidate.precision, candidate.route, candidate.name in wanted)
@@ -120,45 +150,112 @@ def _run_candidates(
             reason = "not named in --candidates"
         if reason:
             result.status, result.reason = SKIPPED, reason
-            progress.write(f"  {candidate.name:<20} skipped: {reason}")
+            progress.write(f"  {candidate.name:<22} skipped: {reason}")
             continue
 
         def step(text: str, name: str = candidate.name) -> None:
             progress.set_postfix_str(f"{name}: {text}")
+
+        ctx.progress = step
 
         try:
             built, answers, speed, result.build_s = _trial(candidate, ctx, samples.held_out, batch_sizes, seconds, step)
         except Exception as exc:  # noqa: BLE001 - a candidate that crashes is reported, and the rest go on
             result.status, result.reason = FAILED, f"{type(exc).__name__}: {first_line(exc)}"
             log.debug("candidate %s failed", candidate.name, exc_info=True)
-            progress.write(f"  {candidate.name:<20} failed: {result.reason}")
+            progress.write(f"  {candidate.name:<22} failed: {result.reason}")
             if candidate.name == REFERENCE:
                 raise StartupError(f"the fp32 reference cannot run this model: {result.reason}") from None
             continue
         finally:
             gc.collect()
         artifacts[candidate.name] = built
+        result.detail = built.detail
         reference = answers if reference is None else reference
         reference_best = reference_best or speed.best_throughput
         fidelity = result.fidelity = compare(reference, answers)
+        if samples.labelled:
+            result.accuracy = accuracy(answers, samples.held_out_labels)
+            reference_accuracy = result.accuracy if candidate.name == REFERENCE else reference_accuracy
         result.throughput = speed.throughput
         result.best_throughput = speed.best_throughput
         result.best_batch_size = speed.best_batch_size
         result.latency_bs1_ms = speed.latency_bs1_ms
         result.speedup = speed.best_throughput / reference_best
-        if fidelity.top1_disagreement > bound:
+        if accuracy_drop is not None and result.accuracy is not None:
+            drop = reference_accuracy - result.accuracy
+            if drop > accuracy_drop + 1e-9:
+                result.status, result.reason = REJECTED, f"top-1 accuracy {drop:.1%} below fp32's > {accuracy_drop:.1%}"
+            else:
+                result.status = OK
+        elif fidelity.top1_disagreement > bound + 1e-9:
             result.status = REJECTED
             result.reason = f"top-1 disagreement {fidelity.top1_disagreement:.1%} > {bound:.1%}"
         else:
             result.status = OK
         progress.write(
-            f"  {candidate.name:<20} {result.status:<8} {speed.best_throughput:7.1f} img/s (batch "
+            f"  {candidate.name:<22} {result.status:<8} {speed.best_throughput:7.1f} img/s (batch "
             f"{speed.best_batch_size}), {result.speedup:.2f}x eager, batch-1 {speed.latency_bs1_ms:.1f} ms, "
             f"top-1 agreement {fidelity.top1_agreement:.1%}"
+            + (f", accuracy {result.accuracy:.1%}" if result.accuracy is not None else "")
         )
     progress.close()
     assert reference is not None  # the reference either ran or raised
     return results, artifacts, reference.argmax(axis=1)
+
+
+def _search_layouts(
+    results: list[CandidateResult],
+    artifacts: dict[str, Built],
+    fastest: CandidateResult,
+    samples: SampleSets,
+    model: LoadedModel,
+    device: str,
+    threads: int,
+    batch_sizes: list[int],
+    config: OptimizeConfig,
+) -> list[LayoutResult]:
+    """The served layouts of the fastest faithful candidate and the runner-up, one chosen by the objective
+    (which may be the runner-up's: the served path decides). None on a GPU: one instance owns the device."""
+    if device != "cpu":
+        return []
+    faithful = sorted(
+        (r for r in results if r.status == OK and r.contender and r.best_throughput and r is not fastest),
+        key=lambda r: -(r.best_throughput or 0.0),
+    )
+    measured: list[LayoutResult] = []
+    progress = tqdm([fastest, *faithful[:1]], desc="served layouts", unit="candidate", dynamic_ncols=True, leave=False)
+    for result in progress:
+        built = artifacts[result.name]
+        options = {"precision": result.precision, "name": result.name, **built.options}
+
+        def opener(count: int, built: Built = built, options: dict[str, str] = options) -> Backend:
+            return open_backend(built.kind, built.artifact, device=device, threads=count, options=options)
+
+        measured += measure_layouts(
+            result.name,
+            opener,
+            model.input_spec,
+            samples.files,
+            threads,
+            batch_sizes,
+            config.seconds_per_point,
+            lambda text, name=result.name: progress.set_postfix_str(f"{name}: {text}"),
+        )
+    progress.close()
+    best = choose_layout(measured, config.objective)
+    for layout in measured:
+        mark = " (chosen)" if layout.chosen else ""
+        tqdm.write(
+            f"  {layout.candidate:<22} {layout.instances} x {layout.threads} threads, batch cap "
+            f"{layout.max_batch_size:<3} {layout.throughput:7.1f} img/s, lone request p50 {layout.p50_ms:.1f} ms{mark}"
+        )
+    log.info("served layout: %s %s", best.candidate, best.layout.describe())
+    return measured
+
+
+def layouts_chosen(layouts: list[LayoutResult]) -> LayoutResult:
+    return next(layout for layout in layouts if layout.chosen)
 
 
 def _trial(
@@ -219,10 +316,14 @@ def _write_model_folder(
         resize_size=model.input_spec.resize_size,
         candidate=chosen.name,
         batch_sizes=tuple(report.batch_sizes),
-        best_batch_size=chosen.best_batch_size or 1,
+        best_batch_size=(
+            layouts_chosen(report.layouts).max_batch_size if report.layouts else chosen.best_batch_size or 1
+        ),
         threads=report.threads,
         backend_options=built.options,
         source=model.source,
+        layout=layouts_chosen(report.layouts).layout.to_dict() if report.layouts else None,
+        objective=report.objective if report.layouts else "",
     ).write(staged / CONFIG_FILE)
     write_report(report, staged)
     folder = out / model.name

@@ -17,12 +17,16 @@ from PIL import ExifTags, Image, ImageEnhance, ImageOps
 
 from torchrest.config import InputSpec
 from torchrest.errors import StartupError, TorchrestError
+from torchrest.models.labels import class_index
 from torchrest.preprocess import decode_image, to_rgb
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 MAX_PIXELS = 64_000_000
 HOLD_OUT_EVERY = 5  # with enough photos, every fifth is kept out of calibration
 SPLIT_FROM = 10
+
+
+Photo = tuple[bytes, Image.Image, int]  # the file, its pixels upright, its class (-1: not labelled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,15 +36,28 @@ class SampleSets:
     photos: int
     unreadable: list[str]
     split: str  # how the held-out set was kept apart from calibration
+    files: list[bytes]  # the photos as files, as a client would send them (the served-layout search)
+    held_out_labels: np.ndarray  # (M,) the class of each held-out input, -1 where its photo has no label
+    unlabelled_folders: list[str]  # sub-folders whose name is no class of the model
+
+    @property
+    def labelled(self) -> int:
+        return int(np.sum(self.held_out_labels >= 0))
 
 
-def sample_sets(folder: Path, spec: InputSpec, calibration_samples: int, fidelity_samples: int) -> SampleSets:
-    """Raises StartupError when `folder` is not a folder or holds no image this server can decode."""
+def sample_sets(
+    folder: Path, spec: InputSpec, calibration_samples: int, fidelity_samples: int, labels: list[str] | None = None
+) -> SampleSets:
+    """Raises StartupError when `folder` is not a folder or holds no image this server can decode.
+
+    Photos in a sub-folder named after a class (one of `labels`, or an ImageNet WordNet id or synonym)
+    are labelled with it, and so are the views made of them: the report then adds top-1 accuracy."""
     if not folder.is_dir():
         raise StartupError(f"calibration folder {folder} does not exist or is not a folder")
     files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
-    photos: list[tuple[bytes, Image.Image]] = []
+    photos: list[Photo] = []
     unreadable: list[str] = []
+    classes: dict[str, int | None] = {}
     for path in files:
         data = path.read_bytes()
         try:
@@ -48,7 +65,10 @@ def sample_sets(folder: Path, spec: InputSpec, calibration_samples: int, fidelit
         except TorchrestError:
             unreadable.append(path.name)
             continue
-        photos.append((data, _open_rgb(data)))
+        named = path.parent.name if path.parent != folder else ""
+        if named and named not in classes:
+            classes[named] = class_index(named, labels or [])
+        photos.append((data, _open_rgb(data), classes.get(named) if named and classes.get(named) is not None else -1))
     if not photos:
         raise StartupError(f"calibration folder {folder} holds no image torchrest can decode (jpg, png, webp, bmp)")
     if len(photos) >= SPLIT_FROM:
@@ -58,12 +78,17 @@ def sample_sets(folder: Path, spec: InputSpec, calibration_samples: int, fidelit
     else:
         held = calibrating = photos
         split = f"only {len(photos)} photos: calibration and fidelity use different random views of the same photos"
+    calibration, _ = _views(calibrating, spec, calibration_samples, seed=1)
+    held_out, held_out_labels = _views(held, spec, fidelity_samples, seed=2)
     return SampleSets(
-        calibration=_views(calibrating, spec, calibration_samples, seed=1),
-        held_out=_views(held, spec, fidelity_samples, seed=2),
+        calibration=calibration,
+        held_out=held_out,
         photos=len(photos),
         unreadable=unreadable,
         split=split,
+        files=[data for data, _, _ in photos],
+        held_out_labels=held_out_labels,
+        unlabelled_folders=sorted(name for name, index in classes.items() if index is None),
     )
 
 
@@ -72,14 +97,16 @@ def _open_rgb(data: bytes) -> Image.Image:
         return to_rgb(ImageOps.exif_transpose(image))
 
 
-def _views(photos: list[tuple[bytes, Image.Image]], spec: InputSpec, count: int, seed: int) -> np.ndarray:
-    """Each photo as the server sees it, then random views of them, `count` in all."""
+def _views(photos: list[Photo], spec: InputSpec, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each photo as the server sees it, then random views of them, `count` in all; and their labels."""
     rng = np.random.default_rng(seed)
-    views = [decode_image(data, spec, MAX_PIXELS) for data, _ in photos[:count]]
+    views = [decode_image(data, spec, MAX_PIXELS) for data, _, _ in photos[:count]]
+    labels = [label for _, _, label in photos[:count]]
     while len(views) < count:
-        _, image = photos[int(rng.integers(len(photos)))]
+        _, image, label = photos[int(rng.integers(len(photos)))]
         views.append(_random_view(image, spec.crop_size, rng))
-    return np.stack(views)
+        labels.append(label)
+    return np.stack(views), np.asarray(labels, dtype=np.int64)
 
 
 def _random_view(image: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray:

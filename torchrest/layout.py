@@ -1,0 +1,76 @@
+"""A model's serving layout: how many instances, how many intra-op threads each, and the batch cap.
+
+`torchrest optimize` measures the layouts that make sense for the machine's cores on the served path and
+writes the best into the model folder's config.json; `serve` uses it, scaled to the thread budget it has
+(--threads, or the cores the cgroup allows):
+
+    instances  = the layout's instances, scaled by budget / the cores it was measured on (at least 1,
+                 at most one per core)
+    threads    = budget / instances
+    batch cap  = the layout's, unless --tune-batch re-times it at start-up
+
+Every model is laid out on the whole budget: several busy models take turns on it batch by batch
+(torchrest.core_budget) rather than each owning a slice that idles when it does.
+Flags the operator sets (--instances, --max-batch-size) win over config.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+DEFAULT_MAX_BATCH = 32  # the batch cap of a model without a tuned layout (then timed at start-up)
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    instances: int
+    threads: int  # intra-op threads of each instance
+    max_batch_size: int = 0  # 0: not tuned (the server times batch sizes at start-up)
+
+    @property
+    def cores(self) -> int:
+        return self.instances * self.threads
+
+    def describe(self) -> str:
+        cap = f", batches of up to {self.max_batch_size}" if self.max_batch_size else ""
+        return f"{self.instances} x {self.threads} threads{cap}"
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Layout:
+        """Raises ValueError for anything but {"instances": n, "threads": n[, "max_batch_size": n]}, n > 0."""
+        if not isinstance(raw, dict):
+            raise ValueError("layout must be an object with instances, threads and max_batch_size")
+        try:
+            layout = cls(int(raw["instances"]), int(raw["threads"]), int(raw.get("max_batch_size", 0)))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"layout needs positive integer instances and threads, got {raw!r}") from None
+        if layout.instances <= 0 or layout.threads <= 0 or layout.max_batch_size < 0:
+            raise ValueError(f"layout needs positive integer instances and threads, got {raw!r}")
+        return layout
+
+
+def splits(cores: int) -> list[tuple[int, int]]:
+    """The ways to split `cores` into instances x threads that use them all (or nearly: 3 cores as 2 x 1
+    would idle one), fewest instances first: 4 cores -> 1x4, 2x2, 4x1."""
+    found = {(instances, cores // instances) for instances in range(1, cores + 1) if cores % instances == 0}
+    return sorted(found)
+
+
+def serving_layout(
+    tuned: Layout | None, cores: int, *, instances: int = 0, max_batch_size: int = 0, tune_batch: bool = False
+) -> tuple[Layout, bool]:
+    """The layout a model is served with on `cores`, and whether its batch cap is still to be timed.
+
+    `tuned` is config.json's (None for a model optimize never saw); `instances` and `max_batch_size`, when
+    non-zero, are the operator's flags."""
+    cores = max(1, cores)
+    if instances <= 0:
+        instances = 1 if tuned is None else max(1, min(cores, round(tuned.instances * cores / tuned.cores)))
+    instances = min(instances, cores) if tuned is not None else instances
+    cap = max_batch_size or (tuned.max_batch_size if tuned is not None else 0) or DEFAULT_MAX_BATCH
+    untimed = tune_batch or not (max_batch_size or (tuned is not None and tuned.max_batch_size))
+    return Layout(instances, max(1, cores // instances), cap), untimed

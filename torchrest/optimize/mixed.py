@@ -1,0 +1,132 @@
+"""Accuracy-aware INT8: which layers of the INT8 graph must stay in float for it to stay faithful.
+
+When the whole-graph INT8 graph breaks the fidelity bound, a few layers usually do most of the harm
+(a depthwise convolution whose activations span a wide range, a layer just before the classifier).
+The search finds a small set of them:
+
+    calibrate once (ranges cached) -> harm of each layer: quantize it alone, distance from fp32
+    -> keep the most harmful 1, 2, 4, ... in float until the held-out agreement meets the bound
+    -> bisect back to the fewest that meet it -> the mixed QDQ graph, and the layers it keeps in float
+
+Harm is ranked on the calibration inputs (the mean KL divergence of the answers from fp32's, which
+moves even where top-1 does not); only the number of layers kept is chosen on the held-out set, which
+the candidate is then measured on like any other. Each step is a QDQ rewrite from the cached ranges plus
+one pass of the runtime that will serve it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from torchrest.postprocess import softmax
+
+RANKING_INPUTS = 64  # calibration inputs each layer's harm is measured on
+MOST_KEPT_SHARE = 0.5  # past half the layers in float, the graph is no longer worth calling INT8
+
+Quantize = Callable[[list[str], Path], Path]  # (layers kept in float, where) -> QDQ graph
+Answer = Callable[[Path, np.ndarray], np.ndarray]  # (graph, inputs) -> logits
+Judge = Callable[[np.ndarray], tuple[float, bool]]  # held-out logits -> (agreement or accuracy, meets the bound)
+
+
+@dataclass
+class MixedSearch:
+    """What the search found, for the report: the harm of each layer, each step tried, and the answer."""
+
+    layers: int = 0  # quantizable layers (Conv, Gemm, MatMul) in the graph
+    harm: dict[str, float] = field(default_factory=dict)  # layer -> mean KL from fp32, that layer alone in int8
+    steps: list[dict[str, float]] = field(default_factory=list)  # {"kept": n, "agreement": a}
+    kept_float: list[str] = field(default_factory=list)
+    criterion: str = "top-1 agreement"  # what `agreement` measures: agreement with fp32, or accuracy
+    agreement: float = 0.0
+    met_bound: bool = False
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        if not self.steps:
+            return ""
+        shown = ", ".join(self.kept_float[:6]) + (", ..." if len(self.kept_float) > 6 else "")
+        verdict = "meets the bound" if self.met_bound else "still breaks the bound"
+        return (
+            f"{len(self.kept_float)} of {self.layers} layers kept in float ({shown or 'none'}): "
+            f"{self.agreement:.1%} held-out {self.criterion}, {verdict}; "
+            f"{len(self.steps)} steps in {self.seconds:.0f} s"
+        )
+
+
+def search_float_layers(
+    layers: list[str],
+    quantize: Quantize,
+    answer: Answer,
+    calibration: np.ndarray,
+    calibration_reference: np.ndarray,
+    held_out: np.ndarray,
+    judge: Judge,
+    criterion: str,
+    workdir: Path,
+    progress: Callable[[str], None] = lambda text: None,
+) -> tuple[Path, MixedSearch]:
+    """The QDQ graph with the fewest float layers (in order of harm) that `judge` passes on the held-out
+    set, or, when none within MOST_KEPT_SHARE does, the most faithful one tried."""
+    started = time.perf_counter()
+    found = MixedSearch(layers=len(layers), criterion=criterion)
+    passed: set[int] = set()
+
+    def agreement(kept: int) -> tuple[float, Path]:
+        path = quantize(ranked[:kept], workdir / f"mixed-{kept}.onnx")
+        value, meets = judge(answer(path, held_out))
+        if meets:
+            passed.add(kept)
+        found.steps.append({"kept": kept, "agreement": value})
+        progress(f"{kept} layers in float: {criterion} {value:.1%}")
+        return value, path
+
+    ranked = list(layers)
+    tried = {0: agreement(0)}  # the whole-graph INT8 graph
+    if 0 in passed:
+        return _found(found, ranked, tried, 0, True, started)
+
+    ranking = calibration[:RANKING_INPUTS]
+    reference_p = softmax(calibration_reference[:RANKING_INPUTS].astype(np.float32))
+    for index, layer in enumerate(layers):
+        progress(f"harm of layer {index + 1}/{len(layers)}")
+        alone = quantize([other for other in layers if other != layer], workdir / "alone.onnx")
+        found.harm[layer] = _kl(reference_p, softmax(answer(alone, ranking).astype(np.float32)))
+    ranked[:] = sorted(layers, key=lambda layer: -found.harm[layer])
+
+    most = max(1, int(len(layers) * MOST_KEPT_SHARE))
+    low, high = 0, 1  # `low` layers in float break the bound; grow `high` until it meets it
+    while (value := agreement(high)) and high not in passed:
+        tried[high] = value
+        if high == most:
+            best = max(tried, key=lambda n: (tried[n][0], -n))
+            return _found(found, ranked, tried, best, False, started)
+        low, high = high, min(2 * high, most)
+    tried[high] = value
+    while high - low > 1:  # bisect to the fewest that meet it
+        middle = (low + high) // 2
+        tried[middle] = agreement(middle)
+        low, high = (low, middle) if middle in passed else (middle, high)
+    return _found(found, ranked, tried, high, True, started)
+
+
+def _found(
+    found: MixedSearch, ranked: list[str], tried: dict[int, tuple[float, Path]], kept: int, met: bool, started: float
+) -> tuple[Path, MixedSearch]:
+    found.agreement, path = tried[kept]
+    found.kept_float = ranked[:kept]
+    found.met_bound = met
+    found.seconds = time.perf_counter() - started
+    return path, found
+
+
+def _kl(reference_p: np.ndarray, candidate_p: np.ndarray) -> float:
+    eps = 1e-9
+    return float(np.mean(np.sum(reference_p * (np.log(reference_p + eps) - np.log(candidate_p + eps)), axis=1)))
