@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # torch is pinned in every install step: an unpinned request pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: install install-dev serve test browser lint format image image-cuda image-test bench bench-quick bench-core bench-container bench-grpc bench-web bench-ceiling clean
+.PHONY: install install-dev serve test browser lint format image image-cuda image-test bench bench-quick bench-core bench-container bench-grpc bench-web bench-ceiling bench-sharing bench-int8 clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -84,6 +84,14 @@ bench-grpc: install-dev
 # The image beside the native server: req/s, cold start, memory, image size (needs wrk and `make image`).
 bench-container: install-dev
 	$(BIN)/python benchmark/container.py $(ARGS)
+
+# Two busy models on one server, with and without the core budget they share (needs wrk).
+bench-sharing: install-dev
+	$(BIN)/python benchmark/sharing.py $(ARGS)
+
+# Whole-graph INT8 recipes side by side: fidelity against speed (NNCF's when `pip install nncf`).
+bench-int8: install-dev
+	$(BIN)/python benchmark/int8_recipes.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -24,6 +24,11 @@ from typing import Any
 
 from harness import ROOT, free_port, log, offline, platform_name, serving, torchrest_command, wrk
 
+from torchrest.config import ServerConfig
+from torchrest.layout import serving_layout
+from torchrest.models.repository import load_from_repository
+from torchrest.optimize.serving import in_process_throughput
+
 
 def served(model_name: str, image: Path, connections: list[int], seconds: float, extra: list[str]) -> list[dict]:
     runs = []
@@ -41,6 +46,21 @@ def served(model_name: str, image: Path, connections: list[int], seconds: float,
     return runs
 
 
+def in_process(repository: Path, name: str, image: bytes, seconds: float) -> dict[str, Any]:
+    """The model as `serve` would lay it out (its config.json layout on this machine's thread budget),
+    driven in process by torchrest's own runtime with full batches: the served figure's ceiling
+    without HTTP, measured in this run."""
+    config = ServerConfig(model=name, model_repository=repository)
+    model = load_from_repository(repository, name)
+    layout, _ = serving_layout(model.layout, config.total_threads)
+    backends = [model.open_backend("cpu", layout.threads, layout.instances) for _ in range(layout.instances)]
+    rate = in_process_throughput(
+        backends, model.input_spec, [image], config.total_threads, layout.max_batch_size, seconds
+    )
+    log(f"  in process {name} ({layout.describe()}): {rate:7.1f} img/s")
+    return {"layout": layout.to_dict(), "in_process_img_per_s": rate}
+
+
 def write_report(results: dict[str, Any], out: Path, stem: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
@@ -51,17 +71,23 @@ def write_report(results: dict[str, Any], out: Path, stem: str) -> None:
         f"Machine: {results['machine']}. Image: `{results['image']}`. Backend: {backends}. "
         f"Command: `{results['command']}`",
         "",
-        "| model | offline img/s (best batch) | bs1 latency ms | connections | served req/s | served/offline "
-        "| p50 ms | p99 ms | errors |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | offline img/s (best batch) | in process img/s (layout) | bs1 latency ms | connections "
+        "| served req/s | served/offline | served/in process | p50 ms | p99 ms | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, model in results["models"].items():
         off = model["offline"]
+        inside = off.get("in_process_img_per_s")
+        layout = off.get("layout")
+        shown = "-"
+        if inside and layout:
+            shown = f"{inside:.1f} ({layout['instances']} x {layout['threads']}, cap {layout['max_batch_size']})"
         for run in model["served"]:
+            of_inside = f"{run['req_per_s'] / inside:.0%}" if inside else "-"
             lines.append(
-                f"| {name} | {off['best_img_per_s']:.1f} (bs {off['best_batch_size']}) "
+                f"| {name} | {off['best_img_per_s']:.1f} (bs {off['best_batch_size']}) | {shown} "
                 f"| {off['single_image_latency_ms_p50']:.1f} | {run['connections']} | {run['req_per_s']:.1f} "
-                f"| {run['req_per_s'] / off['best_img_per_s']:.0%} | {run['latency_ms']['p50']:.1f} "
+                f"| {run['req_per_s'] / off['best_img_per_s']:.0%} | {of_inside} | {run['latency_ms']['p50']:.1f} "
                 f"| {run['latency_ms']['p99']:.1f} | {run['error_count']} |"
             )
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
@@ -131,6 +157,8 @@ def main() -> int:
         log(f"{name}: offline decode + model, batch sizes {args.batch_sizes}")
         sizes = [int(b) for b in args.batch_sizes.split(",")]
         off = offline(name, image_bytes, sizes, args.offline_seconds, args.model_repository)
+        if args.model_repository:
+            off |= in_process(args.model_repository, name, image_bytes, args.duration)
         log(f"{name}: served, wrk at {args.connections} connections, {args.duration:.0f} s each")
         extra = args.server_args.split()
         if args.model_repository:
@@ -139,6 +167,8 @@ def main() -> int:
         results["models"][name] = {"offline": off, "served": runs}
         for run in runs:
             run["ratio_to_offline"] = run["req_per_s"] / off["best_img_per_s"]
+            if "in_process_img_per_s" in off:
+                run["ratio_to_in_process"] = run["req_per_s"] / off["in_process_img_per_s"]
     out = args.out or ROOT / "benchmark" / "results" / dt.date.today().isoformat()
     write_report(results, out, args.stem)
     print((out / f"{args.stem}.md").read_text())

@@ -132,7 +132,9 @@ def test_int8_mixed_keeps_the_most_harmful_layers_in_float(tmp_path: Path) -> No
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = read_report(tmp_path / "out" / "efficientnet_lite0")
-    mixed = report["mixed_int8"]
+    assert set(report["mixed_int8"]) == {"openvino", "onnxruntime"}  # each runtime finds its own count
+    assert report["mixed_int8"]["openvino"]["harm"] == report["mixed_int8"]["onnxruntime"]["harm"]  # one ranking
+    mixed = report["mixed_int8"]["openvino"]
     assert mixed["layers"] > 40 and len(mixed["harm"]) == mixed["layers"]
     assert all(value >= 0 for value in mixed["harm"].values())
     assert mixed["steps"][0]["kept"] == 0 and mixed["steps"][0]["agreement"] < 1

@@ -83,11 +83,6 @@ class ServerConfig(ModelSource):
         0, "instances of each model, each with its own inference thread (0: the model's config.json layout, else 1)"
     )
     threads: int = option(0, "thread budget of the models' instances (0: one per core)")
-    share_cores: bool = option(
-        True,
-        "models take turns on the cores: each batch leases its instance's threads from the thread budget "
-        "(off: every model runs its batches at once, oversubscribing the cores when several are busy)",
-    )
     preprocess_threads: int = option(0, "threads that decode images (0: one per core)")
     decode_ahead: bool = option(
         True, "decode each image as soon as it is queued, overlapping the model's run (off: when its batch runs)"

@@ -9,8 +9,12 @@ writes the best into the model folder's config.json; `serve` uses it, scaled to 
     threads    = budget / instances
     batch cap  = the layout's, unless --tune-batch re-times it at start-up
 
-Every model is laid out on the whole budget: several busy models take turns on it batch by batch
-(torchrest.core_budget) rather than each owning a slice that idles when it does.
+Every model of a repository is laid out on the whole budget, and busy models overlap on the cores: one
+model's instances leave gaps (decode, hand-offs, the serial parts of a network) that the other's fill.
+benchmark/sharing.py measures it: the two models' shares of their lone throughput sum to more than one.
+(Strict turns, each batch leasing its threads from a shared budget, were built and measured too: they
+lost that overlap, 1.05 against 1.41 with one 2-thread instance per model; results/2026-11-27/
+sharing-budget-*.md.)
 Flags the operator sets (--instances, --max-batch-size) win over config.json.
 """
 

@@ -29,7 +29,6 @@ import numpy as np
 
 from torchrest.backends import Backend
 from torchrest.batching import Admission, BatchQueue, Job, StageTimes, Taken
-from torchrest.core_budget import CoreBudget
 from torchrest.errors import DeadlineExceeded, ModelError, QueueFull, TorchrestError, first_line
 from torchrest.metrics import Metrics, ModelStats, RecentActivity
 from torchrest.models.common import LoadedModel
@@ -103,11 +102,9 @@ class ModelRuntime:
         metrics: Metrics,
         loop: asyncio.AbstractEventLoop,
         threads: int = 1,
-        cores: CoreBudget | None = None,
     ) -> None:
         self.model = model
         self.threads = threads  # intra-op threads of each instance
-        self.cores = cores  # shared with the other models: each batch leases its threads (None: no sharing)
         self.instances = [Instance(index, backend) for index, backend in enumerate(backends)]
         self.reopen = reopen  # opens a fresh backend for an instance that died (None: restart not possible)
         self.preprocessor = preprocessor
@@ -315,8 +312,7 @@ class ModelRuntime:
         if not size:
             return
         try:
-            with self.cores.lease(self.threads) if self.cores is not None else contextlib.nullcontext():
-                logits = backend.run(buffer[:size])
+            logits = backend.run(buffer[:size])
             ran = time.monotonic()
             probabilities = softmax(logits)
             best = probabilities.argmax(axis=1).tolist()

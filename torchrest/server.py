@@ -24,7 +24,6 @@ from torchrest.api import AppState, build_app
 from torchrest.api.protocol import guarded_protocol
 from torchrest.backends import Backend, resolve_device
 from torchrest.config import ServerConfig
-from torchrest.core_budget import CoreBudget
 from torchrest.errors import LoadFailed, StartupError, first_line
 from torchrest.layout import serving_layout
 from torchrest.manager import ModelManager
@@ -51,9 +50,8 @@ def serve(config: ServerConfig) -> int:
     configure_torch(config)
     hand_off_gil_quickly()
     metrics = Metrics()
-    cores = CoreBudget(config.total_threads) if config.share_cores and not device.startswith("cuda") else None
     models = ModelManager(
-        lambda model, loop: start_runtime(model, device, config, metrics, loop, cores),
+        lambda model, loop: start_runtime(model, device, config, metrics, loop),
         config.model_repository,
         config.default_model,
         config.drain_timeout,
@@ -153,13 +151,11 @@ def start_runtime(
     config: ServerConfig,
     metrics: Metrics,
     loop: asyncio.AbstractEventLoop,
-    cores: CoreBudget | None = None,
 ) -> ModelRuntime:
     """Open a model's instances, warm them up, start their threads (blocking: run it off the loop).
 
     The model is laid out on the whole thread budget as its config.json says, unless the flags say
-    otherwise (torchrest.layout); with `cores`, its batches take turns with the other models' on them
-    (torchrest.core_budget)."""
+    otherwise (torchrest.layout)."""
     layout, untimed = serving_layout(
         model.layout,
         config.total_threads,
@@ -170,7 +166,7 @@ def start_runtime(
     tune = untimed and config.tune_batch is not False
 
     def reopen() -> Backend:
-        return model.open_backend(device, layout.threads)
+        return model.open_backend(device, layout.threads, layout.instances)
 
     backends = [reopen() for _ in range(layout.instances)]
     preprocessor = Preprocessor(model.input_spec, config.max_image_pixels, config.decode_threads, config.decode_ahead)
@@ -185,7 +181,6 @@ def start_runtime(
         metrics=metrics,
         loop=loop,
         threads=layout.threads,
-        cores=cores,
     )
     runtime.warm_up(tune)
     log.info(

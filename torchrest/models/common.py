@@ -62,7 +62,7 @@ class LoadedModel:
     pretrained: bool
     source: str
     metadata: dict[str, object] = field(default_factory=dict)
-    opener: Callable[[str, int], Backend] | None = None  # (device, threads) -> Backend
+    opener: Callable[[str, int, int], Backend] | None = None  # (device, threads, instances) -> Backend
     layout: Layout | None = None  # the serving layout optimize measured best (config.json), if any
 
     @property
@@ -70,10 +70,10 @@ class LoadedModel:
         """The version served (a repository's version folder; 1 for built-in and TorchScript models)."""
         return str(self.metadata.get("version", "1"))
 
-    def open_backend(self, device: str, threads: int) -> Backend:
+    def open_backend(self, device: str, threads: int, instances: int = 1) -> Backend:
         """One instance of this model on `device`, pinned to `threads` intra-op threads."""
         if self.opener is not None:
-            return self.opener(device, threads)
+            return self.opener(device, threads, instances)
         assert self.module is not None, "a LoadedModel has a module or an opener"
         name = "torchscript" if self.metadata.get("format") == "torchscript" else "torch_eager"
         return TorchBackend(self.module, device=device, threads=threads, name=name)

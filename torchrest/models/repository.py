@@ -120,8 +120,8 @@ def load_model_folder(folder: Path) -> LoadedModel:
             "candidate": config.candidate,
             "version": version,
         },
-        opener=lambda device, threads: open_backend(
-            config.backend, artifact, device=device, threads=threads, options=options
+        opener=lambda device, threads, instances: open_backend(
+            config.backend, artifact, device=device, threads=threads, options=options | {"streams": str(instances)}
         ),
         layout=layout,
     )

@@ -61,7 +61,7 @@ class Context:
     held_out_labels: np.ndarray | None = None  # the held-out inputs' classes (-1: unlabelled)
     max_accuracy_drop: float | None = None  # when set, the bound is on top-1 accuracy, not agreement
     progress: Callable[[str], None] = lambda text: None  # what the candidate being built is doing
-    mixed: MixedSearch | None = None  # what the accuracy-aware INT8 search found, once it has run
+    mixed: dict[str, MixedSearch] = field(default_factory=dict)  # the INT8 search, by the runtime it judged on
     _forms: dict[str, Path] = field(default_factory=dict)
     _weighted: list[str] = field(default_factory=list)
 
@@ -167,15 +167,18 @@ class Context:
         _, weighted = self.quantizable()
         return [weighted[0], weighted[-1]] if len(weighted) > 2 else []
 
-    def onnx_int8_mixed(self) -> Path:
-        """The INT8 graph with the fewest layers kept in float that meets the bound (torchrest.optimize.mixed);
-        the whole-graph one when it already does."""
-        if "onnx-int8-mixed" not in self._forms:
+    def onnx_int8_mixed(self, runtime: str) -> Path:
+        """The INT8 graph with the fewest layers kept in float that meets the bound when `runtime` runs it
+        (torchrest.optimize.mixed); the whole-graph one when it already does. The layers' harm is ranked
+        once, with the first runtime searched; each runtime then finds its own count (their INT8 kernels
+        round differently)."""
+        key = f"onnx-int8-mixed-{runtime}"
+        if key not in self._forms:
             assert self.held_out is not None, "the accuracy-aware search checks its bound on the held-out set"
             _, weighted = self.quantizable()
             always = set(self.always_float())
             layers = [layer for layer in weighted if layer not in always]
-            run = self._quick_runner()
+            run = self._quick_runner(runtime)
             calibration_reference = run(self.onnx(), self.calibration)
             held_out_reference = run(self.onnx(), self.held_out)
             if self.max_accuracy_drop is not None and self.held_out_labels is not None:
@@ -194,7 +197,8 @@ class Context:
                     return value, value >= 1 - self.bound - 1e-9
 
                 criterion = "top-1 agreement"
-            path, self.mixed = search_float_layers(
+            ranked_before = next(iter(self.mixed.values()), None)
+            path, self.mixed[runtime] = search_float_layers(
                 layers,
                 lambda keep, at: self.onnx_int8(keep, at),
                 run,
@@ -203,17 +207,18 @@ class Context:
                 self.held_out,
                 judge,
                 criterion,
-                self.workdir,
+                self.workdir / runtime,
                 self.progress,
+                harm=ranked_before.harm if ranked_before is not None and ranked_before.harm else None,
             )
-            self._forms["onnx-int8-mixed"] = path
-        return self._forms["onnx-int8-mixed"]
+            self._forms[key] = path
+        return self._forms[key]
 
-    def _quick_runner(self) -> Callable[[Path, np.ndarray], np.ndarray]:
-        """(ONNX graph, inputs) -> logits, with the fastest runtime here to open a graph and answer."""
+    def _quick_runner(self, runtime: str) -> Callable[[Path, np.ndarray], np.ndarray]:
+        """(ONNX graph, inputs) -> logits, on `runtime` (openvino or onnxruntime)."""
 
         def run(path: Path, inputs: np.ndarray) -> np.ndarray:
-            if OPENVINO.missing() is None:
+            if runtime == OPENVINO.name:
                 backend: Backend = OpenVINOBackend(path, threads=self.threads, precision="fp32")
             else:
                 backend = OnnxRuntimeBackend(path, device="cpu", threads=self.threads)
@@ -352,25 +357,28 @@ def onnxruntime_int8(ctx: Context) -> Built:
 
 
 def onnxruntime_int8_mixed(ctx: Context) -> Built:
-    path = ctx.onnx_int8_mixed()
+    path = ctx.onnx_int8_mixed(ONNXRUNTIME.name)
     backend = OnnxRuntimeBackend(path, device=ctx.device, threads=ctx.threads)
-    return Built(backend, path, ONNXRUNTIME.name, detail=_mixed_detail(ctx))
+    return Built(backend, path, ONNXRUNTIME.name, detail=_mixed_detail(ctx, ONNXRUNTIME.name))
 
 
 def openvino(precision: str, int8: str = "") -> Callable[[Context], Built]:
     """`int8`: "" (float graph), "whole" (every layer but the first and last in INT8) or "mixed"."""
 
     def build(ctx: Context) -> Built:
-        path = {"": ctx.onnx, "whole": ctx.onnx_int8, "mixed": ctx.onnx_int8_mixed}[int8]()
+        if int8 == "mixed":
+            path = ctx.onnx_int8_mixed(OPENVINO.name)
+        else:
+            path = ctx.onnx_int8() if int8 == "whole" else ctx.onnx()
         backend = OpenVINOBackend(path, threads=ctx.threads, precision=precision)
-        detail = _mixed_detail(ctx) if int8 == "mixed" else ""
+        detail = _mixed_detail(ctx, OPENVINO.name) if int8 == "mixed" else ""
         return Built(backend, path, OPENVINO.name, {"inference_precision": precision}, detail)
 
     return build
 
 
-def _mixed_detail(ctx: Context) -> str:
-    return ctx.mixed.summary() if ctx.mixed is not None else ""
+def _mixed_detail(ctx: Context, runtime: str) -> str:
+    return ctx.mixed[runtime].summary() if runtime in ctx.mixed else ""
 
 
 def tensorrt(ctx: Context) -> Built:

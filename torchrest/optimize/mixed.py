@@ -72,10 +72,13 @@ def search_float_layers(
     criterion: str,
     workdir: Path,
     progress: Callable[[str], None] = lambda text: None,
+    harm: dict[str, float] | None = None,
 ) -> tuple[Path, MixedSearch]:
     """The QDQ graph with the fewest float layers (in order of harm) that `judge` passes on the held-out
-    set, or, when none within MOST_KEPT_SHARE does, the most faithful one tried."""
+    set, or, when none within MOST_KEPT_SHARE does, the most faithful one tried. `harm` reuses a ranking
+    measured before (with another runtime) instead of measuring it again."""
     started = time.perf_counter()
+    workdir.mkdir(parents=True, exist_ok=True)
     found = MixedSearch(layers=len(layers), criterion=criterion)
     passed: set[int] = set()
 
@@ -95,7 +98,9 @@ def search_float_layers(
 
     ranking = calibration[:RANKING_INPUTS]
     reference_p = softmax(calibration_reference[:RANKING_INPUTS].astype(np.float32))
-    for index, layer in enumerate(layers):
+    if harm is not None:
+        found.harm = dict(harm)
+    for index, layer in enumerate(layer for layer in layers if layer not in found.harm):
         progress(f"harm of layer {index + 1}/{len(layers)}")
         alone = quantize([other for other in layers if other != layer], workdir / "alone.onnx")
         found.harm[layer] = _kl(reference_p, softmax(answer(alone, ranking).astype(np.float32)))

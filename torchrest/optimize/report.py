@@ -62,7 +62,7 @@ class Report:
     created: str
     chosen: str | None = None
     notes: list[str] = field(default_factory=list)  # what makes these figures weaker than they look
-    mixed_int8: dict[str, Any] | None = None  # the accuracy-aware INT8 search (torchrest.optimize.mixed)
+    mixed_int8: dict[str, Any] = field(default_factory=dict)  # the INT8 search (optimize.mixed), by runtime
     objective: str = "throughput"
     max_accuracy_drop: float | None = None  # the bound was on accuracy (labelled photos), not agreement
     layouts: list[LayoutResult] = field(default_factory=list)  # the served layouts measured (CPU only)
@@ -135,7 +135,8 @@ def markdown(report: Report) -> str:
         for c in measured:
             rates = " | ".join(_num(c.throughput.get(size), "{:.1f}") for size in report.batch_sizes)
             lines.append(f"| {c.name} | {rates} |")
-    lines += _mixed_section(report.mixed_int8)
+    for runtime, search in report.mixed_int8.items():
+        lines += _mixed_section(runtime, search)
     lines += _layouts_section(report)
     versions = ", ".join(f"{name} {version}" for name, version in report.versions.items())
     lines += ["", f"Versions: {versions}.", ""]
@@ -147,36 +148,47 @@ def _layouts_section(report: Report) -> list[str]:
     if not report.layouts:
         return []
     chosen = next(layout for layout in report.layouts if layout.chosen)
+    baseline = next((layout for layout in report.layouts if layout.baseline), None)
     lines = [
         "",
         f"Served layouts (the real runtime in process, the calibration photos sent as files; objective "
         f"{report.objective}): **{chosen.candidate}, {chosen.layout.describe()}**, written to config.json.",
+        *(
+            [
+                f"Served, that is {chosen.throughput / baseline.throughput:.2f}x the fp32 reference as serve runs "
+                f"a model without a layout ({baseline.candidate}, {baseline.layout.describe()}: "
+                f"{baseline.throughput:.1f} img/s)."
+            ]
+            if baseline
+            else []
+        ),
         "",
         "| candidate | instances x threads | batch cap | img/s (full batches) | p50 ms (one in flight) |",
         "|---|---|---|---|---|",
     ]
     for layout in report.layouts:
         mark = "**" if layout.chosen else ""
+        name = f"{layout.candidate} (baseline)" if layout.baseline else layout.candidate
         lines.append(
-            f"| {mark}{layout.candidate}{mark} | {layout.instances} x {layout.threads} | {layout.max_batch_size} | "
+            f"| {mark}{name}{mark} | {layout.instances} x {layout.threads} | {layout.max_batch_size} | "
             f"{mark}{layout.throughput:.1f}{mark} | {layout.p50_ms:.1f} |"
         )
     return lines
 
 
-def _mixed_section(mixed: dict[str, Any] | None) -> list[str]:
+def _mixed_section(runtime: str, mixed: dict[str, Any]) -> list[str]:
     """The accuracy-aware INT8 search: the steps it took and the layers that did the most harm."""
-    if not mixed or not mixed["steps"]:
+    if not mixed["steps"]:
         return []
     lines = [
         "",
-        "Accuracy-aware INT8 (the `-int8-mixed` candidates): layers ranked by the harm each does quantized "
-        "alone (mean KL divergence from fp32 on calibration inputs), then the most harmful kept in float, "
-        f"as few as meet the bound on the held-out set. {len(mixed['kept_float'])} of {mixed['layers']} layers "
-        f"kept in float, {mixed['agreement']:.1%} agreement ({'meets' if mixed['met_bound'] else 'breaks'} the "
-        f"bound), in {mixed['seconds']:.0f} s.",
+        f"Accuracy-aware INT8 on {runtime} (`{runtime}-int8-mixed`): layers ranked by the harm each does "
+        "quantized alone (mean KL divergence from fp32 on calibration inputs), then the most harmful kept in "
+        f"float, as few as meet the bound on the held-out set. {len(mixed['kept_float'])} of {mixed['layers']} "
+        f"layers kept in float, {mixed['agreement']:.1%} {mixed['criterion']} "
+        f"({'meets' if mixed['met_bound'] else 'breaks'} the bound), in {mixed['seconds']:.0f} s.",
         "",
-        "| layers in float | held-out top-1 agreement |",
+        f"| layers in float | held-out {mixed['criterion']} |",
         "|---|---|",
         *(f"| {step['kept']} | {step['agreement']:.1%} |" for step in mixed["steps"]),
     ]
@@ -198,6 +210,7 @@ def plot(report: Report, path: Path) -> Path:
     axes = panels[0] if report.layouts else panels
     if report.layouts:
         _plot_layouts(report, panels[1])
+    axes.set_prop_cycle(color=[plt.get_cmap("tab20")(index) for index in range(20)])
     for c in report.candidates:
         if not c.throughput:
             continue
@@ -221,7 +234,7 @@ def plot(report: Report, path: Path) -> Path:
 
 def _plot_layouts(report: Report, axes: Any) -> None:
     """Throughput with full batches against a lone request's p50: the trade a user picks from."""
-    for candidate in dict.fromkeys(layout.candidate for layout in report.layouts):
+    for candidate in dict.fromkeys(layout.candidate for layout in report.layouts if not layout.baseline):
         mine = [lay for lay in report.layouts if lay.candidate == candidate]
         for split in dict.fromkeys((lay.instances, lay.threads) for lay in mine):
             points = [lay for lay in mine if (lay.instances, lay.threads) == split]
@@ -231,9 +244,13 @@ def _plot_layouts(report: Report, axes: Any) -> None:
                 marker="o",
                 label=f"{candidate} {split[0]} x {split[1]} (p50 {points[0].p50_ms:.1f} ms alone)",
             )
+    for baseline in (layout for layout in report.layouts if layout.baseline):
+        axes.axhline(baseline.throughput, color="grey", linestyle=":", label=f"{baseline.candidate}, served plainly")
     chosen = next(layout for layout in report.layouts if layout.chosen)
     axes.scatter([chosen.max_batch_size], [chosen.throughput], s=200, facecolors="none", edgecolors="black", zorder=5)
+    caps = sorted({layout.max_batch_size for layout in report.layouts})
     axes.set_xscale("log", base=2)
+    axes.set_xticks(caps, [str(cap) for cap in caps])
     axes.set_xlabel("batch cap")
     axes.set_ylabel("images / s, served in process")
     axes.set_ylim(bottom=0)

@@ -119,7 +119,7 @@ def optimize(config: OptimizeConfig) -> Outcome:
             created=dt.datetime.now().isoformat(timespec="seconds"),
             chosen=chosen.name,
             notes=_notes(model, reference_top1),
-            mixed_int8=ctx.mixed.to_dict() if ctx.mixed is not None else None,
+            mixed_int8={runtime: search.to_dict() for runtime, search in ctx.mixed.items()},
             objective=config.objective,
             layouts=layouts,
         )
@@ -229,8 +229,9 @@ def _search_layouts(
         built = artifacts[result.name]
         options = {"precision": result.precision, "name": result.name, **built.options}
 
-        def opener(count: int, built: Built = built, options: dict[str, str] = options) -> Backend:
-            return open_backend(built.kind, built.artifact, device=device, threads=count, options=options)
+        def opener(count: int, instances: int, built: Built = built, options: dict[str, str] = options) -> Backend:
+            streams = {"streams": str(instances)}
+            return open_backend(built.kind, built.artifact, device=device, threads=count, options=options | streams)
 
         measured += measure_layouts(
             result.name,
@@ -240,18 +241,43 @@ def _search_layouts(
             threads,
             batch_sizes,
             config.seconds_per_point,
-            lambda text, name=result.name: progress.set_postfix_str(f"{name}: {text}"),
+            _step(progress, result.name),
+        )
+    reference = next(r for r in results if r.name == REFERENCE)
+    if fastest is not reference and reference.best_batch_size:
+        progress.set_postfix_str(f"{REFERENCE}: as served without a layout")
+        built = artifacts[REFERENCE]
+        options = {"precision": reference.precision, "name": REFERENCE, **built.options}
+
+        def plain(count: int, instances: int) -> Backend:
+            return open_backend(built.kind, built.artifact, device=device, threads=count, options=options)
+
+        measured += measure_layouts(
+            REFERENCE,
+            plain,
+            model.input_spec,
+            samples.files,
+            threads,
+            [reference.best_batch_size],
+            config.seconds_per_point,
+            baseline=True,
         )
     progress.close()
     best = choose_layout(measured, config.objective)
     for layout in measured:
-        mark = " (chosen)" if layout.chosen else ""
+        mark = (
+            " (chosen)" if layout.chosen else " (the reference as served without a layout)" if layout.baseline else ""
+        )
         tqdm.write(
             f"  {layout.candidate:<22} {layout.instances} x {layout.threads} threads, batch cap "
             f"{layout.max_batch_size:<3} {layout.throughput:7.1f} img/s, lone request p50 {layout.p50_ms:.1f} ms{mark}"
         )
     log.info("served layout: %s %s", best.candidate, best.layout.describe())
     return measured
+
+
+def _step(progress: tqdm, name: str) -> Callable[[str], None]:
+    return lambda text: progress.set_postfix_str(f"{name}: {text}")
 
 
 def layouts_chosen(layouts: list[LayoutResult]) -> LayoutResult:

@@ -68,7 +68,8 @@ def sample_sets(
         named = path.parent.name if path.parent != folder else ""
         if named and named not in classes:
             classes[named] = class_index(named, labels or [])
-        photos.append((data, _open_rgb(data), classes.get(named) if named and classes.get(named) is not None else -1))
+        label = classes.get(named) if named else None
+        photos.append((data, _open_rgb(data), -1 if label is None else label))
     if not photos:
         raise StartupError(f"calibration folder {folder} holds no image torchrest can decode (jpg, png, webp, bmp)")
     if len(photos) >= SPLIT_FROM:

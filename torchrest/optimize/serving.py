@@ -47,6 +47,7 @@ class LayoutResult:
     throughput: float  # img/s, answered, with the batches kept full
     p50_ms: float  # one request in flight
     chosen: bool = False
+    baseline: bool = False  # the fp32 reference as serve runs a model without a layout: never chosen
 
     @property
     def layout(self) -> Layout:
@@ -58,30 +59,42 @@ class LayoutResult:
 
 def measure_layouts(
     candidate: str,
-    open_backend: Callable[[int], Backend],  # threads -> a fresh backend
+    open_backend: Callable[[int, int], Backend],  # (threads, instances) -> one instance's backend
     spec: InputSpec,
     files: list[bytes],
     cores: int,
     caps: list[int],
     seconds: float,
     progress: Callable[[str], None] = lambda text: None,
+    baseline: bool = False,
 ) -> list[LayoutResult]:
-    """Every split of `cores` at every batch cap in `caps`, for one candidate."""
+    """Every split of `cores` at every batch cap in `caps`, for one candidate; with `baseline`, only one
+    instance with every thread (how serve runs a model without a layout)."""
     results = []
-    for instances, threads in splits(cores):
-        backends = [open_backend(threads) for _ in range(instances)]
+    for instances, threads in splits(cores)[:1] if baseline else splits(cores):
+        backends = [open_backend(threads, instances) for _ in range(instances)]
         p50_ms = 0.0
         for cap in sorted(caps):
             progress(f"{instances} x {threads} threads, batches of {cap}")
             rate, latency = asyncio.run(_drive(backends, spec, files, cores, cap, seconds, lone=p50_ms == 0.0))
             p50_ms = p50_ms or latency
-            results.append(LayoutResult(candidate, instances, threads, cap, rate, p50_ms))
+            results.append(LayoutResult(candidate, instances, threads, cap, rate, p50_ms, baseline=baseline))
         del backends
     return results
 
 
+def in_process_throughput(
+    backends: list[Backend], spec: InputSpec, files: list[bytes], cores: int, cap: int, seconds: float
+) -> float:
+    """Img/s of the real runtime over `backends` (one per instance) with full batches of up to `cap`:
+    what a server laid out so could answer without HTTP (benchmark/core.py compares it with wrk)."""
+    rate, _ = asyncio.run(_drive(backends, spec, files, cores, cap, seconds, lone=False))
+    return rate
+
+
 def choose_layout(results: list[LayoutResult], objective: str) -> LayoutResult:
     """Marks and returns the layout `objective` prefers (see the module's docstring)."""
+    results = [result for result in results if not result.baseline]
     quickest = min(result.p50_ms for result in results)
     if objective == LATENCY:
         near = [r for r in results if r.p50_ms <= 1.05 * quickest]
