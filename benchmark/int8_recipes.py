@@ -31,7 +31,7 @@ from torchrest.backends.openvino_backend import cpu_capabilities
 from torchrest.config import OptimizeConfig
 from torchrest.cores import available_cores
 from torchrest.models.registry import load_model
-from torchrest.optimize.candidates import Context, _CalibrationReader, _quiet, has_vnni
+from torchrest.optimize.candidates import Context, has_vnni, static_int8
 from torchrest.optimize.fidelity import compare
 from torchrest.optimize.samples import sample_sets
 from torchrest.timing import median_call_s
@@ -44,7 +44,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmark" / "results" / dt.date.today().isoformat())
     args = parser.parse_args()
     import openvino as ov
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod
 
     threads = available_cores()
     torch.set_num_threads(threads)
@@ -87,24 +87,8 @@ def main() -> int:
             log(f"{recipe:<42} top-1 agreement {agreement:6.1%}  {speed:7.1f} img/s  (built in {build_s:.0f} s)")
 
         def ort(name: str, **options: Any) -> Callable[[], str]:
-            def make() -> str:
-                out = Path(scratch) / f"{name}.onnx"
-                with _quiet():
-                    quantize_static(
-                        str(prepared),
-                        str(out),
-                        _CalibrationReader(samples.calibration),
-                        quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8,
-                        per_channel=True,
-                        reduce_range=not has_vnni(),
-                        nodes_to_exclude=ctx.always_float(),
-                        **options,
-                    )
-                return str(out)
-
-            return make
+            out = Path(scratch) / f"{name}.onnx"
+            return lambda: str(static_int8(prepared, out, samples.calibration, ctx.always_float(), **options))
 
         rows.append({"recipe": "fp32 (OpenVINO)", "agreement": 1.0, "img_per_s": reference_speed, "build_s": 0.0})
         if "BF16" in cpu_capabilities():

@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -128,24 +129,15 @@ class Context:
         """
         if keep_float is None and "onnx-int8" in self._forms:
             return self._forms["onnx-int8"]
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-        prepared, layers = self.quantizable()
+        prepared, _ = self.quantizable()
         out = path or self.workdir / "model-int8.onnx"
-        with _quiet():
-            quantize_static(
-                str(prepared),
-                str(out),
-                _CalibrationReader(self.calibration),
-                quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-                reduce_range=not has_vnni(),
-                calibrate_method=CalibrationMethod.MinMax,
-                nodes_to_exclude=[*self.always_float(), *(keep_float or [])],
-                calibration_cache_path=str(self.workdir / "int8-ranges.json"),
-            )
+        static_int8(
+            prepared,
+            out,
+            self.calibration,
+            [*self.always_float(), *(keep_float or [])],
+            calibration_cache_path=str(self.workdir / "int8-ranges.json"),
+        )
         if keep_float is None:
             self._forms["onnx-int8"] = out
         return out
@@ -229,6 +221,28 @@ class Context:
 
 
 WEIGHTED_OPS = {"Conv", "Gemm", "MatMul"}
+
+
+def static_int8(prepared: Path, out: Path, calibration: np.ndarray, keep_float: list[str], **options: Any) -> Path:
+    """ONNX Runtime's static quantization to QDQ, the recipe `Context.onnx_int8` documents; `options` are
+    more of quantize_static's arguments (a calibration method, a cache of ranges)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    settings: dict[str, Any] = {"calibrate_method": CalibrationMethod.MinMax, **options}
+    with _quiet():
+        quantize_static(
+            str(prepared),
+            str(out),
+            _CalibrationReader(calibration),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=not has_vnni(),
+            nodes_to_exclude=keep_float,
+            **settings,
+        )
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -218,14 +218,8 @@ def plot(report: Report, path: Path) -> Path:
         style = {"linewidth": 3} if c.chosen else {"linewidth": 1.2, "linestyle": "-" if c.status == OK else ":"}
         label = f"{c.name}{' (chosen)' if c.chosen else ''}{' (rejected)' if c.status == REJECTED else ''}"
         axes.plot(sizes, [c.throughput[s] for s in sizes], marker="o", label=label, **style)
-    axes.set_xscale("log", base=2)
-    axes.set_xticks(report.batch_sizes, [str(size) for size in report.batch_sizes])
-    axes.set_xlabel("batch size")
-    axes.set_ylabel("images / s")
-    axes.set_ylim(bottom=0)
-    axes.set_title(f"{report.model}: throughput by candidate ({report.device}, {report.threads} threads)")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="best")
+    title = f"{report.model}: throughput by candidate ({report.device}, {report.threads} threads)"
+    _batch_axes(axes, report.batch_sizes, "batch size", "images / s", title)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
@@ -249,12 +243,17 @@ def _plot_layouts(report: Report, axes: Any) -> None:
     chosen = next(layout for layout in report.layouts if layout.chosen)
     axes.scatter([chosen.max_batch_size], [chosen.throughput], s=200, facecolors="none", edgecolors="black", zorder=5)
     caps = sorted({layout.max_batch_size for layout in report.layouts})
+    title = f"served layouts (circled: chosen, objective {report.objective})"
+    _batch_axes(axes, caps, "batch cap", "images / s, served in process", title)
+
+
+def _batch_axes(axes: Any, sizes: list[int], xlabel: str, ylabel: str, title: str) -> None:
     axes.set_xscale("log", base=2)
-    axes.set_xticks(caps, [str(cap) for cap in caps])
-    axes.set_xlabel("batch cap")
-    axes.set_ylabel("images / s, served in process")
+    axes.set_xticks(sizes, [str(size) for size in sizes])
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
     axes.set_ylim(bottom=0)
-    axes.set_title(f"served layouts (circled: chosen, objective {report.objective})")
+    axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="best")
 
