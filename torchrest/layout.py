@@ -58,8 +58,8 @@ class Layout:
 
 
 def splits(cores: int) -> list[tuple[int, int]]:
-    """The ways to split `cores` into instances x threads that use them all (or nearly: 3 cores as 2 x 1
-    would idle one), fewest instances first: 4 cores -> 1x4, 2x2, 4x1."""
+    """The ways to split `cores` into instances x threads that use every core, fewest instances first:
+    4 cores -> 1x4, 2x2, 4x1."""
     found = {(instances, cores // instances) for instances in range(1, cores + 1) if cores % instances == 0}
     return sorted(found)
 
