@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from torchrest.layout import DEFAULT_MAX_BATCH, Layout, serving_layout, splits
+from torchrest.optimize.serving import LATENCY, THROUGHPUT, LayoutResult, choose_layout
 
 
 def test_splits_use_every_core() -> None:
@@ -38,3 +39,23 @@ def test_model_without_a_layout_gets_one_instance_and_a_timed_cap() -> None:
     assert serving_layout(None, 4) == (Layout(1, 4, DEFAULT_MAX_BATCH), True)
     assert serving_layout(None, 4, instances=2) == (Layout(2, 2, DEFAULT_MAX_BATCH), True)
     assert serving_layout(None, 4, max_batch_size=5) == (Layout(1, 4, 5), False)
+
+
+def measured(instances: int, threads: int, cap: int, throughput: float, p50_ms: float) -> LayoutResult:
+    return LayoutResult("openvino-fp32", instances, threads, cap, throughput, p50_ms)
+
+
+def test_objectives_choose_from_the_measured_trade() -> None:
+    one_stream = [measured(1, 2, 1, 120.0, 8.8), measured(1, 2, 4, 160.0, 8.8), measured(1, 2, 8, 162.0, 8.8)]
+    two_streams = [measured(2, 1, 2, 169.0, 12.2), measured(2, 1, 8, 170.0, 12.2)]
+    too_slow_alone = [measured(4, 1, 8, 200.0, 30.0)]  # more than 2x the quickest lone request
+    tried = one_stream + two_streams + too_slow_alone
+    # throughput: the most img/s within the latency slack; within 5% of it, the smaller batch cap
+    assert choose_layout(tried, THROUGHPUT) is two_streams[0]
+    assert sum(result.chosen for result in tried) == 1
+    # latency: the quickest lone request, then the most img/s
+    fresh = [measured(r.instances, r.threads, r.max_batch_size, r.throughput, r.p50_ms) for r in tried]
+    assert (choose_layout(fresh, LATENCY).instances, choose_layout(fresh, LATENCY).max_batch_size) == (1, 8)
+    # the baseline (the reference served plainly) is never chosen, however fast
+    baseline = LayoutResult("torch-eager", 1, 2, 4, 999.0, 1.0, baseline=True)
+    assert choose_layout([*one_stream, baseline], THROUGHPUT) is one_stream[1]
