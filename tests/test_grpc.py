@@ -149,7 +149,9 @@ def test_a_short_deadline_on_a_busy_server_is_never_computed(served: tuple[Serve
     before = server.metrics()
     with grpc.insecure_channel(address) as channel:
         call = _model_infer(channel)
-        busy = [call.future(infer_request("lite0", photo), timeout=120) for _ in range(24)]
+        # 64 calls, so that the queue is still long after the 0.3 s below: on a fast 2-core machine (AVX-512)
+        # 24 calls were all answered by then, and the late call found nothing ahead of it
+        busy = [call.future(infer_request("lite0", photo), timeout=120) for _ in range(64)]
         time.sleep(0.3)
         with pytest.raises(grpc.RpcError) as late:
             call(infer_request("lite0", photo), timeout=0.05)
