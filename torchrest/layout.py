@@ -65,16 +65,21 @@ def splits(cores: int) -> list[tuple[int, int]]:
 
 
 def serving_layout(
-    tuned: Layout | None, cores: int, *, instances: int = 0, max_batch_size: int = 0, tune_batch: bool = False
+    tuned: Layout | None,
+    cores: int,
+    *,
+    instances: int = 0,
+    max_batch_size: int = 0,
+    tune_batch: bool | None = None,
 ) -> tuple[Layout, bool]:
-    """The layout a model is served with on `cores`, and whether its batch cap is still to be timed.
+    """The layout a model is served with on `cores`, and whether its batch cap is to be timed at start-up.
 
     `tuned` is config.json's (None for a model optimize never saw); `instances` and `max_batch_size`, when
-    non-zero, are the operator's flags."""
+    non-zero, are the operator's flags; `tune_batch` is --[no-]tune-batch (None: time the cap only when
+    neither config.json nor the flags give one)."""
     cores = max(1, cores)
     if instances <= 0:
         instances = 1 if tuned is None else max(1, min(cores, round(tuned.instances * cores / tuned.cores)))
-    instances = min(instances, cores) if tuned is not None else instances
-    cap = max_batch_size or (tuned.max_batch_size if tuned is not None else 0) or DEFAULT_MAX_BATCH
-    untimed = tune_batch or not (max_batch_size or (tuned is not None and tuned.max_batch_size))
-    return Layout(instances, max(1, cores // instances), cap), untimed
+    given = max_batch_size or (tuned.max_batch_size if tuned is not None else 0)
+    timed = not given if tune_batch is None else tune_batch
+    return Layout(instances, max(1, cores // instances), given or DEFAULT_MAX_BATCH), timed

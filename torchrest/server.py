@@ -156,14 +156,13 @@ def start_runtime(
 
     The model is laid out on the whole thread budget as its config.json says, unless the flags say
     otherwise (torchrest.layout)."""
-    layout, untimed = serving_layout(
+    layout, tune = serving_layout(
         model.layout,
         config.total_threads,
         instances=config.instances,
         max_batch_size=config.max_batch_size,
-        tune_batch=bool(config.tune_batch),
+        tune_batch=config.tune_batch,
     )
-    tune = untimed and config.tune_batch is not False
 
     def reopen() -> Backend:
         return model.open_backend(device, layout.threads, layout.instances)

@@ -108,13 +108,13 @@ def search_float_layers(
 
     most = max(1, int(len(layers) * MOST_KEPT_SHARE))
     low, high = 0, 1  # `low` layers in float break the bound; grow `high` until it meets it
-    while (value := agreement(high)) and high not in passed:
-        tried[high] = value
+    tried[high] = agreement(high)
+    while high not in passed:
         if high == most:
             best = max(tried, key=lambda n: (tried[n][0], -n))
             return _found(found, ranked, tried, best, False, started)
         low, high = high, min(2 * high, most)
-    tried[high] = value
+        tried[high] = agreement(high)
     while high - low > 1:  # bisect to the fewest that meet it
         middle = (low + high) // 2
         tried[middle] = agreement(middle)

@@ -93,10 +93,10 @@ def optimize(config: OptimizeConfig) -> Outcome:
         results, artifacts, reference_top1 = _run_candidates(
             ctx, wanted, samples, batch_sizes, config.seconds_per_point, bound, accuracy_drop
         )
-        fastest = _choose(results)
+        fastest = _fastest(results)
         layouts = _search_layouts(results, artifacts, fastest, samples, model, device, threads, batch_sizes, config)
         chosen = next(r for r in results if r.name == layouts_chosen(layouts).candidate) if layouts else fastest
-        fastest.chosen, chosen.chosen = False, True
+        chosen.chosen = True
         report = Report(
             model=model.name,
             device=device,
@@ -225,43 +225,33 @@ def _search_layouts(
     )
     measured: list[LayoutResult] = []
     progress = tqdm([fastest, *faithful[:1]], desc="served layouts", unit="candidate", dynamic_ncols=True, leave=False)
-    for result in progress:
+
+    def layouts(result: CandidateResult, caps: list[int], baseline: bool = False) -> list[LayoutResult]:
         built = artifacts[result.name]
         options = {"precision": result.precision, "name": result.name, **built.options}
 
-        def opener(count: int, instances: int, built: Built = built, options: dict[str, str] = options) -> Backend:
+        def opener(count: int, instances: int) -> Backend:
             streams = {"streams": str(instances)}
             return open_backend(built.kind, built.artifact, device=device, threads=count, options=options | streams)
 
-        measured += measure_layouts(
+        step = _step(progress, result.name)
+        return measure_layouts(
             result.name,
             opener,
             model.input_spec,
             samples.files,
             threads,
-            batch_sizes,
+            caps,
             config.seconds_per_point,
-            _step(progress, result.name),
+            step,
+            baseline,
         )
+
+    for result in progress:
+        measured += layouts(result, batch_sizes)
     reference = next(r for r in results if r.name == REFERENCE)
     if fastest is not reference and reference.best_batch_size:
-        progress.set_postfix_str(f"{REFERENCE}: as served without a layout")
-        built = artifacts[REFERENCE]
-        options = {"precision": reference.precision, "name": REFERENCE, **built.options}
-
-        def plain(count: int, instances: int) -> Backend:
-            return open_backend(built.kind, built.artifact, device=device, threads=count, options=options)
-
-        measured += measure_layouts(
-            REFERENCE,
-            plain,
-            model.input_spec,
-            samples.files,
-            threads,
-            [reference.best_batch_size],
-            config.seconds_per_point,
-            baseline=True,
-        )
+        measured += layouts(reference, [reference.best_batch_size], baseline=True)
     progress.close()
     best = choose_layout(measured, config.objective)
     for layout in measured:
@@ -312,16 +302,13 @@ def _answer(backend: Backend, inputs: np.ndarray) -> np.ndarray:
     )
 
 
-def _choose(results: list[CandidateResult]) -> CandidateResult:
+def _fastest(results: list[CandidateResult]) -> CandidateResult:
     """The fastest faithful contender; the reference when no contender is faithful (it always is)."""
     faithful = [r for r in results if r.status == OK and r.contender and r.best_throughput]
     if faithful:
-        chosen = max(faithful, key=lambda r: r.best_throughput or 0.0)
-    else:
-        chosen = next(r for r in results if r.name == REFERENCE)
-        log.warning("no candidate named in --candidates met the fidelity bound: writing the fp32 reference")
-    chosen.chosen = True
-    return chosen
+        return max(faithful, key=lambda r: r.best_throughput or 0.0)
+    log.warning("no candidate named in --candidates met the fidelity bound: writing the fp32 reference")
+    return next(r for r in results if r.name == REFERENCE)
 
 
 def _write_model_folder(
