@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # torch is pinned in every install step: an unpinned request pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: install install-dev serve test browser lint format image image-cuda image-test bench bench-quick bench-core bench-container bench-grpc bench-web bench-ceiling bench-sharing bench-int8 clean
+.PHONY: install install-dev serve test browser lint format image image-cuda image-test bench bench-quick bench-core bench-container bench-grpc bench-web bench-ceiling bench-sharing bench-int8 bench-peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -76,6 +76,11 @@ bench-ceiling: install-dev
 # What an open web page costs: req/s at 100 connections with and without one (needs wrk and chromium).
 bench-web: install-dev browser
 	$(BIN)/python benchmark/web.py $(ARGS)
+
+# torchrest beside mosec, LitServe, Ray Serve, KServe, BentoML, TorchServe and the naive baseline, each peer
+# in its own environment under .peers/ (needs wrk, python3.11, and Java 17 for TorchServe). ARGS="--quick".
+bench-peers: install-dev
+	$(BIN)/python benchmark/peers.py $(ARGS)
 
 # gRPC beside REST /v2 and /classify on one server (3 rounds).
 bench-grpc: install-dev

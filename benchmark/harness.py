@@ -96,16 +96,22 @@ def torchrest_command(model_name: str, port: int, extra: list[str]) -> list[str]
 
 
 @contextmanager
-def serving(command: list[str], port: int, env: dict[str, str] | None = None, cwd: Path | None = None) -> Iterator[str]:
-    """Start `command` (a server listening on `port`), wait for /health, yield its URL; always stop it.
-    `cwd` (default: this tree) is where it runs: another checkout serves its own code."""
-    with serving_process(command, port, env, cwd) as (url, _):
+def serving(
+    command: list[str], port: int, env: dict[str, str] | None = None, cwd: Path | None = None, health: str = "/health"
+) -> Iterator[str]:
+    """Start `command` (a server listening on `port`), wait for `health` to answer 200, yield its URL;
+    always stop it. `cwd` (default: this tree) is where it runs: another checkout serves its own code."""
+    with serving_process(command, port, env, cwd, health) as (url, _):
         yield url
 
 
 @contextmanager
 def serving_process(
-    command: list[str], port: int, env: dict[str, str] | None = None, cwd: Path | None = None
+    command: list[str],
+    port: int,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    health: str = "/health",
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """As `serving`, yielding the process too (its pid, for memory readings). The server's log goes to a
     file: a pipe nobody reads fills up under load and then blocks the server on its next log line."""
@@ -124,7 +130,7 @@ def serving_process(
         return f"server exited: {Path(log_file.name).read_text()[-3000:]}" if process.poll() is not None else None
 
     try:
-        wait_until_ready(f"{url}/health", exited)
+        wait_until_ready(f"{url}{health}", exited)
         yield url, process
     finally:
         stop(process)
@@ -190,26 +196,27 @@ def wrk(
     return result
 
 
-def idle_latency_ms(url: str, image: bytes) -> float:
-    """Latency of one request to a server with nothing else to do: the fastest of three in a row."""
-    return min(_probe_ms(url, image) for _ in range(3))
+def idle_latency_ms(url: str, image: bytes, request: bytes | None = None) -> float:
+    """Latency of one request to a server with nothing else to do: the fastest of three in a row.
+    `request`: the whole HTTP request (default: `image` uploaded to /classify)."""
+    return min(_probe_ms(url, image, request) for _ in range(3))
 
 
-def settle(url: str, image: bytes, idle_ms: float, limit_s: float = 60.0) -> float:
+def settle(url: str, image: bytes, idle_ms: float, limit_s: float = 60.0, request: bytes | None = None) -> float:
     """Wait until requests a finished run left behind are served: a client that goes away at the end
     of a run leaves its request queued, and the next run would otherwise pay for it. Returns seconds
     waited (bounded by `limit_s`)."""
     started = time.monotonic()
     while time.monotonic() - started < limit_s:
-        if _probe_ms(url, image) <= 2 * idle_ms + 20:
+        if _probe_ms(url, image, request) <= 2 * idle_ms + 20:
             break
     return time.monotonic() - started
 
 
-def _probe_ms(url: str, image: bytes) -> float:
+def _probe_ms(url: str, image: bytes, request: bytes | None = None) -> float:
     from openloop import open_loop
 
-    result = open_loop(url, image, rate=1.0, seconds=1.0, timeout_s=60.0)
+    result = open_loop(url, image, rate=1.0, seconds=1.0, timeout_s=60.0, request=request)
     return result["latency_ms"]["p50"] if result["answered"] else float("inf")
 
 

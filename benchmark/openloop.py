@@ -33,9 +33,18 @@ def multipart_body(image: bytes) -> bytes:
 
 def multipart_request(host: str, port: int, image: bytes, path: str = "/classify") -> bytes:
     """The bytes of `curl -F image=@photo.jpg http://host:port/classify`, built once."""
-    body = multipart_body(image)
+    return post(host, port, path, f"multipart/form-data; boundary={BOUNDARY}", multipart_body(image))
+
+
+def raw_request(host: str, port: int, image: bytes, path: str = "/classify") -> bytes:
+    """The photo as the whole body (`curl -T photo.jpg`, wrk/raw.lua)."""
+    return post(host, port, path, "image/jpeg", image)
+
+
+def post(host: str, port: int, path: str, content_type: str, body: bytes) -> bytes:
+    """The bytes of one POST request."""
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
     return head + body
@@ -43,17 +52,48 @@ def multipart_request(host: str, port: int, image: bytes, path: str = "/classify
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
     """One response off a connection: its status, and whether the server keeps the connection open."""
+    status, keep, _ = await read_whole_response(reader)
+    return status, keep
+
+
+async def read_whole_response(reader: asyncio.StreamReader) -> tuple[int, bool, bytes]:
+    """As `read_response`, with the body (sized by Content-Length, or chunked)."""
     head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower().split("\r\n")
     status = int(head[0].split()[1])
-    headers = dict(line.split(":", 1) for line in head[1:] if ":" in line)
-    await reader.readexactly(int(headers.get("content-length", "0")))
-    return status, headers.get("connection", "").strip() != "close"
+    headers = {name.strip(): value.strip() for name, value in (line.split(":", 1) for line in head[1:] if ":" in line)}
+    if headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            body += (await reader.readexactly(size + 2))[:-2]
+        await reader.readuntil(b"\r\n")
+    else:
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, headers.get("connection", "") != "close", body
 
 
-async def _open_loop(url: str, image: bytes, rate: float, seconds: float, timeout_s: float) -> dict[str, Any]:
+def fetch(url: str, request: bytes, timeout_s: float = 30.0) -> tuple[int, bytes]:
+    """Send one prebuilt request to `url`'s host and port; its status and body."""
+
+    async def once() -> tuple[int, bytes]:
+        parts = urlsplit(url)
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        try:
+            writer.write(request)
+            await writer.drain()
+            status, _, body = await asyncio.wait_for(read_whole_response(reader), timeout_s)
+            return status, body
+        finally:
+            writer.close()
+
+    return asyncio.run(once())
+
+
+async def _open_loop(
+    url: str, image: bytes, rate: float, seconds: float, timeout_s: float, request: bytes | None
+) -> dict[str, Any]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    request = multipart_request(host, port, image)
+    request = request or multipart_request(host, port, image)
     loop = asyncio.get_running_loop()
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     latencies: list[float] = []
@@ -99,6 +139,9 @@ async def _open_loop(url: str, image: bytes, rate: float, seconds: float, timeou
     }
 
 
-def open_loop(url: str, image: bytes, rate: float, seconds: float, timeout_s: float = 30.0) -> dict[str, Any]:
-    """Send `rate` requests/s for `seconds`; latency percentiles measured from each scheduled send."""
-    return asyncio.run(_open_loop(url, image, rate, seconds, timeout_s))
+def open_loop(
+    url: str, image: bytes, rate: float, seconds: float, timeout_s: float = 30.0, request: bytes | None = None
+) -> dict[str, Any]:
+    """Send `rate` requests/s for `seconds`; latency percentiles measured from each scheduled send.
+    `request`: the whole HTTP request to send (default: `image` uploaded to /classify as `curl -F`)."""
+    return asyncio.run(_open_loop(url, image, rate, seconds, timeout_s, request))
