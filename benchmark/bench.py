@@ -33,9 +33,12 @@ from harness import (
     ROOT,
     free_port,
     idle_latency_ms,
+    latency_bars,
     log,
+    markdown_table,
     offline,
     platform_name,
+    save_figure,
     serving,
     settle,
     torchrest_command,
@@ -286,7 +289,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "Closed loop (wrk):",
         "",
-        *_table(
+        *markdown_table(
             ["server", "connections", "req/s", *PERCENTILES, "errors", "timeouts", "vs baseline", "vs offline"],
             [
                 [name, str(run["connections"]), f"{run['req_per_s']:.1f}", *_percentiles(run)]
@@ -299,7 +302,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "Open loop (fixed request rate; latency from each scheduled send):",
         "",
-        *_table(
+        *markdown_table(
             ["server", "share of capacity", "target req/s", "achieved req/s", *PERCENTILES, "errors"]
             + ["p99 / p50 at 1 conn"],
             [
@@ -312,7 +315,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Large photo ({results['large_image']}, wrk, {results['plan']['large_connections']} connections):",
         "",
-        *_table(
+        *markdown_table(
             ["server", "req/s", *PERCENTILES, "errors"],
             [
                 [name, f"{server['large_photo']['req_per_s']:.1f}", *_percentiles(server["large_photo"])]
@@ -331,10 +334,6 @@ def _percentiles(run: dict[str, Any]) -> list[str]:
     return [f"{run['latency_ms'][q]:.1f}" for q in ("p50", "p90", "p99")]
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
-
-
 def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -349,29 +348,17 @@ def plot(results: dict[str, Any], path: Path) -> None:
             rate_axis.axhline(server["offline_limit"], color=line.get_color(), linestyle="--", linewidth=1)
     rate_axis.set(xscale="log", xlabel="connections (wrk, closed loop)", ylabel="req/s", title="Throughput")
     rate_axis.text(0.01, 0.01, "dashed: offline limit of that backend", transform=rate_axis.transAxes, fontsize=8)
-    labels, width = [], 0.8 / max(1, len(results["servers"]))
     points = ["1 conn"] + [f"open {share:.0%}" for share in results["plan"]["open_loop_shares"]] + ["100 conn"]
-    for index, (name, server) in enumerate(results["servers"].items()):
-        runs = [server["closed_loop"][0], *server["open_loop"], server["closed_loop"][-1]]
-        for quantile, alpha in (("p99", 0.35), ("p50", 1.0)):
-            latency_axis.bar(
-                [i + index * width for i in range(len(points))],
-                [run["latency_ms"][quantile] for run in runs],
-                width=width,
-                alpha=alpha,
-                color=f"C{index}",
-                label=f"{name} {quantile}",
-            )
-        labels.append(name)
-    latency_axis.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(points))], points)
-    latency_axis.set(yscale="log", ylabel="latency ms", title="Latency: p50 (solid) and p99 (light)")
-    for axis in (rate_axis, latency_axis):
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    figure.suptitle(f"torchrest vs naive FastAPI + PyTorch, {results['model']}, {results['machine']}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    latency_bars(
+        latency_axis,
+        {
+            name: [server["closed_loop"][0], *server["open_loop"], server["closed_loop"][-1]]
+            for name, server in results["servers"].items()
+        },
+        points,
+    )
+    title = f"torchrest vs naive FastAPI + PyTorch, {results['model']}, {results['machine']}"
+    save_figure(figure, [rate_axis, latency_axis], title, path)
 
 
 def _missing_tools() -> str | None:

@@ -236,6 +236,42 @@ def write_results(
     log(f"wrote {out}/{stem}.json, {stem}.md, {stem}.png")
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a Markdown table."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def latency_bars(axis: Any, runs_by_server: dict[str, list[dict[str, Any]]], points: list[str]) -> None:
+    """Grouped bars on a log axis: for each point (a run of each server, in order) every server's p50
+    (solid) with its p99 behind it (light), one colour per server."""
+    width = 0.8 / max(1, len(runs_by_server))
+    for index, (name, runs) in enumerate(runs_by_server.items()):
+        for quantile, alpha in (("p99", 0.35), ("p50", 1.0)):
+            axis.bar(
+                [i + index * width for i in range(len(points))],
+                [run["latency_ms"][quantile] for run in runs],
+                width=width,
+                alpha=alpha,
+                color=f"C{index}",
+                label=name if quantile == "p50" else None,
+            )
+    axis.set_xticks([i + width * (len(runs_by_server) - 1) / 2 for i in range(len(points))], points)
+    axis.set(yscale="log", ylabel="latency ms", title="Latency: p50 (solid) and p99 (light)")
+
+
+def save_figure(figure: Any, axes: list[Any], title: str, path: Path) -> None:
+    """Grid and legend on every axis, the title, then the PNG at `path`; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    for axis in axes:
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def platform_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

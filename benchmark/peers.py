@@ -41,7 +41,20 @@ from pathlib import Path
 from typing import Any
 
 from bench import baseline_command, ensure_optimized
-from harness import ROOT, free_port, idle_latency_ms, log, platform_name, serving, settle, torchrest_command, wrk
+from harness import (
+    ROOT,
+    free_port,
+    idle_latency_ms,
+    latency_bars,
+    log,
+    markdown_table,
+    platform_name,
+    save_figure,
+    serving,
+    settle,
+    torchrest_command,
+    wrk,
+)
 from openloop import fetch, multipart_request, open_loop, post, raw_request
 
 PEERS_DIR = ROOT / "benchmark" / "peers"
@@ -635,7 +648,12 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
     for row, servers in results["rows"].items():
-        lines += [f"## {ROW_TITLES[row]}", "", *_table(_header(results), [_row(n, s) for n, s in servers.items()]), ""]
+        lines += [
+            f"## {ROW_TITLES[row]}",
+            "",
+            *markdown_table(_header(results), [_row(n, s) for n, s in servers.items()]),
+            "",
+        ]
         if row in results["aims"]:
             aim = results["aims"][row]
             lines += [
@@ -680,10 +698,6 @@ def _row(name: str, server: dict[str, Any]) -> list[str]:
     ]
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
-
-
 def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -694,7 +708,6 @@ def plot(results: dict[str, Any], path: Path) -> None:
     figure, axes = plt.subplots(2, len(rows), figsize=(7 * len(rows), 9), squeeze=False)
     for column, (row, servers) in enumerate(rows):
         rate_axis, latency_axis = axes[0][column], axes[1][column]
-        names = list(servers)
         for index, (name, server) in enumerate(servers.items()):
             runs = server["closed_loop"]
             style = "o-" if name == "torchrest" else "o--"
@@ -709,27 +722,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
         rate_axis.set(xscale="log", xlabel="connections (wrk)", ylabel="req/s", title=f"{ROW_TITLES[row]}: req/s")
         rate_axis.set_ylim(bottom=0)
         points = ["1 conn"] + [f"open {s:.0%}" for s in results["plan"]["open_loop_shares"]]
-        width = 0.8 / len(names)
-        for index, (name, server) in enumerate(servers.items()):
-            runs = [server["closed_loop"][0], *server["open_loop"]]
-            for quantile, alpha in (("p99", 0.35), ("p50", 1.0)):
-                latency_axis.bar(
-                    [i + index * width for i in range(len(points))],
-                    [run["latency_ms"][quantile] for run in runs],
-                    width=width,
-                    alpha=alpha,
-                    color=f"C{index}",
-                    label=name if quantile == "p50" else None,
-                )
-        latency_axis.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(points))], points)
-        latency_axis.set(yscale="log", ylabel="latency ms", title="p50 (solid) and p99 (light)")
-        for axis in (rate_axis, latency_axis):
-            axis.grid(alpha=0.3)
-            axis.legend(fontsize=7)
-    figure.suptitle(f"torchrest and its peers, {results['model']}, {results['machine']}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+        latency_bars(latency_axis, {n: [v["closed_loop"][0], *v["open_loop"]] for n, v in servers.items()}, points)
+    title = f"torchrest and its peers, {results['model']}, {results['machine']}"
+    save_figure(figure, [axis for column in axes for axis in column], title, path)
 
 
 def main() -> int:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,44 +33,16 @@ def test_open_loop_counts_refused_requests_as_errors(tmp_path: Path) -> None:
     assert result["answered"] == 0 and result["error_count"] == result["sent"] == 4
 
 
-@pytest.mark.slow
-def test_naive_baseline_serves_the_same_answer(tmp_path: Path, server: Server) -> None:
+@contextmanager
+def naive_baseline(tmp_path: Path, *env: str) -> Iterator[Server]:
+    """benchmark/baseline/naive_server.py under gunicorn, one worker; `env`: its NAME=value settings."""
     pytest.importorskip("gunicorn")
     port = free_port()
     log_path = tmp_path / "baseline.log"
     command = [
         *(sys.executable, "-m", "gunicorn", "-k", "uvicorn_worker.UvicornWorker", "-w", "1"),
-        *("--chdir", str(BENCHMARK / "baseline"), "--env", "BASELINE_MODEL=efficientnet_lite0"),
-        *("--env", f"PYTHONPATH={BENCHMARK.parent}", "-b", f"127.0.0.1:{port}", "naive_server:app"),
-    ]
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
-    baseline = Server(f"http://127.0.0.1:{port}", process, log_path)
-    try:
-        wait_until_ready(baseline)
-        naive = httpx.post(f"{baseline.url}/classify", files={"image": PHOTOS["cat"]}, timeout=60).json()
-        ours = httpx.post(f"{server.url}/classify", files={"image": PHOTOS["cat"]}, timeout=60).json()
-        assert naive["status"] == "success" and naive["prediction"]["label"] in CAT_LABELS
-        assert naive["prediction"]["label"] == ours["prediction"]["label"]
-        assert naive["prediction"]["confidence"] == pytest.approx(ours["prediction"]["confidence"], abs=1e-3)
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-
-
-@pytest.mark.slow
-def test_naive_baseline_serves_a_repository_model(tmp_path: Path) -> None:
-    """BASELINE_REPOSITORY: the baseline runs the model file a repository holds (the peers' second row)."""
-    pytest.importorskip("gunicorn")
-    from tests.conftest import write_repository
-
-    repository = write_repository(tmp_path / "repository")
-    port = free_port()
-    log_path = tmp_path / "baseline.log"
-    command = [
-        *(sys.executable, "-m", "gunicorn", "-k", "uvicorn_worker.UvicornWorker", "-w", "1"),
-        *("--chdir", str(BENCHMARK / "baseline"), "--env", "BASELINE_MODEL=lite0"),
-        *("--env", f"BASELINE_REPOSITORY={repository}", "--env", f"PYTHONPATH={BENCHMARK.parent}"),
+        *("--chdir", str(BENCHMARK / "baseline"), "--env", f"PYTHONPATH={BENCHMARK.parent}"),
+        *(part for setting in env for part in ("--env", setting)),
         *("-b", f"127.0.0.1:{port}", "naive_server:app"),
     ]
     with open(log_path, "wb") as log_file:
@@ -76,13 +50,33 @@ def test_naive_baseline_serves_a_repository_model(tmp_path: Path) -> None:
     baseline = Server(f"http://127.0.0.1:{port}", process, log_path)
     try:
         wait_until_ready(baseline)
+        yield baseline
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+@pytest.mark.slow
+def test_naive_baseline_serves_the_same_answer(tmp_path: Path, server: Server) -> None:
+    with naive_baseline(tmp_path, "BASELINE_MODEL=efficientnet_lite0") as baseline:
+        naive = httpx.post(f"{baseline.url}/classify", files={"image": PHOTOS["cat"]}, timeout=60).json()
+    ours = httpx.post(f"{server.url}/classify", files={"image": PHOTOS["cat"]}, timeout=60).json()
+    assert naive["status"] == "success" and naive["prediction"]["label"] in CAT_LABELS
+    assert naive["prediction"]["label"] == ours["prediction"]["label"]
+    assert naive["prediction"]["confidence"] == pytest.approx(ours["prediction"]["confidence"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_naive_baseline_serves_a_repository_model(tmp_path: Path) -> None:
+    """BASELINE_REPOSITORY: the baseline runs the model file a repository holds (the peers' second row)."""
+    from tests.conftest import write_repository
+
+    repository = write_repository(tmp_path / "repository")
+    with naive_baseline(tmp_path, "BASELINE_MODEL=lite0", f"BASELINE_REPOSITORY={repository}") as baseline:
 
         def classify(_: int) -> dict[str, Any]:
             return httpx.post(f"{baseline.url}/classify", files={"image": PHOTOS["cat"]}, timeout=60).json()
 
         with ThreadPoolExecutor(4) as pool:  # at once: the runtime is called under a lock, one at a time
             answers = list(pool.map(classify, range(4)))
-        assert all(a["status"] == "success" and a["prediction"]["label"] in CAT_LABELS for a in answers)
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
+    assert all(a["status"] == "success" and a["prediction"]["label"] in CAT_LABELS for a in answers)
