@@ -181,9 +181,9 @@ def baseline_command(model: str, workers: int, device: str = "cpu") -> list[str]
     ]
 
 
-def bind(command: list[str]) -> tuple[list[str], int]:
-    """Give the command a free port (torchrest's --port, gunicorn's -b)."""
-    port = free_port()
+def bind(command: list[str], port: int = 0) -> tuple[list[str], int]:
+    """Give the command `port` (default: a free one) as torchrest's --port or gunicorn's -b."""
+    port = port or free_port()
     command = [part.replace("127.0.0.1:0", f"127.0.0.1:{port}") for part in command]
     if "--port" in command:
         command[command.index("--port") + 1] = str(port)

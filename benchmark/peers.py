@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench import baseline_command, ensure_optimized
+from bench import baseline_command, bind, ensure_optimized
 from harness import (
     ROOT,
     free_port,
@@ -56,6 +56,8 @@ from harness import (
     wrk,
 )
 from openloop import fetch, multipart_request, open_loop, post, raw_request
+
+from torchrest.layout import splits  # processes x threads, as torchrest lays out instances
 
 PEERS_DIR = ROOT / "benchmark" / "peers"
 VENVS = ROOT / ".peers"
@@ -91,11 +93,7 @@ class Peer:
     grid: Callable[[int], list[Settings]]  # cores -> the settings tried
     command: Callable[[Settings, int, Path, str], tuple[list[str], dict[str, str]]]  # -> argv, env
     note: str = ""
-
-
-def splits(cores: int) -> list[tuple[int, int]]:
-    """Every way to lay the cores out as processes x threads (2 cores: 1 x 2 and 2 x 1)."""
-    return [(cores // threads, threads) for threads in range(cores, 0, -1) if cores % threads == 0]
+    after_stop: Callable[[int], None] | None = None  # (port): what outlives the process group, stopped
 
 
 def batching_grid(wait_ms: int) -> Callable[[int], list[Settings]]:
@@ -129,6 +127,11 @@ def litserve(settings: Settings, port: int, work: Path, backend: str) -> tuple[l
 def rayserve(settings: Settings, port: int, work: Path, backend: str) -> tuple[list[str], dict[str, str]]:
     env = peer_env(settings, backend) | {"PEER_PORT": str(port), "RAY_USAGE_STATS_ENABLED": "0"}
     return [peer_python("rayserve"), "rayserve_server.py"], env | {"RAY_TMPDIR": str(work)}
+
+
+def stop_ray(port: int) -> None:
+    """Ray's cluster processes outlive the driver's process group."""
+    subprocess.run([str(VENVS / "rayserve" / "bin" / "ray"), "stop", "--force"], capture_output=True)
 
 
 def kserve(settings: Settings, port: int, work: Path, backend: str) -> tuple[list[str], dict[str, str]]:
@@ -181,6 +184,13 @@ def torchserve(settings: Settings, port: int, work: Path, backend: str) -> tuple
     return [*argv, "--model-store", str(store), "--ts-config", str(store / "config.properties")], env
 
 
+def wait_for_torchserve_jvm(port: int) -> None:
+    """TorchServe's JVM takes seconds to shut down after its launcher is gone."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and subprocess.run(["pgrep", "-f", f"torchserve-{port}"]).returncode == 0:
+        time.sleep(0.5)
+
+
 PEERS: tuple[Peer, ...] = (
     Peer(
         "mosec",
@@ -210,6 +220,7 @@ PEERS: tuple[Peer, ...] = (
         "/-/healthz",
         batching_grid(10),
         rayserve,
+        after_stop=stop_ray,
     ),
     Peer(
         "kserve",
@@ -239,6 +250,7 @@ PEERS: tuple[Peer, ...] = (
         "/ping",
         batching_grid(10),
         torchserve,
+        after_stop=wait_for_torchserve_jvm,
     ),
 )
 
@@ -271,6 +283,7 @@ class Contender:
     settings: Settings = field(default_factory=Settings)
     note: str = ""
     describe: Callable[[Settings], str] = Settings.describe
+    after_stop: Callable[[int], None] | None = None
 
 
 def contenders(row: str, repository: Path, cores: int, only: set[str] | None) -> list[Contender]:
@@ -288,7 +301,7 @@ def contenders(row: str, repository: Path, cores: int, only: set[str] | None) ->
         if row == "optimized":
             app = command.index("naive_server:app")
             command[app:app] = ["--env", f"BASELINE_REPOSITORY={repository}"]
-        return bind_to(command, port), {}, ROOT
+        return bind(command, port)[0], {}, ROOT
 
     def peer_start(peer: Peer) -> Callable[[Settings, int, Path], tuple[list[str], dict[str, str], Path]]:
         def start(settings: Settings, port: int, work: Path) -> tuple[list[str], dict[str, str], Path]:
@@ -323,13 +336,14 @@ def contenders(row: str, repository: Path, cores: int, only: set[str] | None) ->
             note="the model called per request, in the handler",
             describe=lambda settings: f"{settings.workers} gunicorn worker(s)",
         ),
-        *(Contender(p.name, p.request, p.path, p.health, peer_start(p), p.grid(cores), note=p.note) for p in PEERS),
+        *(
+            Contender(
+                p.name, p.request, p.path, p.health, peer_start(p), p.grid(cores), note=p.note, after_stop=p.after_stop
+            )
+            for p in PEERS
+        ),
     ]
     return [c for c in everyone if only is None or c.name in only or c.name == "torchrest"]
-
-
-def bind_to(command: list[str], port: int) -> list[str]:
-    return [part.replace("127.0.0.1:0", f"127.0.0.1:{port}") for part in command]
 
 
 def model_env(row: str, repository: Path, work: Path) -> dict[str, str]:
@@ -417,15 +431,8 @@ class Started:
 
     def __exit__(self, *exc: object) -> None:
         self._serving.__exit__(*exc)  # type: ignore[arg-type]
-        if self.contender.name == "rayserve":  # Ray's cluster processes outlive the driver's group
-            subprocess.run([str(VENVS / "rayserve" / "bin" / "ray"), "stop", "--force"], capture_output=True)
-        if self.contender.name == "torchserve":  # its JVM takes seconds to shut down after the launcher
-            deadline = time.monotonic() + 30
-            while (
-                time.monotonic() < deadline
-                and subprocess.run(["pgrep", "-f", f"torchserve-{self.port}"]).returncode == 0
-            ):
-                time.sleep(0.5)
+        if self.contender.after_stop is not None:
+            self.contender.after_stop(self.port)
 
 
 def check_answer(contender: Contender, url: str, image: bytes, timeout_s: float = 180.0) -> None:
@@ -450,14 +457,14 @@ def tune(contender: Contender, work: Path, image: Path, plan: Plan) -> list[dict
         contender.settings = contender.grid[0]
         return []
     script, env = wrk_args(contender, work)
-    points = []
+    photo, points = image.read_bytes(), []
     for settings in contender.grid:
         text = contender.describe(settings)
         try:
-            with Started(contender, settings, work, image.read_bytes()) as url:
-                request = request_bytes(contender, url, image.read_bytes())
+            with Started(contender, settings, work, photo) as url:
+                request = request_bytes(contender, url, photo)
                 wrk(url, 100, plan.warm_up_s, image, script, env)
-                settle(url, image.read_bytes(), float("inf"), SETTLE_LIMIT_S, request)  # until one is answered
+                settle(url, photo, float("inf"), SETTLE_LIMIT_S, request)  # until one is answered
                 run = wrk(url, 100, plan.grid_s, image, script, env)
         except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
             points.append({"settings": asdict(settings), "text": text, "req_per_s": 0.0, "failed": _first_line(exc)})

@@ -35,6 +35,7 @@ from torchrest.preprocess import decode_image
 config = ServerConfig(model=os.environ.get("BASELINE_MODEL", "resnet18"))
 device = torch.device(os.environ.get("BASELINE_DEVICE", "cpu"))
 repository = os.environ.get("BASELINE_REPOSITORY")
+loaded = load_from_repository(Path(repository), config.model or "") if repository else load_model(config)
 app = FastAPI()
 
 
@@ -58,7 +59,6 @@ def open_model() -> Callable[[np.ndarray], torch.Tensor]:
     return run_module
 
 
-loaded = load_from_repository(Path(repository), config.model or "") if repository else load_model(config)
 model = open_model()
 
 

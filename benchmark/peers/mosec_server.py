@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 from classifier import Classifier, env_int, preprocess
 from mosec import Server, Worker
 
@@ -29,8 +30,6 @@ class Infer(Worker):
         self.classifier = Classifier()
 
     def forward(self, data: list[Any]) -> list[dict[str, Any]]:
-        import numpy as np
-
         return [{"label": label, "confidence": score} for label, score in self.classifier.classify(np.stack(data))]
 
     def serialize(self, data: dict[str, Any]) -> bytes:
