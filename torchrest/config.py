@@ -69,6 +69,11 @@ class ServerConfig(ModelSource):
     )
     host: str = option("0.0.0.0", "address to listen on")
     port: int = option(8088, "port to listen on")
+    workers: int = option(
+        0,
+        "front-end processes serving HTTP and gRPC, feeding one engine process that holds the models (0: one "
+        "process on a CPU; on a GPU one per two cores, up to 8; 1: everything in one process)",
+    )
     device: str = option("cpu", "cpu, cuda, cuda:N, or auto (cuda when available)")
     max_batch_size: int = option(
         0, "largest batch an instance runs at once (0: the model's config.json layout, else 32, timed at start-up)"
@@ -137,6 +142,12 @@ class ServerConfig(ModelSource):
     def validate(self) -> None:
         """Raise ValueError with a one-line reason for values no server can run with."""
         positive = ("port", "max_queue", "timeout_ms", "input_size")
+        if self.workers < 0:
+            raise ValueError(f"--workers must be at least 1 (or 0: chosen by cores and device), got {self.workers}")
+        if self.workers > available_cores():
+            raise ValueError(
+                f"--workers {self.workers} is more than the {available_cores()} cores this process may use"
+            )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{flag_name(name)} must be positive, got {getattr(self, name)}")

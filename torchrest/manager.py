@@ -152,8 +152,20 @@ class ModelManager:
             return "no model is loaded"
         return None
 
-    def index(self) -> list[dict[str, str]]:
+    async def index(self) -> list[dict[str, str]]:
         """The repository index, as `GET /v2/repository/index` gives it."""
+        return self.index_now()
+
+    async def statistics(self, name: str | None = None, version: str | None = None) -> list[dict[str, object]]:
+        """Triton's statistics of one model, or of every loaded model (`GET /v2/models/stats`)."""
+        entries = [self.entry(name, version)] if name is not None else list(self.entries.values())
+        return [e.runtime.stats.as_triton(e.name, e.version) for e in entries if e.runtime is not None]
+
+    async def activity(self) -> dict[str, dict[str, object]]:
+        """Each loaded model's recent figures, by name (`GET /web/stats`)."""
+        return {e.name: e.runtime.activity() for e in self.entries.values() if e.runtime is not None}
+
+    def index_now(self) -> list[dict[str, str]]:
         if self.repository is not None:
             self._discover()
         return [

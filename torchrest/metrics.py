@@ -10,9 +10,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict, deque
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from torchrest.manager import ModelManager
 
 LATENCY_BUCKETS_S = (
     0.001,
@@ -39,10 +43,15 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class Metrics:
+    """`shared_dir`: with several processes (--workers), each writes its figures there (prometheus_client's
+    multiprocess mode, which the supervisor turns on before it starts them) and any front-end renders them
+    all: counters and histograms summed over the processes, the engine's gauges as it last set them."""
+
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, shared_dir: str | None = None) -> None:
         self.registry = CollectorRegistry()
+        self.shared_dir = shared_dir
         r = self.registry
         self.requests = Counter(
             "torchrest_requests",
@@ -76,12 +85,14 @@ class Metrics:
             "Decoded requests waiting for a model instance",
             ["model"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.in_flight = Gauge(
             "torchrest_in_flight",
             "Admitted requests not yet answered (decoding, queued, running)",
             ["model"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.dropped = Counter(
             "torchrest_dropped_requests",
@@ -104,7 +115,21 @@ class Metrics:
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, self.shared_dir)
+        return generate_latest(registry)
+
+    def sample(self, models: ModelManager) -> None:
+        """Shared mode: write each model's queue gauges (a gauge read through a function is seen only by
+        the process that holds it). The engine calls this ten times a second."""
+        if self.shared_dir is None:
+            return
+        for entry in models.entries.values():
+            if entry.runtime is not None:
+                self.queue_depth.labels(entry.name).set(len(entry.runtime.queue))
+                self.in_flight.labels(entry.name).set(entry.runtime.admission.in_flight)
 
 
 class RecentActivity:

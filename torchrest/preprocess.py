@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 
 import numpy as np
+import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
@@ -49,7 +50,7 @@ class Preprocessor:
         self.max_pixels = max_pixels
         self.ahead = ahead
         pool_needed = ahead or threads > 1
-        self._pool = started_pool(threads, "decode") if pool_needed else None
+        self._pool = started_pool(threads, "decode", one_torch_thread) if pool_needed else None
 
     def start(self, image: bytes) -> Future[np.ndarray]:
         """Decode ahead: start decoding `image` now; `fill` copies the pixels when its batch runs."""
@@ -83,6 +84,12 @@ class Preprocessor:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def one_torch_thread() -> None:
+    """A decode thread's resize runs on that thread alone: the intra-op pool is the model's (the thread
+    count is per thread with OpenMP), and sharing it made both slower."""
+    torch.set_num_threads(1)
 
 
 def decode_image(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:

@@ -26,6 +26,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger("torchrest.priority")
@@ -50,10 +51,11 @@ def lower_this_thread(nice: int) -> None:
         log.warning("cannot lower the event loop's priority: %s", exc)
 
 
-def started_pool(threads: int, name: str) -> ThreadPoolExecutor:
+def started_pool(threads: int, name: str, initializer: Callable[[], None] | None = None) -> ThreadPoolExecutor:
     """A thread pool whose threads all exist now, with the calling thread's priority (a pool starts
-    threads lazily, from whichever thread submits: the event loop, at its lower priority)."""
-    pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
+    threads lazily, from whichever thread submits: the event loop, at its lower priority). Each thread
+    runs `initializer` first."""
+    pool = ThreadPoolExecutor(threads, thread_name_prefix=name, initializer=initializer)
     barrier = threading.Barrier(threads + 1)
     for _ in range(threads):
         pool.submit(barrier.wait)

@@ -26,15 +26,26 @@ def resize_crop_into(pixels: np.ndarray, spec: InputSpec, out: np.ndarray) -> No
     then copy the centre `spec.crop_size` square into `out` ((S, S, 3) uint8): the only write into `out`."""
     height, width = pixels.shape[:2]
     new_height, new_width = resized_size(height, width, spec.resize_size)
-    # (H, W, 3) is NCHW in channels-last layout to torch: no copy in, and the uint8 AVX2 kernel.
-    image = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
+    resized = pixels
     if (new_height, new_width) != (height, width):
-        image = torch.nn.functional.interpolate(
-            image, size=(new_height, new_width), mode="bilinear", antialias=True, align_corners=False
+        resized = np.empty((new_height, new_width, 3), np.uint8)
+        # (H, W, 3) is NCHW in channels-last layout to torch: no copy in, the uint8 AVX2 kernel, and its
+        # output written channels-last into `resized`. interpolate() would return NCHW-contiguous pixels
+        # whose crop then copies across strides: 3.4x the time for cat.jpg's resize, 6x for a tiny image.
+        _RESIZE(
+            torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0),
+            [new_height, new_width],
+            False,
+            None,
+            None,
+            out=torch.from_numpy(resized).permute(2, 0, 1).unsqueeze(0),
         )
     top, left = crop_origin(new_height, new_width, spec.crop_size)
-    # numpy copies on this thread; torch's copy_ would fan out over the model's intra-op threads
-    out[...] = image[0].permute(1, 2, 0).numpy()[top : top + spec.crop_size, left : left + spec.crop_size]
+    out[...] = resized[top : top + spec.crop_size, left : left + spec.crop_size]
+
+
+# the antialiased bilinear kernel behind interpolate(mode="bilinear", antialias=True), in its out= form
+_RESIZE = torch._C._nn._upsample_bilinear2d_aa
 
 
 def resized_size(height: int, width: int, shorter: int) -> tuple[int, int]:

@@ -30,6 +30,7 @@ import numpy as np
 from torchrest.backends import Backend
 from torchrest.batching import Admission, BatchQueue, Job, StageTimes, Taken
 from torchrest.errors import DeadlineExceeded, ModelError, QueueFull, TorchrestError, first_line
+from torchrest.messages import RuntimeInfo
 from torchrest.metrics import Metrics, ModelStats, RecentActivity
 from torchrest.models.common import LoadedModel
 from torchrest.postprocess import Answer, softmax
@@ -72,12 +73,35 @@ class Instance:
     busy: bool = False  # running a batch (read by the event loop: a hint, not a lock)
 
 
+class Admits:
+    """`admitted()` over a runtime's `admit` and `release`: the model's runtime here, or the engine's seen
+    from a front-end process (torchrest.frontend.remote)."""
+
+    def admit(self, count: int = 1, deadline_s: float | None = None) -> None:
+        raise NotImplementedError
+
+    def release(self, count: int = 1) -> None:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def admitted(self, deadline_s: float | None = None, count: int = 1) -> Iterator[Admitted]:
+        """`with runtime.admitted(deadline) as places:` takes places (QueueFull, 503, when there are none or
+        the queue would keep them past the deadline) and gives them back however the request ends;
+        `places.add(n)` takes more once the request says how many."""
+        self.admit(count, deadline_s)
+        places = Admitted(self, count, deadline_s)
+        try:
+            yield places
+        finally:
+            self.release(places.count)
+
+
 class Admitted:
     """The places one request holds in a model's admission bound."""
 
     __slots__ = ("runtime", "count", "deadline_s")
 
-    def __init__(self, runtime: ModelRuntime, count: int, deadline_s: float | None) -> None:
+    def __init__(self, runtime: Admits, count: int, deadline_s: float | None) -> None:
         self.runtime = runtime
         self.count = count
         self.deadline_s = deadline_s
@@ -88,7 +112,7 @@ class Admitted:
             self.count += count
 
 
-class ModelRuntime:
+class ModelRuntime(Admits):
     def __init__(
         self,
         model: LoadedModel,
@@ -175,18 +199,6 @@ class ModelRuntime:
     def release(self, count: int = 1) -> None:
         self.admission.release(count)
 
-    @contextlib.contextmanager
-    def admitted(self, deadline_s: float | None = None, count: int = 1) -> Iterator[Admitted]:
-        """`with runtime.admitted(deadline) as places:` takes places (QueueFull, 503, when there are none or
-        the queue would keep them past the deadline) and gives them back however the request ends;
-        `places.add(n)` takes more once the request says how many."""
-        self.admit(count, deadline_s)
-        places = Admitted(self, count, deadline_s)
-        try:
-            yield places
-        finally:
-            self.release(places.count)
-
     def observe_total(self, seconds: float) -> None:
         self._total.observe(seconds)
         self.recent.latencies_s.append(seconds)
@@ -197,19 +209,42 @@ class ModelRuntime:
         """Queue one image (encoded, or pixels); return its answer: class probabilities and the most probable
         class (or raise its error).
         `times`, when given, learns where the time went (queue, decode, model)."""
+        return await self.submit(image, deadline_s, request_id, times)
+
+    def submit(
+        self, image: bytes | np.ndarray, deadline_s: float, request_id: str, times: StageTimes | None = None
+    ) -> asyncio.Future[Answer]:
+        """As `infer`, without a coroutine: the future of the answer (the engine process answers each
+        front-end's request from the future's callback). Cancelling it drops the job before the model."""
         future: asyncio.Future[Answer] = self.loop.create_future()
         enqueued = time.monotonic()
         pending: bytes | np.ndarray | Future[np.ndarray] = image
         if self.preprocessor.ahead and isinstance(image, bytes) and not self._idle():
             pending = self.preprocessor.start(image)  # decode now, while the instances are busy
         self.queue.put(Job(pending, deadline_s, enqueued, request_id, future, times))
-        try:
-            answer = await future
-        except Exception:
-            self.stats.record_request(False, int((time.monotonic() - enqueued) * 1e9))
-            raise
-        self.stats.record_request(True, int((time.monotonic() - enqueued) * 1e9))
-        return answer
+        future.add_done_callback(lambda done: self._record(done, enqueued))
+        return future
+
+    def _record(self, future: asyncio.Future[Answer], enqueued_s: float) -> None:
+        if not future.cancelled():
+            self.stats.record_request(future.exception() is None, int((time.monotonic() - enqueued_s) * 1e9))
+
+    @property
+    def info(self) -> RuntimeInfo:
+        backend = self.instances[0].backend
+        return RuntimeInfo(backend.name, backend.device, self.queue.max_batch_size, len(self.instances), self.threads)
+
+    def activity(self) -> dict[str, object]:
+        """This model's recent figures, for the web page (GET /web/stats)."""
+        ok, failed = self.stats.request_counts()
+        return {
+            "ok": ok,
+            "failed": failed,
+            "latency_ms": self.recent.latency_percentiles_ms(),
+            "batch_size": self.recent.mean_batch_size(),
+            "queue_depth": len(self.queue),
+            "in_flight": self.admission.in_flight,
+        }
 
     def _idle(self) -> bool:
         """Nothing queued and an instance free: this image will be taken at once, and decoding it on that

@@ -24,6 +24,7 @@ from torchrest.api import AppState, build_app
 from torchrest.api.protocol import guarded_protocol
 from torchrest.backends import Backend, resolve_device
 from torchrest.config import ServerConfig
+from torchrest.cores import available_cores
 from torchrest.errors import LoadFailed, StartupError, first_line
 from torchrest.layout import serving_layout
 from torchrest.manager import ModelManager
@@ -41,15 +42,64 @@ log = logging.getLogger("torchrest.server")
 
 
 def serve(config: ServerConfig) -> int:
-    """Run the server until SIGINT/SIGTERM; returns the process exit status."""
+    """Run the server until SIGINT/SIGTERM; returns the process exit status. One process, or with more than
+    one front-end (--workers), a supervisor over front-end processes and one engine (torchrest.supervisor)."""
     try:
         config.validate()
     except ValueError as exc:
         raise StartupError(str(exc)) from None
     device = resolve_device(config.device)
+    workers = front_end_count(config, device)
+    if workers > 1:
+        from torchrest.supervisor import supervise
+
+        return supervise(config, workers, device)
     configure_torch(config)
     hand_off_gil_quickly()
     metrics = Metrics()
+    models = model_manager(config, metrics, device)
+    access = AccessControl.from_config(config)
+    tls = tls_options(config)
+    sockets = [bind(config.host, config.port)]
+    if config.metrics_port:
+        sockets.append(bind(config.host, config.metrics_port))
+    if config.grpc_port:
+        bind(config.host, config.grpc_port).close()  # a port in use fails here, in one line
+    state = AppState(config=config, metrics=metrics, models=models, access=access)
+    grpc_listener = _grpc_listener(state) if config.grpc_port else None
+    server = http_server(state, tls, grpc_listener)
+    state.startup = lambda: _start(state, server, grpc_listener)
+    state.shutdown = lambda: _stop(state, grpc_listener)
+    host, port = sockets[0].getsockname()[:2]
+    log.info(
+        "torchrest serving %s (default %s) on %s://%s:%d (device %s, %d threads for %d model(s))",
+        ", ".join(models.entries),
+        models.default,
+        "https" if tls else "http",
+        host,
+        port,
+        device,
+        config.total_threads,
+        len(models.entries),
+    )
+    log_access(state)
+    server.run(sockets=sockets)
+    return 1 if state.load_error else 0
+
+
+def front_end_count(config: ServerConfig, device: str) -> int:
+    """--workers, or by default: one process on a CPU, where the model needs the cores that more front-ends
+    would take (benchmark/ceiling.py measures both); on a GPU, a front-end for every two cores the cgroup
+    allows, up to 8, since the server's own work per request is then what bounds it."""
+    if config.workers > 0:
+        return config.workers
+    if not device.startswith("cuda"):
+        return 1
+    return max(1, min(8, available_cores() // 2))
+
+
+def model_manager(config: ServerConfig, metrics: Metrics, device: str) -> ModelManager:
+    """The models this server serves (read, not yet loaded): a bad name or folder fails here."""
     models = ModelManager(
         lambda model, loop: start_runtime(model, device, config, metrics, loop),
         config.model_repository,
@@ -62,20 +112,17 @@ def serve(config: ServerConfig) -> int:
     else:
         model = load_model(config)
         models.add(model, lambda: model)
-    access = AccessControl.from_config(config)
-    tls = tls_options(config)
-    sockets = [bind(config.host, config.port)]
-    if config.metrics_port:
-        sockets.append(bind(config.host, config.metrics_port))
-    if config.grpc_port:
-        bind(config.host, config.grpc_port).close()  # a port in use fails here, in one line
-    state = AppState(config=config, metrics=metrics, models=models, access=access)
-    grpc_listener = _grpc_listener(state) if config.grpc_port else None
+    return models
+
+
+def http_server(state: AppState, tls: dict[str, Any], grpc_listener: GrpcListener | None) -> DrainingServer:
+    """uvicorn over the app, as every process that serves HTTP runs it."""
+    config = state.config
     server = DrainingServer(
         uvicorn.Config(
             build_app(state),
             loop="uvloop",
-            http=guarded_protocol(config.read_timeout, metrics.requests.labels("other", 408).inc),
+            http=guarded_protocol(config.read_timeout, state.metrics.requests.labels("other", 408).inc),
             lifespan="on",
             access_log=False,
             log_level=config.log_level,
@@ -87,23 +134,13 @@ def serve(config: ServerConfig) -> int:
             **tls,
         )
     )
-    state.startup = lambda: _start(state, server, grpc_listener)
-    state.shutdown = lambda: _stop(state, grpc_listener)
     if grpc_listener is not None:
         server.on_exit = lambda: grpc_listener.begin_stop(config.drain_timeout)
-    host, port = sockets[0].getsockname()[:2]
-    scheme = "https" if tls else "http"
-    log.info(
-        "torchrest serving %s (default %s) on %s://%s:%d (device %s, %d threads for %d model(s))",
-        ", ".join(models.entries),
-        models.default,
-        scheme,
-        host,
-        port,
-        device,
-        config.total_threads,
-        len(models.entries),
-    )
+    return server
+
+
+def log_access(state: AppState) -> None:
+    config, access = state.config, state.access
     log.info(
         "access: inference %s; repository load/unload %s%s%s%s",
         "needs an API key" if access.requires_api_key else "open",
@@ -112,8 +149,6 @@ def serve(config: ServerConfig) -> int:
         f"; gRPC on port {config.grpc_port}" if config.grpc_port else "",
         f"; CORS for {config.cors_origins}" if config.cors_origin_list else "",
     )
-    server.run(sockets=sockets)
-    return 1 if state.load_error else 0
 
 
 class DrainingServer(uvicorn.Server):
@@ -211,10 +246,14 @@ def tls_options(config: ServerConfig) -> dict[str, Any]:
     return options
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A socket bound to host:port (StartupError, one line, if it is taken). `reuse_port`: each front-end
+    process binds its own, and the kernel spreads new connections over them by a hash."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

@@ -25,6 +25,7 @@ async def metrics(request: Request, state: AppState) -> Response:
 async def info(request: Request, state: AppState) -> Response:
     default = state.models.entry(None)
     runtime = default.runtime
+    served = runtime.info if runtime else None
     config = state.config
     return json_response(
         200,
@@ -33,22 +34,22 @@ async def info(request: Request, state: AppState) -> Response:
             "version": __version__,
             "ready": runtime is not None,
             "default_model": state.models.default,
-            "model": runtime.model.describe() if runtime else None,
-            "backend": runtime.backends[0].name if runtime else None,
-            "device": runtime.backends[0].device if runtime else None,
+            "model": default.model.describe() if runtime else None,
+            "backend": served.backend if served else None,
+            "device": served.device if served else None,
             "batching": {
-                "max_batch_size": runtime.queue.max_batch_size if runtime else None,
-                "tuned_batch_size": runtime.queue.max_batch_size if runtime else None,
+                "max_batch_size": served.max_batch_size if served else None,
+                "tuned_batch_size": served.max_batch_size if served else None,
                 "max_wait_ms": config.max_wait_ms,
-                "instances": len(runtime.instances) if runtime else None,
-                "threads_per_instance": runtime.threads if runtime else None,
+                "instances": served.instances if served else None,
+                "threads_per_instance": served.threads if served else None,
             },
             "models": [
                 {
                     "name": entry.name,
                     "version": entry.version,
                     "state": entry.state,
-                    "backend": entry.runtime.backends[0].name if entry.runtime else None,
+                    "backend": entry.runtime.info.backend if entry.runtime else None,
                 }
                 for entry in state.models.entries.values()
             ],

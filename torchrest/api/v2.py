@@ -77,8 +77,8 @@ async def model_config(request: Request, state: AppState) -> Response:
         {
             "name": entry.name,
             "platform": platform(entry),
-            "max_batch_size": runtime.queue.max_batch_size if runtime else state.config.max_batch_size,
-            "instance_group": [{"count": len(runtime.instances) if runtime else 0, "kind": "KIND_CPU"}],
+            "max_batch_size": runtime.info.max_batch_size if runtime else state.config.max_batch_size,
+            "instance_group": [{"count": runtime.info.instances if runtime else 0, "kind": "KIND_CPU"}],
             "dynamic_batching": {"max_queue_delay_microseconds": int(state.config.max_wait_ms * 1000)},
             "parameters": {k: str(v) for k, v in entry.model.describe().items() if not isinstance(v, dict)},
         },
@@ -86,12 +86,8 @@ async def model_config(request: Request, state: AppState) -> Response:
 
 
 async def stats(request: Request, state: AppState) -> Response:
-    name = request.params.get("name")
-    entries = [_entry(request, state)] if name is not None else list(state.models.entries.values())
-    return json_response(
-        200,
-        {"model_stats": [e.runtime.stats.as_triton(e.name, e.version) for e in entries if e.runtime is not None]},
-    )
+    rows = await state.models.statistics(request.params.get("name"), request.params.get("version"))
+    return json_response(200, {"model_stats": rows})
 
 
 async def repository_index(request: Request, state: AppState) -> Response:
@@ -103,7 +99,7 @@ async def repository_index(request: Request, state: AppState) -> Response:
             if not isinstance(ready_only, bool):
                 raise BadRequest(f"'ready' must be true or false, got {ready_only!r}")
             only_ready = ready_only
-    index = state.models.index()
+    index = await state.models.index()
     return json_response(200, [row for row in index if not only_ready or row["state"] == ModelState.READY])
 
 

@@ -112,23 +112,21 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 name=entry.name,
                 platform=platform(entry),
                 backend=str(entry.model.metadata.get("backend", "torch")),
-                max_batch_size=runtime.queue.max_batch_size if runtime else config.max_batch_size,
-                instance_group=[pb.ModelInstanceGroup(count=len(runtime.instances) if runtime else 0, kind=kind)],
+                max_batch_size=runtime.info.max_batch_size if runtime else config.max_batch_size,
+                instance_group=[pb.ModelInstanceGroup(count=runtime.info.instances if runtime else 0, kind=kind)],
                 dynamic_batching=pb.ModelDynamicBatching(max_queue_delay_microseconds=int(config.max_wait_ms * 1000)),
             )
         )
 
     @answered
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ModelStatisticsResponse:
-        models = self.state.models
-        entries = [models.entry(request.name, request.version or None)] if request.name else models.entries.values()
-        stats = [entry.runtime.stats.as_triton(entry.name, entry.version) for entry in entries if entry.runtime]
+        stats = await self.state.models.statistics(request.name or None, request.version or None)
         return pb.ModelStatisticsResponse(model_stats=[_statistics(row) for row in stats])
 
     # -- repository ------------------------------------------------------------------------------------
     @answered
     async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> pb.RepositoryIndexResponse:
-        rows = [row for row in self.state.models.index() if not request.ready or row["state"] == ModelState.READY]
+        rows = [row for row in await self.state.models.index() if not request.ready or row["state"] == ModelState.READY]
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
 
     @answered

@@ -47,6 +47,7 @@ async def style(request: Request, state: AppState) -> Response:
 
 
 async def stats(request: Request, state: AppState) -> Response:
+    activity = await state.models.activity()
     models = []
     for entry in state.models.entries.values():
         runtime = entry.runtime
@@ -54,19 +55,11 @@ async def stats(request: Request, state: AppState) -> Response:
             "name": entry.name,
             "version": entry.version,
             "state": entry.state,
-            "backend": runtime.backends[0].name if runtime else None,
+            "backend": runtime.info.backend if runtime else None,
             "default": entry.name == state.models.default,
         }
-        if runtime is not None:
-            ok, failed = runtime.stats.request_counts()
-            row |= {
-                "ok": ok,
-                "failed": failed,
-                "latency_ms": runtime.recent.latency_percentiles_ms(),
-                "batch_size": runtime.recent.mean_batch_size(),
-                "queue_depth": len(runtime.queue),
-                "in_flight": runtime.admission.in_flight,
-            }
+        if runtime is not None and entry.name in activity:
+            row |= activity[entry.name]
         models.append(row)
     payload = {"time": time.time(), "version": __version__, "ready": state.not_ready_reason() is None}
     return json_response(200, payload | {"models": models}, headers={"cache-control": "no-store"})

@@ -1,0 +1,76 @@
+"""One front-end process: HTTP (and gRPC) on the shared ports, admission, body reading, multipart, decode
+into its slots, and the answers; the models are the engine's (torchrest.frontend.remote).
+
+    supervisor --spawn--> run_frontend(index): bind the ports with SO_REUSEPORT (the kernel spreads new
+    connections over the front-ends by a hash), create the slots, connect to the engine, serve until
+    SIGTERM, drain, unlink the slots
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+from pathlib import Path
+
+import torch
+
+from torchrest.access import AccessControl
+from torchrest.api import AppState
+from torchrest.config import ServerConfig
+from torchrest.frontend.remote import RemoteModels
+from torchrest.metrics import Metrics
+from torchrest.slots import SlotFile, slot_bytes_for
+
+log = logging.getLogger("torchrest.frontend")
+
+PR_SET_PDEATHSIG = 1
+SLOTS_PER_FRONTEND = 64  # images in flight per front-end in shared memory; more travel inline (a copy more)
+SLOT_CROP = 320  # slots fit crops up to this side; a larger model's pixels travel inline
+
+
+def child_process_setup(config: ServerConfig, role: str) -> None:
+    """What every process the supervisor starts does first: end with the supervisor (a killed supervisor
+    must not leave orphans holding the port), and log as the supervisor does, naming itself."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the supervisor's stop still ends its children
+        pass
+    logging.basicConfig(
+        level=config.log_level.upper(), format=f"%(asctime)s %(levelname)s %(name)s [{role}]: %(message)s"
+    )
+
+
+def run_frontend(config: ServerConfig, index: int, socket_path: Path, server_pid: int) -> None:
+    from torchrest.server import _grpc_listener, bind, http_server, log_access, tls_options
+
+    child_process_setup(config, f"front-end {index}")
+    torch.set_num_threads(1)  # the resize runs here, one image at a time, beside the other front-ends
+    metrics = Metrics(shared_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    slots = SlotFile.create(server_pid, index, SLOTS_PER_FRONTEND, slot_bytes_for(SLOT_CROP))
+    try:
+        models = RemoteModels(socket_path, index, slots, config.max_image_pixels)
+        state = AppState(config=config, metrics=metrics, models=models, access=AccessControl.from_config(config))  # type: ignore[arg-type]
+        sockets = [bind(config.host, config.port, reuse_port=True)]
+        if config.metrics_port:
+            sockets.append(bind(config.host, config.metrics_port, reuse_port=True))
+        grpc_listener = _grpc_listener(state) if config.grpc_port else None
+        server = http_server(state, tls_options(config), grpc_listener)
+
+        async def start() -> None:
+            await models.connect()
+            if grpc_listener is not None:
+                await grpc_listener.start()
+
+        async def stop() -> None:
+            if grpc_listener is not None:
+                await grpc_listener.stopped(config.drain_timeout)
+            await models.stop()
+
+        state.startup, state.shutdown = start, stop
+        if index == 0:
+            log_access(state)
+        server.run(sockets=sockets)
+    finally:
+        slots.close()

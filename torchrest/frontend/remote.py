@@ -1,0 +1,334 @@
+"""The engine's models as a front-end process sees them: the surface the API and gRPC handlers use
+(torchrest.manager.ModelManager's and torchrest.runtime.ModelRuntime's), over the link to the engine.
+
+    handler -> RemoteModels.runtime(name) -> RemoteRuntime.admitted (the engine's last Pulse: 503 before
+    the body is read) -> infer: decode into a slot (torchrest.slots), Infer --> engine ... Answered -> the
+    row read from the slot -> Answer
+
+What a handler reads without waiting (which models, their states, readiness) comes from the engine's
+last Snapshot; what changes per request (statistics, the web page's figures) and what acts (load,
+unload) is a Call answered by the engine. When the engine goes away every request waiting on it fails
+with 503 and /health says so at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from torchrest.batching import Admission, StageTimes
+from torchrest.errors import BadRequest, NotFound, NotReady
+from torchrest.manager import READY, check_model_name
+from torchrest.messages import (
+    Answered,
+    Call,
+    Cancel,
+    Connection,
+    EntryInfo,
+    Failed,
+    Hello,
+    Infer,
+    ModelInfo,
+    Observe,
+    Pulse,
+    Returned,
+    RuntimeInfo,
+    Snapshot,
+)
+from torchrest.postprocess import Answer
+from torchrest.preprocess import decode_into
+from torchrest.runtime import Admits
+from torchrest.slots import SlotFile
+
+log = logging.getLogger("torchrest.frontend")
+
+CONNECT_TIMEOUT_S = 120.0  # the engine creates its socket before it loads the models: this is generous
+DECODE_OFF_LOOP_BYTES = 512 * 1024  # a larger upload is decoded on a thread rather than on the event loop
+
+
+@dataclass(slots=True)
+class RemoteEntry:
+    """A model as the repository index and the handlers see it (the fields of ModelEntry they read)."""
+
+    name: str
+    model: ModelInfo
+    runtime: RemoteRuntime | None
+    state: str
+    reason: str
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+
+class RemoteRuntime(Admits):
+    """One engine model's runtime, from a front-end: admission, infer, and the figures it reports."""
+
+    def __init__(self, link: EngineLink, entry: EntryInfo, info: RuntimeInfo) -> None:
+        self.link = link
+        self.model = entry.model
+        self.info = info
+        self.admission = Admission(*entry.admission)
+        self._shape = (entry.model.input_spec.crop_size, entry.model.input_spec.crop_size, 3)
+        self._classes = len(entry.model.labels)
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def admit(self, count: int = 1, deadline_s: float | None = None) -> None:
+        """Refuse (503) what the engine's queue, as its last Pulse showed it, cannot take in time; the engine
+        admits for real when the request reaches it."""
+        in_flight, per_image_s = self.link.queues.get(self.name, (0, 0.0))
+        self.admission.in_flight, self.admission.seconds_per_image = in_flight, per_image_s
+        self.admission.admit(count, deadline_s)
+
+    def release(self, count: int = 1) -> None:
+        pass  # the places were the engine's: it releases them as it answers
+
+    def observe_total(self, seconds: float) -> None:
+        self.link.send(Observe(self.name, seconds))
+
+    async def infer(
+        self, image: bytes | np.ndarray, deadline_s: float, request_id: str, times: StageTimes | None = None
+    ) -> Answer:
+        """Decode (or copy) the image into a slot, hand it to the engine, and wait for its row."""
+        link = self.link
+        slots = link.slots
+        slot = slots.acquire() if slots.fits(self._shape, self._classes) else -1
+        try:
+            inline, decode_s = await self._pixels_in(image, slot)
+        except BaseException:
+            if slot >= 0:
+                slots.release(slot)
+            raise
+        if inline is not None and slot >= 0:
+            slots.release(slot)
+            slot = -1
+        message = await link.request(
+            lambda call: Infer(call, self.name, self.model.version, slot, self._shape, inline, deadline_s, request_id),
+            slot,
+        )
+        assert isinstance(message, Answered)
+        if times is not None:
+            times.note(message.queue_s, decode_s + message.decode_s, message.inference_s)
+        return Answer(link.answer_of(message, slot), message.best)
+
+    async def _pixels_in(self, image: bytes | np.ndarray, slot: int) -> tuple[np.ndarray | None, float]:
+        """Write the image's pixels into `slot` (None back), or return them to travel inline; and the decode
+        time. Decode errors (400, 413) are raised here, before the engine sees anything."""
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or slot < 0:
+                return image, 0.0  # a float tensor is quantised to pixels by the engine, as in one process
+            self.link.slots.pixels(slot, self._shape)[:] = image
+            return None, 0.0
+        started = time.monotonic()
+        target = self.link.slots.pixels(slot, self._shape) if slot >= 0 else np.empty(self._shape, np.uint8)
+        spec, limit = self.model.input_spec, self.link.max_image_pixels
+        if len(image) > DECODE_OFF_LOOP_BYTES:
+            await asyncio.to_thread(decode_into, image, spec, limit, target)
+        else:
+            decode_into(image, spec, limit, target)
+        return (None if slot >= 0 else target), time.monotonic() - started
+
+
+class RemoteModels:
+    """ModelManager's surface for the handlers, answered from the engine's Snapshot or by a Call."""
+
+    def __init__(self, socket_path: Path, frontend: int, slots: SlotFile, max_image_pixels: int) -> None:
+        self.link = EngineLink(self, frontend, slots, max_image_pixels)
+        self.socket_path = socket_path
+        self.entries: dict[str, RemoteEntry] = {}
+        self.default_name = ""
+        self._not_ready: str | None = "connecting to the engine process"
+        self._generation = -1
+
+    async def connect(self) -> None:
+        """Connect to the engine (it may still be starting); the handlers answer 503 until its Snapshot says
+        the models are ready."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONNECT_TIMEOUT_S
+        while True:
+            try:
+                await loop.create_unix_connection(lambda: self.link, str(self.socket_path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+        slots = self.link.slots
+        self.link.send(Hello(self.link.frontend, os.getpid(), str(slots.path), slots.count, slots.slot_bytes))
+
+    async def stop(self) -> None:
+        self.link.close()
+
+    # -- the engine's word -----------------------------------------------------------------------------
+    def update(self, snapshot: Snapshot) -> None:
+        if snapshot.generation < self._generation:
+            return
+        self._generation = snapshot.generation
+        self.default_name = snapshot.default
+        self._not_ready = snapshot.not_ready
+        known = self.entries
+        self.entries = {}
+        for entry in snapshot.entries:
+            runtime = None
+            if entry.runtime is not None:
+                previous = known.get(entry.name)
+                same = previous is not None and previous.runtime is not None and previous.model == entry.model
+                runtime = previous.runtime if same and previous.runtime.info == entry.runtime else None  # type: ignore[union-attr]
+                runtime = runtime or RemoteRuntime(self.link, entry, entry.runtime)
+            self.entries[entry.name] = RemoteEntry(entry.name, entry.model, runtime, entry.state, entry.reason)
+
+    def engine_lost(self) -> None:
+        self._not_ready = "the engine process is down"
+        for entry in self.entries.values():
+            entry.runtime = None
+            entry.state, entry.reason = "UNAVAILABLE", "the engine process is down"
+
+    # -- lookup (ModelManager's) ---------------------------------------------------------------------------
+    @property
+    def default(self) -> str:
+        return self.default_name or next(iter(self.entries), "")
+
+    def entry(self, name: str | None, version: str | None = None) -> RemoteEntry:
+        if name is not None:
+            check_model_name(name)
+        if version is not None and not version.isdigit():
+            raise BadRequest(f"invalid model version {version[:40]!r}: a version is a number")
+        key = name if name is not None else self.default
+        entry = self.entries.get(key)
+        if entry is None:
+            if not self.entries and self._not_ready:
+                raise NotReady(self._not_ready)
+            raise NotFound(f"unknown model {key!r}; served: {', '.join(self.entries)}")
+        if version is not None and version != entry.version:
+            raise NotFound(f"model {key!r} has no version {version!r} loaded (it serves version {entry.version})")
+        return entry
+
+    def runtime(self, name: str | None, version: str | None = None) -> RemoteRuntime:
+        entry = self.entry(name, version)
+        if entry.runtime is None or entry.state != READY:
+            raise NotReady(
+                f"model {entry.name!r} is {entry.state.lower()}{': ' + entry.reason if entry.reason else ''}"
+            )
+        return entry.runtime
+
+    def not_ready_reason(self) -> str | None:
+        return self._not_ready
+
+    # -- asked of the engine -----------------------------------------------------------------------------
+    async def index(self) -> list[dict[str, str]]:
+        rows: list[dict[str, str]] = await self.link.call("index")
+        return rows
+
+    async def statistics(self, name: str | None = None, version: str | None = None) -> list[dict[str, object]]:
+        if name is not None:
+            self.entry(name, version)  # 400/404 here, as in one process
+        rows: list[dict[str, object]] = await self.link.call("statistics", name, version)
+        return rows
+
+    async def activity(self) -> dict[str, dict[str, object]]:
+        rows: dict[str, dict[str, object]] = await self.link.call("activity")
+        return rows
+
+    async def load(self, name: str) -> RemoteEntry:
+        check_model_name(name)
+        await self.link.call("load", name)
+        return await self._seen(name)
+
+    async def unload(self, name: str) -> None:
+        self.entry(name)
+        await self.link.call("unload", name)
+        await self._seen(name)
+
+    async def _seen(self, name: str) -> RemoteEntry:
+        """The entry once this front-end has the Snapshot the engine published after the call (it was sent
+        before the call's answer, on the same connection, so it is here already)."""
+        return self.entry(name)
+
+
+class EngineLink(Connection):
+    """The front-end's end of its connection to the engine: calls in flight, and the slots they hold."""
+
+    def __init__(self, models: RemoteModels, frontend: int, slots: SlotFile, max_image_pixels: int) -> None:
+        super().__init__()
+        self.models = models
+        self.frontend = frontend
+        self.slots = slots
+        self.max_image_pixels = max_image_pixels
+        self.queues: dict[str, tuple[int, float]] = {}
+        self._calls = itertools.count()
+        self._pending: dict[int, tuple[asyncio.Future[Any], int]] = {}
+
+    async def request(self, message: Any, slot: int = -1) -> Any:
+        """Send `message(call)` and wait for its answer. If the waiter is cancelled (the client left), the
+        engine is told to drop the job; `slot` stays taken until the engine's final word on it."""
+        if self.transport is None:
+            if slot >= 0:
+                self.slots.release(slot)
+            raise NotReady("the engine process is down")
+        call = next(self._calls)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[call] = (future, slot)
+        self.send(message(call))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self.send(Cancel(call))
+            raise
+
+    async def call(self, method: str, *args: Any) -> Any:
+        return await self.request(lambda call: Call(call, method, args))
+
+    def answer_of(self, message: Answered, slot: int) -> np.ndarray:
+        if message.inline is not None:
+            return np.asarray(message.inline)
+        return self.slots.answer(slot, message.classes).copy()
+
+    def received(self, message: Any) -> None:
+        if isinstance(message, Pulse):
+            self.queues = message.queues
+            return
+        if isinstance(message, Snapshot):
+            self.models.update(message)
+            return
+        future, slot = self._pending.pop(message.call, (None, -1))
+        if future is None:
+            return
+        if future.done():  # cancelled: the engine is done with the slot now
+            if slot >= 0:
+                self.slots.release(slot)
+            return
+        if isinstance(message, Answered):
+            if slot >= 0:
+                # read the row before the slot can be taken again
+                message = message._replace(inline=self.answer_of(message, slot))
+                self.slots.release(slot)
+            future.set_result(message)
+        elif isinstance(message, Failed):
+            if slot >= 0:
+                self.slots.release(slot)
+            future.set_exception(message.error.rebuilt())
+        elif isinstance(message, Returned):
+            future.set_result(message.value)
+
+    def lost(self) -> None:
+        log.error("front-end %d lost the engine process", self.frontend)
+        self.models.engine_lost()
+        pending, self._pending = self._pending, {}
+        for future, _ in pending.values():
+            if not future.done():
+                future.set_exception(NotReady("the engine process is down"))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,234 @@
+"""Every message between a front-end process and the engine process, declared once (as
+`grpc/inference.proto` declares the gRPC surface), and the one connection type both sides speak.
+
+    front-end                                      engine
+    Hello(frontend, slots_path, slot_count, ...)   ->
+    Infer(call, model, version, slot | pixels, deadline_s, request_id)  ->  admit, queue, batch, run
+                                                   <-  Answered(call, best, stage times)   (row in the slot)
+                                                   <-  Failed(call, error)                 (4xx/5xx, slot free)
+    Cancel(call)                                   ->  the job is dropped before the model; then Failed
+    Observe(model, total_s)                        ->  the request's total time, for /web/stats
+    Call(call, method, args)                       ->  load, unload, index, statistics, activity
+                                                   <-  Returned(call, value) | Failed(call, error)
+                                                   <-  Snapshot(...)   models, states, readiness: on change
+                                                   <-  Pulse(...)      queue figures, ten times a second
+
+Decoded pixels never travel in a message: the front-end writes them once into a slot of its shared
+memory (torchrest.slots), the engine copies them once into the batch, and writes the answer's row back into
+the same slot. Messages are small tuples, pickled, each framed by its length; what one side sends within
+one turn of its event loop leaves in one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import struct
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, cast
+
+from torchrest.config import InputSpec
+from torchrest.errors import TorchrestError, all_errors
+
+LENGTH = struct.Struct("<I")
+MAX_MESSAGE_BYTES = 1 << 30  # a v2 request may carry float tensors inline; anything larger is a broken peer
+
+
+# -- front-end -> engine ------------------------------------------------------------------------------
+class Hello(NamedTuple):
+    frontend: int  # the front-end's index (0..N-1), for logs
+    pid: int
+    slots_path: str  # its shared-memory file (torchrest.slots.SlotFile)
+    slot_count: int
+    slot_bytes: int
+
+
+class Infer(NamedTuple):
+    call: int
+    model: str
+    version: str | None
+    slot: int  # -1: the pixels travel inline (no slot free, or a float tensor)
+    shape: tuple[int, ...]  # of the pixels in the slot: (S, S, 3) uint8
+    inline: Any  # np.ndarray when slot == -1, else None
+    deadline_s: float  # monotonic clock, which every process of the machine shares
+    request_id: str
+
+
+class Cancel(NamedTuple):
+    call: int
+
+
+class Observe(NamedTuple):
+    model: str
+    total_s: float
+
+
+class Call(NamedTuple):
+    call: int
+    method: str  # a method of torchrest.engine.service.EngineCalls
+    args: tuple[Any, ...]
+
+
+# -- engine -> front-end ------------------------------------------------------------------------------
+class Answered(NamedTuple):
+    call: int
+    best: int
+    classes: int  # the row's length, in the slot after the pixels (or `inline`)
+    inline: Any  # np.ndarray when the request had no slot, else None
+    queue_s: float
+    decode_s: float
+    inference_s: float
+
+
+class Failed(NamedTuple):
+    call: int
+    error: WireError
+
+
+class Returned(NamedTuple):
+    call: int
+    value: Any
+
+
+class WireError(NamedTuple):
+    """A TorchrestError, as it crosses: its class by name, its message and its headers (Retry-After)."""
+
+    kind: str
+    message: str
+    headers: dict[str, str]
+
+    @classmethod
+    def of(cls, error: TorchrestError) -> WireError:
+        return cls(type(error).__name__, error.message, dict(error.headers))
+
+    def rebuilt(self) -> TorchrestError:
+        kind = ERROR_TYPES.get(self.kind, TorchrestError)
+        error = kind.__new__(kind)
+        TorchrestError.__init__(error, self.message)
+        error.headers = self.headers
+        return error
+
+
+ERROR_TYPES: dict[str, type[TorchrestError]] = {kind.__name__: kind for kind in (TorchrestError, *all_errors())}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What a front-end needs of a model: how to decode for it, how to name its classes, how to describe it."""
+
+    name: str
+    version: str
+    labels: list[str]
+    input_spec: InputSpec
+    pretrained: bool
+    metadata: dict[str, object]
+    description: dict[str, object]
+
+    def describe(self) -> dict[str, object]:
+        return self.description
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeInfo:
+    """How a model is served now: the same fields whether it runs in this process or in the engine."""
+
+    backend: str
+    device: str
+    max_batch_size: int
+    instances: int
+    threads: int
+
+
+@dataclass(frozen=True, slots=True)
+class EntryInfo:
+    name: str
+    model: ModelInfo
+    state: str
+    reason: str
+    runtime: RuntimeInfo | None
+    admission: tuple[int, int] = (0, 1)  # (max in flight, instances) of its runtime
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The engine's models, sent on connecting and whenever anything in it changes."""
+
+    default: str
+    entries: list[EntryInfo]
+    not_ready: str | None
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pulse:
+    """Each model's in-flight count and time per image, for admission before a body is read."""
+
+    queues: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+
+# -- the connection -----------------------------------------------------------------------------------
+class Connection(asyncio.Protocol):
+    """Length-framed pickled messages over a stream socket. `received` is called for each message on the
+    event loop; `send` queues one and flushes once per loop turn, so a batch's answers or a burst of
+    requests leave in one write."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._inbox = bytearray()
+        self._outbox: list[bytes] = []
+        self._flush_scheduled = False
+        self.closed = asyncio.get_event_loop().create_future()
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
+
+    def data_received(self, data: bytes) -> None:
+        inbox = self._inbox
+        inbox += data
+        start = 0
+        while len(inbox) - start >= 4:
+            (length,) = LENGTH.unpack_from(inbox, start)
+            if length > MAX_MESSAGE_BYTES:
+                self.abort("a message over the size limit")
+                return
+            end = start + 4 + length
+            if len(inbox) < end:
+                break
+            message = pickle.loads(memoryview(inbox)[start + 4 : end])
+            start = end
+            self.received(message)
+        del inbox[:start]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self.lost()
+
+    # ours
+    def received(self, message: Any) -> None:
+        raise NotImplementedError
+
+    def lost(self) -> None:
+        """The peer went away (or this side closed)."""
+
+    def send(self, message: Any) -> None:
+        if self.transport is None:
+            return
+        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        self._outbox.append(LENGTH.pack(len(payload)))
+        self._outbox.append(payload)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.transport is not None and self._outbox:
+            self.transport.write(b"".join(self._outbox))
+        self._outbox.clear()
+
+    def abort(self, why: str) -> None:
+        if self.transport is not None:
+            self.transport.abort()
