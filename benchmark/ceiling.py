@@ -4,8 +4,10 @@ On a GPU a classifier takes well under a millisecond per image, so what bounds a
 per request (HTTP, multipart, JPEG decode, resize, hand-offs, JSON). This measures that on the CPU by
 serving a near-free model (built here as TorchScript: a channel mean and one linear layer, 1000 classes):
 
-  - torchrest from this tree, and with --base REF torchrest from that commit too (a `git worktree`, each
-    server started from its own tree), so a change shows as a ratio in one run;
+  - torchrest from this tree with each of --workers (1 and 2 front-end processes by default), and with
+    --base REF torchrest from that commit too (a `git worktree`, each server started from its own tree,
+    the first row and the reference of every ratio), so a change shows as a ratio in one run;
+  - the server's CPU time per answered request, all its processes together and each apart (from /proc);
   - the naive FastAPI + PyTorch baseline (benchmark/baseline/naive_server.py, one worker) on the same model;
   - wrk at 1, 8, 32 and 100 connections uploading cat.jpg as multipart, and a 12 MP photo at 8;
   - the event loop alone: a 16x16 JPEG (decode and resize next to nothing) at 100 connections;
@@ -16,7 +18,7 @@ serving a near-free model (built here as TorchScript: a channel mean and one lin
 Writes benchmark/results/<date>/ceiling.{json,md,png}. Needs wrk and the bench extras.
 
     python benchmark/ceiling.py [--base REF] [--rounds 3] [--duration 10] [--connections 1,8,32,100]
-                                [--device cuda]
+                                [--workers 1,2] [--device cuda]
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import Any
 
 import torch
 from bench import baseline_command, bind, make_large_photo
-from harness import ROOT, log, platform_name, serving, torchrest_command, write_results, wrk
+from harness import ROOT, cpu_per_request, log, platform_name, serving_process, torchrest_command, write_results, wrk
 from PIL import Image
 
 from torchrest.config import InputSpec, ServerConfig
@@ -122,22 +124,38 @@ def measure(
 ) -> dict[str, Any]:
     command, port = bind(command)
     runs = []
-    with serving(command, port, cwd=cwd) as url:
+    with serving_process(command, port, cwd=cwd) as (url, process):
+
+        def measured(count: int, photo: Path) -> dict[str, Any]:
+            """One wrk run, with the server's CPU time per answered request (all its processes)."""
+            with cpu_per_request(process.pid) as cpu:
+                result = wrk(url, count, seconds, photo)
+                cpu["requests"] = result["requests"] - result["errors"]["status"]
+            return result | cpu
+
         wrk(url, 8, 3.0, PHOTO)  # warm-up
         for count in connections:
-            result = wrk(url, count, seconds, PHOTO)
+            result = measured(count, PHOTO)
             runs.append(result)
             latency = result["latency_ms"]
             log(
-                f"  {name:<22} {count:>3} conn: {result['req_per_s']:7.1f} req/s  p50 {latency['p50']:6.1f} ms"
-                f"  p99 {latency['p99']:7.1f} ms  errors {result['error_count']}"
+                f"  {name:<26} {count:>3} conn: {result['req_per_s']:7.1f} req/s  p50 {latency['p50']:6.1f} ms"
+                f"  p99 {latency['p99']:7.1f} ms  CPU {result['cpu_ms_per_request']:.2f} ms/req"
+                f"  errors {result['error_count']}"
             )
         big = wrk(url, 8, seconds, large)
-        log(f"  {name:<22} 12 MP, 8 conn: {big['req_per_s']:6.1f} req/s  p50 {big['latency_ms']['p50']:6.1f} ms")
-        loop_only = wrk(url, 100, seconds, tiny) if tiny else None
+        log(f"  {name:<26} 12 MP, 8 conn: {big['req_per_s']:6.1f} req/s  p50 {big['latency_ms']['p50']:6.1f} ms")
+        loop_only = measured(100, tiny) if tiny else None
         if loop_only:
-            log(f"  {name:<22} 16x16 JPEG, 100 conn (the front-end alone): {loop_only['req_per_s']:6.1f} req/s")
+            log(
+                f"  {name:<26} 16x16 JPEG, 100 conn (the front-end alone): {loop_only['req_per_s']:6.1f} req/s, "
+                f"CPU {loop_only['cpu_ms_per_request']:.2f} ms/req ({_by_process(loop_only)})"
+            )
     return {"name": name, "runs": runs, "large": big, "loop_only": loop_only}
+
+
+def _by_process(run: dict[str, Any]) -> str:
+    return ", ".join(f"{name.split(' ')[0]} {ms:.2f}" for name, ms in sorted(run["cpu_ms_by_process"].items()))
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -149,28 +167,31 @@ def markdown(results: dict[str, Any]) -> str:
         f"Machine: {results['machine']}. Photo: tests/data/cat.jpg (multipart, as curl -F), and a 12 MP JPEG at 8 "
         f"connections. Command: `{results['command']}`",
         "",
-        f"| server | connections | req/s (median) | each round | vs {reference['name']} | p50 ms | p99 ms | errors |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| server | connections | req/s (median) | each round | vs {reference['name']} | p50 ms | p99 ms "
+        f"| CPU ms/req | CPU vs {reference['name']} | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for server in servers:
         for run, ref in zip(server["runs"], reference["runs"], strict=True):
             lines.append(
                 f"| {server['name']} | {run['connections']} | {run['req_per_s']:.1f} | {_rounds(run)} "
                 f"| {run['req_per_s'] / ref['req_per_s']:.2f}x | {run['latency_ms']['p50']:.1f} "
-                f"| {run['latency_ms']['p99']:.1f} | {run['error_count']} |"
+                f"| {run['latency_ms']['p99']:.1f} | {run['cpu_ms_per_request']:.2f} "
+                f"| {run['cpu_ms_per_request'] / ref['cpu_ms_per_request']:.2f}x | {run['error_count']} |"
             )
         big = server["large"]
         ratio = big["req_per_s"] / reference["large"]["req_per_s"]
         lines.append(
             f"| {server['name']} | 12 MP x 8 | {big['req_per_s']:.1f} | {_rounds(big)} | {ratio:.2f}x "
-            f"| {big['latency_ms']['p50']:.1f} | {big['latency_ms']['p99']:.1f} | {big['error_count']} |"
+            f"| {big['latency_ms']['p50']:.1f} | {big['latency_ms']['p99']:.1f} | | | {big['error_count']} |"
         )
     loop_rows = [server for server in servers if server.get("loop_only")]
     if loop_rows:
         lines += ["", "The front-end alone (a 16x16 JPEG: decode and resize next to nothing), 100 connections:", ""]
         lines += [
-            f"- {server['name']}: {server['loop_only']['req_per_s']:.1f} req/s (rounds: {_rounds(server['loop_only'])})"
-            for server in loop_rows
+            f"- {row['name']}: {row['loop_only']['req_per_s']:.1f} req/s (rounds: {_rounds(row['loop_only'])}), "
+            f"CPU {row['loop_only']['cpu_ms_per_request']:.2f} ms per request ({_by_process(row['loop_only'])})"
+            for row in loop_rows
         ]
     decode = results["decode_ms"]
     names = list(next(iter(decode.values())))
@@ -226,6 +247,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where every server runs the model")
     parser.add_argument("--rounds", type=int, default=1, help="all servers once per round, interleaved; medians")
+    parser.add_argument(
+        "--workers", default="1,2", help="this tree's front-end counts to serve with (--workers), comma-separated"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("benchmark/ceiling.py: error: wrk not found (apt-get install wrk)", file=sys.stderr)
@@ -246,13 +270,21 @@ def main() -> int:
         "Pillow reference": decode_times(ROOT, photos, "reference_pixels"),
     }
     log(f"3/3 servers: near-free model; wrk at {args.connections} connections, {args.duration:.0f} s each")
-    this_tree = torchrest_command(str(model), 0, quiet)
-    plans: list[tuple[str, list[str], Path | None, Path | None]] = [("torchrest (this tree)", this_tree, None, tiny)]
+    counts = [int(count) for count in args.workers.split(",")]
+    plans: list[tuple[str, list[str], Path | None, Path | None]] = [
+        (
+            f"torchrest --workers {count}",
+            torchrest_command(str(model), 0, [*quiet, "--workers", str(count)]),
+            None,
+            tiny,
+        )
+        for count in counts
+    ]
     with contextlib.ExitStack() as stack:
         if args.base:
             tree = stack.enter_context(worktree(args.base))
             decode[args.base] = decode_times(tree, photos)
-            plans.append((f"torchrest ({args.base})", this_tree, tree, tiny))
+            plans.insert(0, (f"torchrest ({args.base})", torchrest_command(str(model), 0, quiet), tree, tiny))
         plans.append(("naive baseline", baseline_command(str(model), 1, args.device), None, None))
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in plans}
         for round_number in range(1, args.rounds + 1):

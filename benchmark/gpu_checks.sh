@@ -6,8 +6,11 @@
 # 1. tests/test_cuda.py (the served CUDA path, fp16);
 # 2. torchrest optimize --device cuda for ResNet-18 (random weights) and its candidates (torch-fp16,
 #    tensorrt when torch_tensorrt is installed);
-# 3. benchmark/ceiling.py --device cuda: the near-free model, torchrest against the naive baseline;
-# 4. benchmark/bench.py --quick --device cuda: ResNet-18, torchrest (optimized, eager) against the naive
+# 3. benchmark/frontends.py --device cuda: the engine's front-end sweep (--workers 1, 2, 4, 8, 12) at 100
+#    and 256 connections uploading cat.jpg, for ResNet-18 fp16 (random weights) and the near-free model;
+# 4. benchmark/ceiling.py --device cuda: the near-free model, torchrest (1 and 8 front-ends) against the
+#    naive baseline;
+# 5. benchmark/bench.py --quick --device cuda: ResNet-18, torchrest (optimized, eager) against the naive
 #    FastAPI baseline on the GPU (the seed's comparison).
 # Each step has its own time limit; after each, everything so far (logs, results) is packed into
 # OUT_DIR/gpu-checks.tar.gz, so what finished comes back even if a later step does not.
@@ -29,9 +32,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0))'
 repository=$(mktemp -d)
 step test_cuda 90 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
-step optimize 120 python3 -m torchrest optimize --model resnet18 --device cuda --out "$repository" \
+step optimize 100 python3 -m torchrest optimize --model resnet18 --device cuda --out "$repository" \
     --calibration tests/data --candidates torch-fp16,tensorrt --batch-sizes 1,8,32,64 --seconds-per-point 0.5
 cp "$repository"/resnet18/report.* "$out"/ 2>/dev/null
-step ceiling 120 python3 benchmark/ceiling.py --device cuda --duration 5 --out "$out"
-step bench 160 python3 benchmark/bench.py --quick --device cuda --model resnet18 --repository "$repository" --out "$out"
+sweep="--device cuda --workers 1,2,4,8,12 --connections 100,256 --rounds 1 --duration 5 --out $out"
+step frontends-resnet18 200 python3 benchmark/frontends.py --model resnet18 $sweep
+step frontends-near-free 200 python3 benchmark/frontends.py --model near-free $sweep
+step ceiling 120 python3 benchmark/ceiling.py --device cuda --duration 5 --workers 1,8 --connections 1,100 --out "$out"
+step bench 120 python3 benchmark/bench.py --quick --device cuda --model resnet18 --repository "$repository" --out "$out"
 ls -la "$out"

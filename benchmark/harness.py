@@ -172,6 +172,40 @@ def _suppress_lookup() -> Iterator[None]:
         pass
 
 
+def cpu_seconds_by_process(pid: int) -> dict[str, float]:
+    """CPU time (user + system) so far of `pid` and every process below it, by process name and pid
+    (`torchrest-fe0 (1234)`): a server of several processes is measured whole, and the balance between its
+    front-ends shows."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    waiting = [pid]
+    while waiting:
+        current = waiting.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            name = Path(f"/proc/{current}/comm").read_text().strip()
+            for task in Path(f"/proc/{current}/task").iterdir():
+                waiting += [int(child) for child in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it ended between two reads
+        found[f"{name} ({current})"] = (int(fields[11]) + int(fields[12])) / ticks
+    return found
+
+
+@contextmanager
+def cpu_per_request(pid: int) -> Iterator[dict[str, Any]]:
+    """`with cpu_per_request(server_pid) as cpu: result = wrk(...); cpu["requests"] = result["requests"]`:
+    afterwards `cpu` holds the server's CPU ms per answered request, in all and by process."""
+    before = cpu_seconds_by_process(pid)
+    cpu: dict[str, Any] = {}
+    yield cpu
+    after = cpu_seconds_by_process(pid)
+    requests = max(1, cpu.get("requests", 0))
+    spent = {name: after[name] - before.get(name, 0.0) for name in after}
+    cpu["cpu_ms_per_request"] = sum(spent.values()) * 1000 / requests
+    cpu["cpu_ms_by_process"] = {name: seconds * 1000 / requests for name, seconds in spent.items() if seconds > 0}
+
+
 def wrk(
     url: str,
     connections: int,

@@ -136,11 +136,14 @@ def test_server_still_serves_after_errors(server: Server) -> None:
     assert response.json()["prediction"]["label"] in CAT_LABELS
 
 
-@pytest.fixture(scope="module")
-def tight_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One request at a time, 1 MiB bodies, 1 megapixel images."""
+@pytest.fixture(scope="module", params=["1", "2"], ids=["one-process", "two-front-ends"])
+def tight_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Server]:
+    """One request at a time, 1 MiB bodies, 1 megapixel images; in one process, and with two front-end
+    processes (the engine's queue admits; 503s and limits come from either process)."""
     with running_server(
         tmp_path_factory.mktemp("tight"),
+        "--workers",
+        request.param,
         "--model",
         "resnet18",
         "--max-queue",
@@ -194,13 +197,15 @@ def test_queue_full_is_503_with_retry_after(tight_server: Server) -> None:
     assert metric_value(metrics, "torchrest_dropped_requests_total", reason="shed") == len(shed)
 
 
-@pytest.mark.parametrize("deadline_from", ["server", "client"])
-def test_deadline_passed_in_queue_is_504_and_never_reaches_the_model(tmp_path: Path, deadline_from: str) -> None:
+@pytest.mark.parametrize(("deadline_from", "workers"), [("server", "1"), ("client", "1"), ("client", "2")])
+def test_deadline_passed_in_queue_is_504_and_never_reaches_the_model(
+    tmp_path: Path, deadline_from: str, workers: str
+) -> None:
     """One image at a time (~50+ ms each) and a 40 ms deadline, the server's (--timeout-ms) or the
     client's (X-Request-Timeout-Ms): of 8 concurrent requests sent before the server has timed a batch
     (so admission cannot foresee the wait), the first is served and those still queued at their
     deadline get 504 without ever reaching the model."""
-    args = ("--model", "resnet18", "--max-batch-size", "1")
+    args = ("--model", "resnet18", "--max-batch-size", "1", "--workers", workers)
     server_timeout = ("--timeout-ms", "40") if deadline_from == "server" else ()
     headers = {"x-request-timeout-ms": "40"} if deadline_from == "client" else {}
     with running_server(tmp_path, *args, *server_timeout) as server:
@@ -330,10 +335,12 @@ def raw_classify_request(port: int, image: bytes) -> bytes:
     return head.encode() + body
 
 
-def test_client_that_leaves_while_queued_is_cancelled_not_computed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_client_that_leaves_while_queued_is_cancelled_not_computed(tmp_path: Path, workers: str) -> None:
     """ResNet-18 one image at a time (~50+ ms each): 12 clients send a whole request and hang up while
-    most of them are queued. Those are dropped as cancelled; the model runs far fewer than 12 batches."""
-    args = ("--model", "resnet18", "--max-batch-size", "1", "--timeout-ms", "60000")
+    most of them are queued. Those are dropped as cancelled; the model runs far fewer than 12 batches.
+    With two front-ends, the engine hears of each hang-up and drops the job the same way."""
+    args = ("--model", "resnet18", "--max-batch-size", "1", "--timeout-ms", "60000", "--workers", workers)
     with running_server(tmp_path, *args) as server:
         port = int(server.url.rsplit(":", 1)[1])
         request = raw_classify_request(port, PHOTOS["cat"])
@@ -361,10 +368,12 @@ def test_client_that_leaves_while_queued_is_cancelled_not_computed(tmp_path: Pat
         assert answer.status_code == 200
 
 
-def test_sigterm_drains_admitted_requests_then_exits_0(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_drains_admitted_requests_then_exits_0(tmp_path: Path, workers: str) -> None:
     """SIGTERM with 8 requests admitted (one image at a time, ~50+ ms each): every one is answered 200,
-    none is reset, the process exits 0, and the port is closed to new connections."""
-    args = ("--model", "resnet18", "--max-batch-size", "1", "--drain-timeout", "60")
+    none is reset, the process exits 0, and the port is closed to new connections. With two front-ends,
+    both drain through the engine before it stops."""
+    args = ("--model", "resnet18", "--max-batch-size", "1", "--drain-timeout", "60", "--workers", workers)
     with running_server(tmp_path, *args) as server:
 
         async def burst_then_sigterm() -> list[httpx.Response]:

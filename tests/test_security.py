@@ -71,15 +71,18 @@ def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def locked(repository: Path, keys_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """Everything on: admin token, API keys, metrics on their own port, CORS for one origin."""
+@pytest.fixture(scope="module", params=["1", "2"], ids=["one-process", "two-front-ends"])
+def locked(
+    repository: Path, keys_file: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Server]:
+    """Everything on: admin token, API keys, metrics on their own port, CORS for one origin; in one
+    process, and with two front-end processes (each reads the keys and the token itself)."""
     folder = tmp_path_factory.mktemp("locked")
     metrics_port, grpc_port = free_port(), free_port()
     args = (
         *("--model-repository", str(repository), "--admin-token-file", str(admin_token_file(folder))),
         *("--api-keys-file", str(keys_file), "--metrics-port", str(metrics_port), "--cors-origins", ORIGIN),
-        *("--grpc-port", str(grpc_port)),
+        *("--grpc-port", str(grpc_port), "--workers", request.param),
     )
     with running_server(folder, *args) as server:
         server.metrics_url = f"http://127.0.0.1:{metrics_port}"  # type: ignore[attr-defined]
@@ -252,7 +255,8 @@ def write_pem(folder: Path, name: str, cert: x509.Certificate, key: ec.EllipticC
     return cert_path, key_path
 
 
-def test_tls_with_client_certificates(repository: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_tls_with_client_certificates(repository: Path, tmp_path: Path, workers: str) -> None:
     authority = certificate("torchrest test CA", None, server=False)
     ca_path, _ = write_pem(tmp_path, "ca", *authority)
     server_cert, server_key = write_pem(tmp_path, "server", *certificate("localhost", authority, server=True))
@@ -261,7 +265,7 @@ def test_tls_with_client_certificates(repository: Path, tmp_path: Path) -> None:
     grpc_port = free_port()
     tls = ("--ssl-certfile", str(server_cert), "--ssl-keyfile", str(server_key), "--ssl-ca-certs", str(ca_path))
     command = [*torchrest_command("serve", "--host", "127.0.0.1", "--port", str(port)), *tls]
-    command += ["--grpc-port", str(grpc_port)]
+    command += ["--grpc-port", str(grpc_port), "--workers", workers]
     with open(tmp_path / "server.log", "wb") as log_file:
         process = subprocess.Popen(
             [*command, "--model-repository", str(repository)], stdout=log_file, stderr=subprocess.STDOUT

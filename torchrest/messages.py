@@ -7,7 +7,7 @@
                                                    <-  Answered(call, best, stage times)   (row in the slot)
                                                    <-  Failed(call, error)                 (4xx/5xx, slot free)
     Cancel(call)                                   ->  the job is dropped before the model; then Failed
-    Observe(model, total_s)                        ->  the request's total time, for /web/stats
+    Observe(model, totals_s)                       ->  requests' total times, for /web/stats
     Call(call, method, args)                       ->  load, unload, index, statistics, activity
                                                    <-  Returned(call, value) | Failed(call, error)
                                                    <-  Snapshot(...)   models, states, readiness: on change
@@ -60,7 +60,7 @@ class Cancel(NamedTuple):
 
 class Observe(NamedTuple):
     model: str
-    total_s: float
+    totals_s: tuple[float, ...]  # requests answered since the last Observe
 
 
 class Call(NamedTuple):
@@ -219,11 +219,19 @@ class Connection(asyncio.Protocol):
         payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         self._outbox.append(LENGTH.pack(len(payload)))
         self._outbox.append(payload)
+        self.send_soon()
+
+    def send_soon(self) -> None:
+        """Flush at the end of this loop turn (`before_flush` may add to it)."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
+    def before_flush(self) -> None:
+        """Last chance to add messages to this loop turn's write."""
+
     def _flush(self) -> None:
+        self.before_flush()  # still scheduled: what it sends joins this write
         self._flush_scheduled = False
         if self.transport is not None and self._outbox:
             self.transport.write(b"".join(self._outbox))

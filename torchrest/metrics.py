@@ -17,6 +17,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
     from torchrest.manager import ModelManager
+    from torchrest.runtime import ModelRuntime
 
 LATENCY_BUCKETS_S = (
     0.001,
@@ -124,12 +125,15 @@ class Metrics:
     def sample(self, models: ModelManager) -> None:
         """Shared mode: write each model's queue gauges (a gauge read through a function is seen only by
         the process that holds it). The engine calls this ten times a second."""
-        if self.shared_dir is None:
-            return
         for entry in models.entries.values():
             if entry.runtime is not None:
-                self.queue_depth.labels(entry.name).set(len(entry.runtime.queue))
-                self.in_flight.labels(entry.name).set(entry.runtime.admission.in_flight)
+                self.sample_runtime(entry.runtime)
+
+    def sample_runtime(self, runtime: ModelRuntime) -> None:
+        """Shared mode: one model's queue gauges now (the engine also calls this as it admits and answers)."""
+        if self.shared_dir is not None:
+            self.queue_depth.labels(runtime.name).set(len(runtime.queue))
+            self.in_flight.labels(runtime.name).set(runtime.admission.in_flight)
 
 
 class RecentActivity:

@@ -12,6 +12,8 @@ segment that the engine merely attached to when the engine exits (Python 3.11 ha
 
 from __future__ import annotations
 
+import logging
+import math
 import mmap
 import os
 import secrets
@@ -19,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+log = logging.getLogger("torchrest.slots")
+
 SHM_DIR = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("/tmp")
 PREFIX = "torchrest-"
-ANSWER_BYTES = 4 * 8192  # room for 8192 float32 class probabilities after the pixels
+ANSWER_BYTES = 4 * 4096  # room for 4096 float32 class probabilities after the pixels
 
 
 def slot_bytes_for(crop_size: int) -> int:
@@ -41,8 +45,13 @@ class SlotFile:
         fd = os.open(path, flags, 0o600)
         try:
             if create:
-                os.ftruncate(fd, count * slot_bytes)
+                # reserve the pages now: a full tmpfs then fails here (OSError), not later with SIGBUS
+                os.posix_fallocate(fd, 0, count * slot_bytes)
             self._map = mmap.mmap(fd, count * slot_bytes)
+        except OSError:
+            if create:
+                path.unlink(missing_ok=True)
+            raise
         finally:
             os.close(fd)
         self._array = np.frombuffer(self._map, np.uint8).reshape(count, slot_bytes)
@@ -53,6 +62,19 @@ class SlotFile:
     def create(cls, server_pid: int, frontend: int, count: int, slot_bytes: int) -> SlotFile:
         path = SHM_DIR / f"{PREFIX}{server_pid}-{frontend}-{secrets.token_hex(4)}"
         return cls(path, count, slot_bytes, create=True)
+
+    @classmethod
+    def create_fitting(
+        cls, server_pid: int, frontend: int, counts: tuple[int, ...], slot_bytes: int
+    ) -> SlotFile | None:
+        """The first of `counts` slots that shared memory has room for (a container's /dev/shm is often
+        64 MiB), or None: the pixels then travel inline, one copy more."""
+        for count in counts:
+            try:
+                return cls.create(server_pid, frontend, count, slot_bytes)
+            except OSError as exc:
+                log.warning("no room for %d slots of %d KiB in %s: %s", count, slot_bytes // 1024, SHM_DIR, exc)
+        return None
 
     @classmethod
     def attach(cls, path: str, count: int, slot_bytes: int) -> SlotFile:
@@ -68,14 +90,14 @@ class SlotFile:
 
     # both sides
     def pixels(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         return self._array[slot, :size].reshape(shape)
 
     def answer(self, slot: int, classes: int) -> np.ndarray:
         return self._array[slot, self.slot_bytes - ANSWER_BYTES :].view(np.float32)[:classes]
 
     def fits(self, shape: tuple[int, ...], classes: int = 0) -> bool:
-        return int(np.prod(shape)) <= self.slot_bytes - ANSWER_BYTES and classes * 4 <= ANSWER_BYTES
+        return math.prod(shape) <= self.slot_bytes - ANSWER_BYTES and classes * 4 <= ANSWER_BYTES
 
     def close(self) -> None:
         del self._array

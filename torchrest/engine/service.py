@@ -67,8 +67,10 @@ class Engine:
     async def run(self, socket_path: Path) -> int:
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
+        # the supervisor stops the engine last, with SIGTERM; a terminal's Ctrl-C (SIGINT to the whole
+        # process group) must not stop it while the front-ends still drain through it
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        loop.add_signal_handler(signal.SIGTERM, stopping.set)
         server = await loop.create_unix_server(lambda: FrontEndLink(self), str(socket_path))
         pulses = asyncio.create_task(self._pulse(stopping))
         loading = asyncio.create_task(self._load_all())
@@ -205,7 +207,7 @@ class FrontEndLink(Connection):
         elif isinstance(message, Observe):
             entry = self.engine.models.entries.get(message.model)
             if entry is not None and entry.runtime is not None:
-                entry.runtime.observe_total(message.total_s)
+                entry.runtime.recent.latencies_s.extend(message.totals_s)  # the front-end observed the histogram
         elif isinstance(message, Call):
             asyncio.get_running_loop().create_task(self._call(message))
         elif isinstance(message, Hello):
@@ -220,6 +222,7 @@ class FrontEndLink(Connection):
         except TorchrestError as error:
             self.send(Failed(message.call, WireError.of(error)))
             return
+        self.engine.metrics.sample_runtime(runtime)
         if message.slot >= 0:
             assert self.slots is not None, "a front-end says Hello before it sends a slot"
             pixels = self.slots.pixels(message.slot, message.shape)
@@ -239,6 +242,7 @@ class FrontEndLink(Connection):
         self, message: Infer, runtime: ModelRuntime, times: StageTimes, future: asyncio.Future[Answer]
     ) -> None:
         runtime.release(1)
+        self.engine.metrics.sample_runtime(runtime)
         self.pending.pop(message.call, None)
         if future.cancelled():
             self.send(Failed(message.call, WireError("TorchrestError", "cancelled", {})))
@@ -278,7 +282,7 @@ def run_engine(config: ServerConfig, device: str, socket_path: Path) -> None:
     from torchrest.frontend.process import child_process_setup
     from torchrest.server import configure_torch, model_manager
 
-    child_process_setup(config, "engine")
+    child_process_setup(config, "engine", "torchrest-eng")
     configure_torch(config)
     from torchrest.priority import hand_off_gil_quickly
 

@@ -26,15 +26,21 @@ from torchrest.slots import SlotFile, slot_bytes_for
 log = logging.getLogger("torchrest.frontend")
 
 PR_SET_PDEATHSIG = 1
-SLOTS_PER_FRONTEND = 64  # images in flight per front-end in shared memory; more travel inline (a copy more)
-SLOT_CROP = 320  # slots fit crops up to this side; a larger model's pixels travel inline
+PR_SET_NAME = 15
+# images in flight per front-end in shared memory (more travel inline, a copy more): 32 of 208 KiB, or 8
+# where /dev/shm is small
+SLOT_COUNTS = (32, 8)
+SLOT_CROP = 256  # slots fit crops up to this side (224, 240, 256); a larger model's pixels travel inline
 
 
-def child_process_setup(config: ServerConfig, role: str) -> None:
+def child_process_setup(config: ServerConfig, role: str, name: str) -> None:
     """What every process the supervisor starts does first: end with the supervisor (a killed supervisor
-    must not leave orphans holding the port), and log as the supervisor does, naming itself."""
+    must not leave orphans holding the port), take a name `top` and `ps -o comm` show (`name`, at most
+    15 characters), and log as the supervisor does, naming its `role`."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]))
     except (OSError, AttributeError):  # not Linux: the supervisor's stop still ends its children
         pass
     logging.basicConfig(
@@ -45,12 +51,12 @@ def child_process_setup(config: ServerConfig, role: str) -> None:
 def run_frontend(config: ServerConfig, index: int, socket_path: Path, server_pid: int) -> None:
     from torchrest.server import _grpc_listener, bind, http_server, log_access, tls_options
 
-    child_process_setup(config, f"front-end {index}")
+    child_process_setup(config, f"front-end {index}", f"torchrest-fe{index}")
     torch.set_num_threads(1)  # the resize runs here, one image at a time, beside the other front-ends
     metrics = Metrics(shared_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-    slots = SlotFile.create(server_pid, index, SLOTS_PER_FRONTEND, slot_bytes_for(SLOT_CROP))
+    slots = SlotFile.create_fitting(server_pid, index, SLOT_COUNTS, slot_bytes_for(SLOT_CROP))
     try:
-        models = RemoteModels(socket_path, index, slots, config.max_image_pixels)
+        models = RemoteModels(socket_path, index, slots, config.max_image_pixels, metrics)
         state = AppState(config=config, metrics=metrics, models=models, access=AccessControl.from_config(config))  # type: ignore[arg-type]
         sockets = [bind(config.host, config.port, reuse_port=True)]
         if config.metrics_port:
@@ -73,4 +79,5 @@ def run_frontend(config: ServerConfig, index: int, socket_path: Path, server_pid
             log_access(state)
         server.run(sockets=sockets)
     finally:
-        slots.close()
+        if slots is not None:
+            slots.close()

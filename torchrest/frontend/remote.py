@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from torchrest.batching import Admission, StageTimes
-from torchrest.errors import BadRequest, NotFound, NotReady
+from torchrest.errors import BadRequest, NotFound, NotReady, QueueFull
 from torchrest.manager import READY, check_model_name
 from torchrest.messages import (
     Answered,
@@ -43,6 +43,7 @@ from torchrest.messages import (
     RuntimeInfo,
     Snapshot,
 )
+from torchrest.metrics import Metrics
 from torchrest.postprocess import Answer
 from torchrest.preprocess import decode_into
 from torchrest.runtime import Admits
@@ -79,6 +80,8 @@ class RemoteRuntime(Admits):
         self.admission = Admission(*entry.admission)
         self._shape = (entry.model.input_spec.crop_size, entry.model.input_spec.crop_size, 3)
         self._classes = len(entry.model.labels)
+        self._total = link.metrics.stage_latency.labels(entry.model.name, "total")
+        self._shed = link.metrics.dropped.labels(entry.model.name, "shed")
 
     @property
     def name(self) -> str:
@@ -89,13 +92,18 @@ class RemoteRuntime(Admits):
         admits for real when the request reaches it."""
         in_flight, per_image_s = self.link.queues.get(self.name, (0, 0.0))
         self.admission.in_flight, self.admission.seconds_per_image = in_flight, per_image_s
-        self.admission.admit(count, deadline_s)
+        try:
+            self.admission.admit(count, deadline_s)
+        except QueueFull:
+            self._shed.inc(count)
+            raise
 
     def release(self, count: int = 1) -> None:
         pass  # the places were the engine's: it releases them as it answers
 
     def observe_total(self, seconds: float) -> None:
-        self.link.send(Observe(self.name, seconds))
+        self._total.observe(seconds)
+        self.link.observe(self.name, seconds)
 
     async def infer(
         self, image: bytes | np.ndarray, deadline_s: float, request_id: str, times: StageTimes | None = None
@@ -103,15 +111,15 @@ class RemoteRuntime(Admits):
         """Decode (or copy) the image into a slot, hand it to the engine, and wait for its row."""
         link = self.link
         slots = link.slots
-        slot = slots.acquire() if slots.fits(self._shape, self._classes) else -1
+        slot = slots.acquire() if slots is not None and slots.fits(self._shape, self._classes) else -1
         try:
             inline, decode_s = await self._pixels_in(image, slot)
         except BaseException:
             if slot >= 0:
-                slots.release(slot)
+                link.release(slot)
             raise
         if inline is not None and slot >= 0:
-            slots.release(slot)
+            link.release(slot)
             slot = -1
         message = await link.request(
             lambda call: Infer(call, self.name, self.model.version, slot, self._shape, inline, deadline_s, request_id),
@@ -128,10 +136,10 @@ class RemoteRuntime(Admits):
         if isinstance(image, np.ndarray):
             if image.dtype != np.uint8 or slot < 0:
                 return image, 0.0  # a float tensor is quantised to pixels by the engine, as in one process
-            self.link.slots.pixels(slot, self._shape)[:] = image
+            self.link.pixels(slot, self._shape)[:] = image
             return None, 0.0
         started = time.monotonic()
-        target = self.link.slots.pixels(slot, self._shape) if slot >= 0 else np.empty(self._shape, np.uint8)
+        target = self.link.pixels(slot, self._shape) if slot >= 0 else np.empty(self._shape, np.uint8)
         spec, limit = self.model.input_spec, self.link.max_image_pixels
         if len(image) > DECODE_OFF_LOOP_BYTES:
             await asyncio.to_thread(decode_into, image, spec, limit, target)
@@ -143,8 +151,10 @@ class RemoteRuntime(Admits):
 class RemoteModels:
     """ModelManager's surface for the handlers, answered from the engine's Snapshot or by a Call."""
 
-    def __init__(self, socket_path: Path, frontend: int, slots: SlotFile, max_image_pixels: int) -> None:
-        self.link = EngineLink(self, frontend, slots, max_image_pixels)
+    def __init__(
+        self, socket_path: Path, frontend: int, slots: SlotFile | None, max_image_pixels: int, metrics: Metrics
+    ) -> None:
+        self.link = EngineLink(self, frontend, slots, max_image_pixels, metrics)
         self.socket_path = socket_path
         self.entries: dict[str, RemoteEntry] = {}
         self.default_name = ""
@@ -165,7 +175,8 @@ class RemoteModels:
                     raise
                 await asyncio.sleep(0.05)
         slots = self.link.slots
-        self.link.send(Hello(self.link.frontend, os.getpid(), str(slots.path), slots.count, slots.slot_bytes))
+        if slots is not None:
+            self.link.send(Hello(self.link.frontend, os.getpid(), str(slots.path), slots.count, slots.slot_bytes))
 
     async def stop(self) -> None:
         self.link.close()
@@ -259,9 +270,13 @@ class RemoteModels:
 class EngineLink(Connection):
     """The front-end's end of its connection to the engine: calls in flight, and the slots they hold."""
 
-    def __init__(self, models: RemoteModels, frontend: int, slots: SlotFile, max_image_pixels: int) -> None:
+    def __init__(
+        self, models: RemoteModels, frontend: int, slots: SlotFile | None, max_image_pixels: int, metrics: Metrics
+    ) -> None:
         super().__init__()
         self.models = models
+        self.metrics = metrics
+        self._observed: dict[str, list[float]] = {}
         self.frontend = frontend
         self.slots = slots
         self.max_image_pixels = max_image_pixels
@@ -269,12 +284,21 @@ class EngineLink(Connection):
         self._calls = itertools.count()
         self._pending: dict[int, tuple[asyncio.Future[Any], int]] = {}
 
+    def observe(self, model: str, total_s: float) -> None:
+        """A request's total time, for the engine's recent figures: sent with this loop turn's messages."""
+        self._observed.setdefault(model, []).append(total_s)
+        self.send_soon()
+
+    def before_flush(self) -> None:
+        observed, self._observed = self._observed, {}
+        for model, totals in observed.items():
+            self.send(Observe(model, tuple(totals)))
+
     async def request(self, message: Any, slot: int = -1) -> Any:
         """Send `message(call)` and wait for its answer. If the waiter is cancelled (the client left), the
         engine is told to drop the job; `slot` stays taken until the engine's final word on it."""
         if self.transport is None:
-            if slot >= 0:
-                self.slots.release(slot)
+            self.release(slot)
             raise NotReady("the engine process is down")
         call = next(self._calls)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -292,7 +316,16 @@ class EngineLink(Connection):
     def answer_of(self, message: Answered, slot: int) -> np.ndarray:
         if message.inline is not None:
             return np.asarray(message.inline)
+        assert self.slots is not None
         return self.slots.answer(slot, message.classes).copy()
+
+    def pixels(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
+        assert self.slots is not None
+        return self.slots.pixels(slot, shape)
+
+    def release(self, slot: int) -> None:
+        if self.slots is not None and slot >= 0:
+            self.slots.release(slot)
 
     def received(self, message: Any) -> None:
         if isinstance(message, Pulse):
@@ -305,18 +338,16 @@ class EngineLink(Connection):
         if future is None:
             return
         if future.done():  # cancelled: the engine is done with the slot now
-            if slot >= 0:
-                self.slots.release(slot)
+            self.release(slot)
             return
         if isinstance(message, Answered):
             if slot >= 0:
                 # read the row before the slot can be taken again
                 message = message._replace(inline=self.answer_of(message, slot))
-                self.slots.release(slot)
+                self.release(slot)
             future.set_result(message)
         elif isinstance(message, Failed):
-            if slot >= 0:
-                self.slots.release(slot)
+            self.release(slot)
             future.set_exception(message.error.rebuilt())
         elif isinstance(message, Returned):
             future.set_result(message.value)

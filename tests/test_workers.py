@@ -1,0 +1,257 @@
+"""Several front-end processes and one engine (--workers 2): what works in one process works across them,
+talked to with real clients, and the processes live and die as torchrest.supervisor says."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import (
+    ADMIN_TOKEN,
+    PHOTOS,
+    Server,
+    admin_token_file,
+    free_port,
+    metric_value,
+    running_server,
+    torchrest_command,
+    write_repository,
+)
+
+pytestmark = pytest.mark.slow
+SHM = Path("/dev/shm")
+
+
+def children(pid: int) -> dict[str, int]:
+    """The supervisor's processes by name (torchrest-eng, torchrest-fe0, ...)."""
+    found = {}
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        with contextlib.suppress(FileNotFoundError):
+            name = Path(f"/proc/{child}/comm").read_text().strip()
+            if name.startswith("torchrest-"):  # not multiprocessing's resource tracker
+                found[name] = int(child)
+    return found
+
+
+def left_behind(pid: int) -> list[Path]:
+    return list(SHM.glob(f"torchrest-{pid}-*"))
+
+
+def wait_for(condition: object, timeout_s: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout_s} s: {what}")
+
+
+def fresh(server: Server, method: str, path: str, **kwargs: object) -> httpx.Response:
+    """One request on a new connection: the kernel picks the front-end by a hash of it."""
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        return client.request(method, path, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_repository(tmp_path_factory.mktemp("repository"))
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory, repository: Path) -> Iterator[tuple[Server, int]]:
+    folder = tmp_path_factory.mktemp("workers")
+    grpc_port = free_port()
+    args = ("--workers", "2", "--model-repository", str(repository), "--default-model", "lite0")
+    extra = ("--admin-token-file", str(admin_token_file(folder)), "--grpc-port", str(grpc_port))
+    with running_server(folder, *args, *extra) as server:
+        yield server, grpc_port
+
+
+def test_two_front_ends_and_an_engine_answer_classify_v2_and_grpc(workers: tuple[Server, int], server: Server) -> None:
+    """The same photo through /classify, /v2 (tritonclient) and gRPC (tritonclient) gives the answer the
+    one-process server gives for the same weights."""
+    import tritonclient.grpc as grpc_client
+    import tritonclient.http as http_client
+
+    served, grpc_port = workers
+    names = children(served.process.pid)
+    assert {"torchrest-eng", "torchrest-fe0", "torchrest-fe1"} <= set(names), names
+    one_process = httpx.post(f"{server.url}/classify", files={"image": PHOTOS["cat"]}, timeout=60).json()
+    answers = [fresh(served, "POST", "/classify", files={"image": PHOTOS["cat"]}).json() for _ in range(6)]
+    for answer in answers:
+        assert answer["prediction"]["label"] == one_process["prediction"]["label"] == "Egyptian cat"
+        assert answer["prediction"]["confidence"] == pytest.approx(one_process["prediction"]["confidence"], abs=1e-3)
+
+    image = np.array([PHOTOS["cat"]], dtype=np.object_)
+    http = http_client.InferenceServerClient(served.url.removeprefix("http://"))
+    request = http_client.InferInput("image", [1], "BYTES")
+    request.set_data_from_numpy(image)
+    result = http.infer("lite0", [request], outputs=[http_client.InferRequestedOutput("labels")])
+    assert result.as_numpy("labels")[0][0].decode() == "Egyptian cat"
+
+    grpc = grpc_client.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    request = grpc_client.InferInput("image", [1], "BYTES")
+    request.set_data_from_numpy(image)
+    result = grpc.infer("lite0", [request], outputs=[grpc_client.InferRequestedOutput("labels")])
+    assert result.as_numpy("labels")[0][0].decode() == "Egyptian cat"
+    assert grpc.is_server_ready()
+
+
+def test_pixels_and_tensors_cross_as_images_do(workers: tuple[Server, int]) -> None:
+    """uint8 pixels travel in a slot, float tensors inline: both give the encoded photo's answer."""
+    import tritonclient.http as http_client
+
+    from torchrest.config import InputSpec
+    from torchrest.preprocess import IMAGENET_MEAN, IMAGENET_STD, decode_image
+
+    served, _ = workers
+    pixels = decode_image(PHOTOS["cat"], InputSpec(224, 256), 10**8)
+    tensor = ((pixels / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).transpose(2, 0, 1)
+    client = http_client.InferenceServerClient(served.url.removeprefix("http://"))
+    for name, datatype, batch in (
+        ("pixels", "UINT8", pixels[None]),
+        ("tensor", "FP32", tensor[None].astype(np.float32)),
+    ):
+        request = http_client.InferInput(name, list(batch.shape), datatype)
+        request.set_data_from_numpy(batch)
+        result = client.infer("lite0", [request], outputs=[http_client.InferRequestedOutput("labels")])
+        assert result.as_numpy("labels")[0][0].decode() == "Egyptian cat", name
+
+
+def test_metrics_sum_every_process(workers: tuple[Server, int]) -> None:
+    """/metrics from any front-end counts the requests of all of them, and the engine's batches."""
+    served, _ = workers
+    before = fresh(served, "GET", "/metrics").text
+    for _ in range(10):
+        assert fresh(served, "POST", "/classify?model=tiny", files={"image": PHOTOS["cat"]}).status_code == 200
+    after = fresh(served, "GET", "/metrics").text
+    route = {"route": "/classify", "status": "200"}
+    assert (
+        metric_value(after, "torchrest_requests_total", **route)
+        - metric_value(before, "torchrest_requests_total", **route)
+        == 10
+    )
+    images = metric_value(after, "torchrest_batch_size_sum", model="tiny")
+    assert images - metric_value(before, "torchrest_batch_size_sum", model="tiny") == 10
+    stats = fresh(served, "GET", "/v2/models/tiny/stats").json()["model_stats"][0]
+    assert stats["inference_count"] >= 10
+    page = fresh(served, "GET", "/web/stats").json()
+    tiny = next(row for row in page["models"] if row["name"] == "tiny")
+    assert tiny["ok"] >= 10 and tiny["latency_ms"]["p50"] is not None
+
+
+def test_unload_and_load_asked_of_one_front_end_hold_for_all(workers: tuple[Server, int]) -> None:
+    served, _ = workers
+    admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    assert fresh(served, "POST", "/v2/repository/models/tiny/unload", headers=admin).status_code == 200
+    statuses = [fresh(served, "POST", "/classify?model=tiny", files={"image": PHOTOS["cat"]}) for _ in range(12)]
+    assert {r.status_code for r in statuses} == {503}
+    assert all(r.json()["code"] == "not_ready" for r in statuses)
+    index = fresh(served, "GET", "/v2/repository/index").json()
+    assert {row["name"]: row["state"] for row in index}["tiny"] == "UNAVAILABLE"
+    assert fresh(served, "POST", "/v2/repository/models/tiny/load", headers=admin).status_code == 200
+    statuses = [fresh(served, "POST", "/classify?model=tiny", files={"image": PHOTOS["cat"]}) for _ in range(12)]
+    assert {r.status_code for r in statuses} == {200}
+    assert fresh(served, "POST", "/v2/repository/models/tiny/unload").status_code == 401  # the token, everywhere
+
+
+def test_a_killed_front_end_is_replaced_and_the_server_keeps_serving(workers: tuple[Server, int]) -> None:
+    served, _ = workers
+    pid = served.process.pid
+    before = children(pid)
+    os.kill(before["torchrest-fe1"], signal.SIGKILL)
+    wait_for(
+        lambda: children(pid).get("torchrest-fe1") not in (None, before["torchrest-fe1"]),
+        what="front-end 1 started again",
+    )
+    assert children(pid)["torchrest-eng"] == before["torchrest-eng"]  # the models were not reloaded
+    wait_for(lambda: len(left_behind(pid)) == 2, what="one slot file per live front-end")
+    wait_for(
+        lambda: all(fresh(served, "GET", "/health").status_code == 200 for _ in range(8)), what="both front-ends ready"
+    )
+    for _ in range(12):
+        assert fresh(served, "POST", "/classify", files={"image": PHOTOS["cat"]}).status_code == 200
+
+
+def tiny_with_two_front_ends(repository: Path) -> tuple[str, ...]:
+    return ("--workers", "2", "--model-repository", str(repository), "--model", "tiny")
+
+
+def run_until_ready(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+    port = free_port()
+    log = tmp_path / "server.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            torchrest_command("serve", "--host", "127.0.0.1", "--port", str(port), *args),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert process.poll() is None, log.read_text()
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        return False
+
+    wait_for(ready, 120, "server ready")
+    return process, url, log
+
+
+def test_a_killed_engine_fails_health_and_ends_the_server_non_zero(tmp_path: Path, repository: Path) -> None:
+    """The engine holds the models: without it the front-ends say 503 at once, and the supervisor exits 1
+    (Kubernetes restarts the pod) leaving nothing in /dev/shm or its temporary folder."""
+    process, url, log = run_until_ready(
+        tmp_path, "--workers", "2", "--model-repository", str(repository), "--model", "tiny"
+    )
+    try:
+        folders_before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("torchrest-*"))
+        names = children(process.pid)
+        os.kill(names["torchrest-eng"], signal.SIGKILL)
+        answers = []
+        with contextlib.suppress(httpx.HTTPError):
+            while process.poll() is None:  # until the supervisor has stopped the front-ends
+                answers.append(httpx.get(f"{url}/health", timeout=2).status_code)
+        assert process.wait(timeout=30) == 1
+        assert 200 not in answers[1:], answers  # (the first may have been answered before the kill landed)
+        assert not left_behind(process.pid)
+        assert all(not Path(f"/proc/{pid}").exists() for pid in names.values())
+        assert "engine process exited" in log.read_text()
+        assert not set(Path(os.environ.get("TMPDIR", "/tmp")).glob("torchrest-*")) - folders_before
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_sigterm_drains_every_process_and_exits_0(tmp_path: Path, repository: Path) -> None:
+    process, url, _ = run_until_ready(
+        tmp_path, "--workers", "2", "--model-repository", str(repository), "--model", "tiny"
+    )
+    names = children(process.pid)
+    assert left_behind(process.pid)
+    for _ in range(4):
+        assert httpx.post(f"{url}/classify", files={"image": PHOTOS["cat"]}, timeout=30).status_code == 200
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    assert all(not Path(f"/proc/{pid}").exists() for pid in names.values())
+    assert not left_behind(process.pid)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/health", timeout=5)
+
+
+@pytest.mark.parametrize("workers", ["-1", "4096"])
+def test_bad_worker_count_is_one_line_and_exit_2(workers: str) -> None:
+    result = subprocess.run(
+        torchrest_command("serve", "--workers", workers), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "--workers" in result.stderr, result.stderr
