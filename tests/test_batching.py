@@ -8,7 +8,8 @@ from concurrent.futures import Future
 import numpy as np
 import pytest
 
-from torchrest.batching import Admission, BatchQueue, Job
+from torchrest.admission import Admission
+from torchrest.engine.batching import BatchQueue, Job
 from torchrest.errors import QueueFull
 
 
@@ -149,10 +150,10 @@ def test_warm_up_caps_batches_at_the_fastest_size() -> None:
     import asyncio
 
     from torchrest.config import InputSpec
+    from torchrest.engine.runtime import ModelRuntime
     from torchrest.metrics import Metrics
     from torchrest.models.common import LoadedModel
     from torchrest.preprocess import Preprocessor
-    from torchrest.runtime import ModelRuntime
 
     spec = InputSpec(8, 8)
     model = LoadedModel("toy", module=None, labels=["a", "b", "c"], input_spec=spec, pretrained=True, source="t")  # type: ignore[arg-type]

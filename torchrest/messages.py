@@ -109,7 +109,8 @@ class WireError(NamedTuple):
         return error
 
 
-ERROR_TYPES: dict[str, type[TorchrestError]] = {kind.__name__: kind for kind in (TorchrestError, *all_errors())}
+_KINDS: list[type[TorchrestError]] = [TorchrestError, *all_errors()]
+ERROR_TYPES: dict[str, type[TorchrestError]] = {kind.__name__: kind for kind in _KINDS}
 
 
 @dataclass(frozen=True, slots=True)

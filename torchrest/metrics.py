@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
-    from torchrest.manager import ModelManager
-    from torchrest.runtime import ModelRuntime
+    from torchrest.engine.manager import ModelManager
+    from torchrest.engine.runtime import ModelRuntime
 
 LATENCY_BUCKETS_S = (
     0.001,

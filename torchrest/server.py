@@ -25,15 +25,15 @@ from torchrest.api.protocol import guarded_protocol
 from torchrest.backends import Backend, resolve_device
 from torchrest.config import ServerConfig
 from torchrest.cores import available_cores
+from torchrest.engine.manager import ModelManager
+from torchrest.engine.runtime import ModelRuntime
 from torchrest.errors import LoadFailed, StartupError, first_line
 from torchrest.layout import serving_layout
-from torchrest.manager import ModelManager
 from torchrest.metrics import Metrics
 from torchrest.models.common import LoadedModel
 from torchrest.models.registry import load_model
 from torchrest.preprocess import Preprocessor
 from torchrest.priority import hand_off_gil_quickly, lower_this_thread
-from torchrest.runtime import ModelRuntime
 
 if TYPE_CHECKING:
     from torchrest.grpc.listener import GrpcListener

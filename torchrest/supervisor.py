@@ -27,6 +27,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
@@ -43,6 +44,8 @@ log = logging.getLogger("torchrest.supervisor")
 
 STOP_GRACE_S = 10.0  # after the drain timeout, how long a process gets before it is killed
 RESTART_BACKOFF_S = (0.5, 10.0)  # a front-end that keeps dying is restarted less often
+QUICK_DEATH_S = 10.0  # a front-end that dies sooner than this after its start failed to start
+QUICK_DEATHS = 5  # that many in a row: it never will (a bug, a bad install); the server exits 1
 
 
 class Supervisor:
@@ -52,16 +55,21 @@ class Supervisor:
         self.device = device
         self.folder = folder
         self.socket_path = folder / "engine.sock"
+        self.metrics_dir = folder / "metrics"
         self.context = multiprocessing.get_context("spawn")
         self.engine: BaseProcess | None = None
         self.frontends: dict[int, BaseProcess] = {}
         self.backoff_s: dict[int, float] = {}
+        self.started_s: dict[int, float] = {}
+        self.quick_deaths: dict[int, int] = {}
         self.stopping = False
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        self.engine = self._start(run_engine, "torchrest-engine", self.config, self.device, self.socket_path)
+        self.engine = self._start(
+            run_engine, "torchrest-engine", self.config, self.device, self.socket_path, self.metrics_dir
+        )
         for index in range(self.workers):
             self.frontends[index] = self._start_frontend(index)
         log.info(
@@ -80,8 +88,9 @@ class Supervisor:
             if not self.engine.is_alive():
                 return self._engine_ended()
             for index, process in list(self.frontends.items()):
-                if not process.is_alive():
-                    self._replace(index, process)
+                if not process.is_alive() and not self._replace(index, process):
+                    self._end_frontends(grace_s=1.0)
+                    return 1
         return self._stop()
 
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
@@ -93,26 +102,42 @@ class Supervisor:
             )
         self.stopping = True
 
-    def _start(self, target: object, name: str, *args: object) -> BaseProcess:
-        process = self.context.Process(target=target, args=args, name=name, daemon=False)  # type: ignore[attr-defined]
+    def _start(self, target: Callable[..., None], name: str, *args: object) -> BaseProcess:
+        process = self.context.Process(target=target, args=args, name=name, daemon=False)
         process.start()
         return process
 
     def _start_frontend(self, index: int) -> BaseProcess:
+        self.started_s[index] = time.monotonic()
         return self._start(
-            run_frontend, f"torchrest-frontend-{index}", self.config, index, self.socket_path, os.getpid()
+            run_frontend,
+            f"torchrest-frontend-{index}",
+            *(self.config, index, self.socket_path, os.getpid(), self.metrics_dir),
         )
 
-    def _replace(self, index: int, process: BaseProcess) -> None:
+    def _replace(self, index: int, process: BaseProcess) -> bool:
+        """Start front-end `index` again; False when it keeps dying as it starts (the server should end)."""
+        self._forget(process, index)
+        quick = time.monotonic() - self.started_s.get(index, 0.0) < QUICK_DEATH_S
+        self.quick_deaths[index] = self.quick_deaths.get(index, 0) + 1 if quick else 0
+        if self.quick_deaths[index] >= QUICK_DEATHS:
+            log.error(
+                "front-end %d died %d times in a row within %.0f s of starting (last status %s); stopping",
+                *(index, QUICK_DEATHS, QUICK_DEATH_S, process.exitcode),
+            )
+            return False
         log.error(
             "front-end %d (pid %s) exited with status %s; starting it again", index, process.pid, process.exitcode
         )
-        self._forget(process, index)
         wait_s = self.backoff_s.get(index, 0.0)
-        if wait_s:
-            time.sleep(wait_s)
+        waited_until = time.monotonic() + wait_s
+        while time.monotonic() < waited_until and not self.stopping:
+            time.sleep(0.05)
+        if self.stopping:
+            return True  # the server is stopping: nothing to replace
         self.backoff_s[index] = min(max(2 * wait_s, RESTART_BACKOFF_S[0]), RESTART_BACKOFF_S[1])
         self.frontends[index] = self._start_frontend(index)
+        return True
 
     def _forget(self, process: BaseProcess, index: int) -> None:
         if process.pid is not None:

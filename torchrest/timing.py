@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,3 +27,22 @@ def median_call_s(run: Run, batch: np.ndarray, seconds: float, min_calls: int = 
         run(batch)
         times.append(time.perf_counter() - call_started)
     return float(np.median(times))
+
+
+@dataclass(slots=True)
+class StageTimes:
+    """Where one request's time went, for its Server-Timing header: the longest of its images' waits,
+    and the decode and model run of the batches they were in (seconds)."""
+
+    queue_s: float = 0.0
+    decode_s: float = 0.0
+    inference_s: float = 0.0
+
+    def note(self, queue_s: float, decode_s: float, inference_s: float) -> None:
+        self.queue_s = max(self.queue_s, queue_s)
+        self.decode_s = max(self.decode_s, decode_s)
+        self.inference_s = max(self.inference_s, inference_s)
+
+    def header(self, total_s: float) -> str:
+        stages = (("queue", self.queue_s), ("decode", self.decode_s), ("inference", self.inference_s))
+        return ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in (*stages, ("total", total_s)))

@@ -28,8 +28,8 @@ from torchrest.api.http import (
     send_response,
 )
 from torchrest.config import ServerConfig
+from torchrest.engine.manager import ModelManager
 from torchrest.errors import MethodNotAllowed, ModelError, NotFound, TorchrestError
-from torchrest.manager import ModelManager
 from torchrest.metrics import Metrics
 
 log = logging.getLogger("torchrest.api")

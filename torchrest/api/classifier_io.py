@@ -15,11 +15,11 @@ import numpy as np
 
 from torchrest.api.tensors import InferRequest, Output
 from torchrest.backends import BACKENDS
-from torchrest.batching import StageTimes
+from torchrest.engine.manager import ModelEntry
+from torchrest.engine.runtime import ModelRuntime
 from torchrest.errors import BadRequest
-from torchrest.manager import ModelEntry
 from torchrest.postprocess import label, top_indices
-from torchrest.runtime import ModelRuntime
+from torchrest.timing import StageTimes
 
 DEFAULT_OUTPUTS = ("labels", "scores")
 

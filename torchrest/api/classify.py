@@ -16,9 +16,9 @@ from torchrest.api.app import AppState
 from torchrest.api.forms import read_image
 from torchrest.api.http import Request, Response, json_response
 from torchrest.api.lifecycle import deadline_s, in_time, until_disconnect
-from torchrest.batching import StageTimes
 from torchrest.errors import BadRequest
 from torchrest.postprocess import top_k
+from torchrest.timing import StageTimes
 
 MAX_TOP_K = 20
 

@@ -32,9 +32,10 @@ from torchrest.api.guards import admin, inference
 from torchrest.api.http import Request, Response, json_response
 from torchrest.api.lifecycle import deadline_s, in_time, until_disconnect
 from torchrest.api.tensors import HEADER_LENGTH, encode_response, json_object, parse_request
-from torchrest.batching import StageTimes
+from torchrest.engine.manager import ModelEntry
 from torchrest.errors import BadRequest, NotReady
-from torchrest.manager import ModelEntry, ModelState
+from torchrest.models.naming import ModelState
+from torchrest.timing import StageTimes
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
 PARSE_OFF_LOOP_BYTES = 256 * 1024  # a JSON header this large is parsed on a worker thread

@@ -4,7 +4,7 @@
     (the job's pixels: a view of the front-end's slot, copied once into the batch) -> batch -> model ->
     future done -> the row written into the slot -> Answered --> front-end
 
-It loads the models as the one-process server does (torchrest.manager, torchrest.runtime), serves the
+It loads the models as the one-process server does (engine/manager.py, engine/runtime.py), serves the
 front-ends on a Unix socket, and tells them what they need to answer without asking: a Snapshot of the
 models whenever anything changes (a load, an instance that died or came back), and a Pulse of each
 queue ten times a second (admission before a body is read). SIGTERM stops it once the front-ends have
@@ -21,10 +21,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from torchrest.batching import StageTimes
 from torchrest.config import ServerConfig
+from torchrest.engine.manager import ModelEntry, ModelManager
+from torchrest.engine.runtime import ModelRuntime
 from torchrest.errors import LoadFailed, TorchrestError
-from torchrest.manager import ModelEntry, ModelManager
 from torchrest.messages import (
     Answered,
     Call,
@@ -44,8 +44,8 @@ from torchrest.messages import (
 from torchrest.metrics import Metrics
 from torchrest.models.common import LoadedModel
 from torchrest.postprocess import Answer
-from torchrest.runtime import ModelRuntime
 from torchrest.slots import SlotFile
+from torchrest.timing import StageTimes
 
 log = logging.getLogger("torchrest.engine")
 
@@ -276,7 +276,7 @@ class FrontEndLink(Connection):
         self.send(Returned(message.call, value))
 
 
-def run_engine(config: ServerConfig, device: str, socket_path: Path) -> None:
+def run_engine(config: ServerConfig, device: str, socket_path: Path, metrics_dir: Path) -> None:
     """The engine process's main (multiprocessing spawns it): exits 0 when stopped, 1 when a model fails
     to load (the supervisor then stops the server, as one process would)."""
     from torchrest.frontend.process import child_process_setup
@@ -287,7 +287,7 @@ def run_engine(config: ServerConfig, device: str, socket_path: Path) -> None:
     from torchrest.priority import hand_off_gil_quickly
 
     hand_off_gil_quickly()
-    metrics = Metrics()
+    metrics = Metrics(shared_dir=str(metrics_dir))
     models = model_manager(config, metrics, device)
     import uvloop
 

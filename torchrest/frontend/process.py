@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import signal
 from pathlib import Path
 
@@ -48,12 +47,12 @@ def child_process_setup(config: ServerConfig, role: str, name: str) -> None:
     )
 
 
-def run_frontend(config: ServerConfig, index: int, socket_path: Path, server_pid: int) -> None:
+def run_frontend(config: ServerConfig, index: int, socket_path: Path, server_pid: int, metrics_dir: Path) -> None:
     from torchrest.server import _grpc_listener, bind, http_server, log_access, tls_options
 
     child_process_setup(config, f"front-end {index}", f"torchrest-fe{index}")
     torch.set_num_threads(1)  # the resize runs here, one image at a time, beside the other front-ends
-    metrics = Metrics(shared_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    metrics = Metrics(shared_dir=str(metrics_dir))
     slots = SlotFile.create_fitting(server_pid, index, SLOT_COUNTS, slot_bytes_for(SLOT_CROP))
     try:
         models = RemoteModels(socket_path, index, slots, config.max_image_pixels, metrics)

@@ -1,5 +1,5 @@
 """The engine's models as a front-end process sees them: the surface the API and gRPC handlers use
-(torchrest.manager.ModelManager's and torchrest.runtime.ModelRuntime's), over the link to the engine.
+(torchrest.engine.manager.ModelManager's and torchrest.engine.runtime.ModelRuntime's), over the link to the engine.
 
     handler -> RemoteModels.runtime(name) -> RemoteRuntime.admitted (the engine's last Pulse: 503 before
     the body is read) -> infer: decode into a slot (torchrest.slots), Infer --> engine ... Answered -> the
@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from torchrest.batching import Admission, StageTimes
+from torchrest.admission import Admission, Admits
 from torchrest.errors import BadRequest, NotFound, NotReady, QueueFull
-from torchrest.manager import READY, check_model_name
 from torchrest.messages import (
     Answered,
     Call,
@@ -44,10 +43,11 @@ from torchrest.messages import (
     Snapshot,
 )
 from torchrest.metrics import Metrics
+from torchrest.models.naming import READY, check_model_name
 from torchrest.postprocess import Answer
 from torchrest.preprocess import decode_into
-from torchrest.runtime import Admits
 from torchrest.slots import SlotFile
+from torchrest.timing import StageTimes
 
 log = logging.getLogger("torchrest.frontend")
 

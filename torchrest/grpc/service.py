@@ -27,7 +27,7 @@ from torchrest.api.tensors import InferRequest, Output, binary_elements, checked
 from torchrest.errors import BadRequest, NotReady, TorchrestError
 from torchrest.grpc import inference_pb2 as pb
 from torchrest.grpc import inference_pb2_grpc as pb_grpc
-from torchrest.manager import ModelState
+from torchrest.models.naming import ModelState
 
 ROUTE = "grpc"
 STATUS_CODES = {

@@ -25,11 +25,11 @@ import numpy as np
 
 from torchrest.backends import Backend
 from torchrest.config import InputSpec
+from torchrest.engine.runtime import ModelRuntime
 from torchrest.layout import Layout, splits
 from torchrest.metrics import Metrics
 from torchrest.models.common import LoadedModel
 from torchrest.preprocess import Preprocessor
-from torchrest.runtime import ModelRuntime
 
 THROUGHPUT, LATENCY = "throughput", "latency"
 OBJECTIVES = (THROUGHPUT, LATENCY)

@@ -1,4 +1,4 @@
-"""Stage 3: admission control and the adaptive batcher between the event loop and the inference threads.
+"""The adaptive batcher between the event loop and the inference threads (admission: torchrest.admission).
 
     api (event loop) --admit()--> read body --put(Job)--> BatchQueue --take()--> runtime thread(s)
 
@@ -17,28 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from torchrest.errors import NotReady, QueueFull
+from torchrest.errors import NotReady
+from torchrest.timing import StageTimes
 
 Clock = Callable[[], float]
-
-
-@dataclass(slots=True)
-class StageTimes:
-    """Where one request's time went, for its Server-Timing header: the longest of its images' waits,
-    and the decode and model run of the batches they were in (seconds)."""
-
-    queue_s: float = 0.0
-    decode_s: float = 0.0
-    inference_s: float = 0.0
-
-    def note(self, queue_s: float, decode_s: float, inference_s: float) -> None:
-        self.queue_s = max(self.queue_s, queue_s)
-        self.decode_s = max(self.decode_s, decode_s)
-        self.inference_s = max(self.inference_s, inference_s)
-
-    def header(self, total_s: float) -> str:
-        stages = (("queue", self.queue_s), ("decode", self.decode_s), ("inference", self.inference_s))
-        return ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in (*stages, ("total", total_s)))
 
 
 @dataclass(slots=True)
@@ -64,58 +46,6 @@ class Taken:
     batch: list[Job]
     expired: list[Job]
     abandoned: list[Job]
-
-
-class Admission:
-    """Bounds the requests a model holds (decoding, queued or running), and refuses at once (503) one
-    that the queue ahead of it would keep past its deadline.
-
-    The expected wait is the places already taken times the recent time per image (measured on the
-    instances' batches, `observe`), over the instances: a request refused with a `Retry-After` of that
-    wait costs nothing, where one admitted to expire in the queue would have cost its body, its decode
-    and a 504. Only the event loop admits and releases, so a plain counter is enough; `observe` is
-    called from the instances' threads and only replaces a float.
-    """
-
-    SMOOTHING = 0.2  # weight of the newest batch in the time per image
-
-    def __init__(self, max_in_flight: int, instances: int = 1) -> None:
-        self.max_in_flight = max_in_flight
-        self.instances = instances
-        self.in_flight = 0
-        self.seconds_per_image = 0.0  # 0 until a batch has been measured: nothing is refused for time
-
-    def admit(self, count: int = 1, deadline_s: float | None = None, now_s: float | None = None) -> None:
-        """Take `count` places (one per image), all or none."""
-        if self.in_flight + count > self.max_in_flight:
-            if count > self.max_in_flight:
-                raise QueueFull(f"{count} images in one request is over this model's queue of {self.max_in_flight}")
-            raise QueueFull(
-                f"queue is full ({self.max_in_flight} requests waiting); retry shortly", self.expected_wait_s()
-            )
-        if deadline_s is not None:
-            wait_s = self.expected_wait_s(count)
-            now_s = time.monotonic() if now_s is None else now_s
-            if wait_s > 0 and now_s + wait_s > deadline_s:
-                raise QueueFull(
-                    f"the queue ahead would take about {wait_s:.1f} s, past this request's deadline "
-                    f"({max(0.0, deadline_s - now_s):.1f} s left); retry later",
-                    wait_s,
-                )
-        self.in_flight += count
-
-    def release(self, count: int = 1) -> None:
-        self.in_flight -= count
-
-    def expected_wait_s(self, count: int = 1) -> float:
-        """How long `count` more images would take to be answered, from what is in flight now."""
-        return (self.in_flight + count) * self.seconds_per_image / self.instances
-
-    def observe(self, images: int, seconds: float) -> None:
-        """An instance took `seconds` from taking a batch of `images` to answering it."""
-        per_image = seconds / images
-        previous = self.seconds_per_image
-        self.seconds_per_image = per_image if previous == 0 else previous + self.SMOOTHING * (per_image - previous)
 
 
 class BatchQueue:

@@ -17,25 +17,25 @@ it (or for another instance) until their deadline.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
 
+from torchrest.admission import Admission, Admits
 from torchrest.backends import Backend
-from torchrest.batching import Admission, BatchQueue, Job, StageTimes, Taken
+from torchrest.engine.batching import BatchQueue, Job, Taken
 from torchrest.errors import DeadlineExceeded, ModelError, QueueFull, TorchrestError, first_line
 from torchrest.messages import RuntimeInfo
 from torchrest.metrics import Metrics, ModelStats, RecentActivity
 from torchrest.models.common import LoadedModel
 from torchrest.postprocess import Answer, softmax
 from torchrest.preprocess import Preprocessor
-from torchrest.timing import median_call_s
+from torchrest.timing import StageTimes, median_call_s
 
 log = logging.getLogger("torchrest.runtime")
 
@@ -71,45 +71,6 @@ class Instance:
     restarts: int = 0
     last_answered_s: float = 0.0  # when its last batch was answered (monotonic clock)
     busy: bool = False  # running a batch (read by the event loop: a hint, not a lock)
-
-
-class Admits:
-    """`admitted()` over a runtime's `admit` and `release`: the model's runtime here, or the engine's seen
-    from a front-end process (torchrest.frontend.remote)."""
-
-    def admit(self, count: int = 1, deadline_s: float | None = None) -> None:
-        raise NotImplementedError
-
-    def release(self, count: int = 1) -> None:
-        raise NotImplementedError
-
-    @contextlib.contextmanager
-    def admitted(self, deadline_s: float | None = None, count: int = 1) -> Iterator[Admitted]:
-        """`with runtime.admitted(deadline) as places:` takes places (QueueFull, 503, when there are none or
-        the queue would keep them past the deadline) and gives them back however the request ends;
-        `places.add(n)` takes more once the request says how many."""
-        self.admit(count, deadline_s)
-        places = Admitted(self, count, deadline_s)
-        try:
-            yield places
-        finally:
-            self.release(places.count)
-
-
-class Admitted:
-    """The places one request holds in a model's admission bound."""
-
-    __slots__ = ("runtime", "count", "deadline_s")
-
-    def __init__(self, runtime: Admits, count: int, deadline_s: float | None) -> None:
-        self.runtime = runtime
-        self.count = count
-        self.deadline_s = deadline_s
-
-    def add(self, count: int) -> None:
-        if count > 0:
-            self.runtime.admit(count, self.deadline_s)
-            self.count += count
 
 
 class ModelRuntime(Admits):

@@ -17,35 +17,29 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
+from torchrest.engine.runtime import ModelRuntime
 from torchrest.errors import BadRequest, LoadFailed, ModelLoadError, NotFound, NotReady, StartupError
 from torchrest.models.common import LoadedModel
+from torchrest.models.naming import (
+    LOADING,
+    READY,
+    UNAVAILABLE,
+    UNLOADING,
+    VERSION,
+    ModelState,
+    check_model_name,
+    shown,
+)
 from torchrest.models.repository import ModelRepository, load_model_folder
 from torchrest.priority import started_pool
-from torchrest.runtime import ModelRuntime
 
 log = logging.getLogger("torchrest.models")
 
 DRAIN_POLL_S = 0.02
-MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-VERSION = re.compile(r"[0-9]{1,18}")
-
-
-class ModelState(StrEnum):
-    """A model's state, as the repository index reports it (Triton's words)."""
-
-    READY = "READY"
-    LOADING = "LOADING"
-    UNLOADING = "UNLOADING"
-    UNAVAILABLE = "UNAVAILABLE"
-
-
-READY, LOADING, UNLOADING, UNAVAILABLE = ModelState
 
 
 @dataclass(slots=True)
@@ -123,7 +117,7 @@ class ModelManager:
         if name is not None:
             check_model_name(name)
         if version is not None and not VERSION.fullmatch(version):
-            raise BadRequest(f"invalid model version {_shown(version)}: a version is a number")
+            raise BadRequest(f"invalid model version {shown(version)}: a version is a number")
         key = name if name is not None else self.default
         entry = self.entries.get(key)
         if entry is None:
@@ -256,20 +250,6 @@ class ModelManager:
                 log.warning("model folder %s is not loadable: %s", folder, exc)
                 continue
             self.add(model, _folder_loader(folder))
-
-
-def check_model_name(name: str) -> None:
-    """Names from URLs never reach the filesystem unchecked: letters, digits, '_', '-' and '.', not
-    starting with '.' or '-', at most 128 characters (so no '..', no slash, encoded or not, no NUL)."""
-    if not MODEL_NAME.fullmatch(name):
-        raise BadRequest(
-            f"invalid model name {_shown(name)}: use letters, digits, '_', '-' and '.', not starting "
-            "with '.' or '-', at most 128 characters"
-        )
-
-
-def _shown(text: str) -> str:
-    return repr(text if len(text) <= 40 else text[:40] + "...")
 
 
 def _renamed(model: LoadedModel, name: str) -> LoadedModel:

@@ -1,0 +1,105 @@
+"""Admission: how many requests a model holds, and which it refuses at once (503 + Retry-After) before
+any work is done. The engine's runtime admits for real; a front-end process refuses early what the
+engine's queue, as its last Pulse showed it, cannot take in time.
+
+    handler -> with runtime.admitted(deadline) as places: ... places.add(n) ... -> released however it ends
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+from torchrest.errors import QueueFull
+
+
+class Admission:
+    """Bounds the requests a model holds (decoding, queued or running), and refuses at once (503) one
+    that the queue ahead of it would keep past its deadline.
+
+    The expected wait is the places already taken times the recent time per image (measured on the
+    instances' batches, `observe`), over the instances: a request refused with a `Retry-After` of that
+    wait costs nothing, where one admitted to expire in the queue would have cost its body, its decode
+    and a 504. Only the event loop admits and releases, so a plain counter is enough; `observe` is
+    called from the instances' threads and only replaces a float.
+    """
+
+    SMOOTHING = 0.2  # weight of the newest batch in the time per image
+
+    def __init__(self, max_in_flight: int, instances: int = 1) -> None:
+        self.max_in_flight = max_in_flight
+        self.instances = instances
+        self.in_flight = 0
+        self.seconds_per_image = 0.0  # 0 until a batch has been measured: nothing is refused for time
+
+    def admit(self, count: int = 1, deadline_s: float | None = None, now_s: float | None = None) -> None:
+        """Take `count` places (one per image), all or none."""
+        if self.in_flight + count > self.max_in_flight:
+            if count > self.max_in_flight:
+                raise QueueFull(f"{count} images in one request is over this model's queue of {self.max_in_flight}")
+            raise QueueFull(
+                f"queue is full ({self.max_in_flight} requests waiting); retry shortly", self.expected_wait_s()
+            )
+        if deadline_s is not None:
+            wait_s = self.expected_wait_s(count)
+            now_s = time.monotonic() if now_s is None else now_s
+            if wait_s > 0 and now_s + wait_s > deadline_s:
+                raise QueueFull(
+                    f"the queue ahead would take about {wait_s:.1f} s, past this request's deadline "
+                    f"({max(0.0, deadline_s - now_s):.1f} s left); retry later",
+                    wait_s,
+                )
+        self.in_flight += count
+
+    def release(self, count: int = 1) -> None:
+        self.in_flight -= count
+
+    def expected_wait_s(self, count: int = 1) -> float:
+        """How long `count` more images would take to be answered, from what is in flight now."""
+        return (self.in_flight + count) * self.seconds_per_image / self.instances
+
+    def observe(self, images: int, seconds: float) -> None:
+        """An instance took `seconds` from taking a batch of `images` to answering it."""
+        per_image = seconds / images
+        previous = self.seconds_per_image
+        self.seconds_per_image = per_image if previous == 0 else previous + self.SMOOTHING * (per_image - previous)
+
+
+class Admits:
+    """`admitted()` over a runtime's `admit` and `release`: the model's runtime here, or the engine's seen
+    from a front-end process (torchrest.frontend.remote)."""
+
+    def admit(self, count: int = 1, deadline_s: float | None = None) -> None:
+        raise NotImplementedError
+
+    def release(self, count: int = 1) -> None:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def admitted(self, deadline_s: float | None = None, count: int = 1) -> Iterator[Admitted]:
+        """`with runtime.admitted(deadline) as places:` takes places (QueueFull, 503, when there are none or
+        the queue would keep them past the deadline) and gives them back however the request ends;
+        `places.add(n)` takes more once the request says how many."""
+        self.admit(count, deadline_s)
+        places = Admitted(self, count, deadline_s)
+        try:
+            yield places
+        finally:
+            self.release(places.count)
+
+
+class Admitted:
+    """The places one request holds in a model's admission bound."""
+
+    __slots__ = ("runtime", "count", "deadline_s")
+
+    def __init__(self, runtime: Admits, count: int, deadline_s: float | None) -> None:
+        self.runtime = runtime
+        self.count = count
+        self.deadline_s = deadline_s
+
+    def add(self, count: int) -> None:
+        if count > 0:
+            self.runtime.admit(count, self.deadline_s)
+            self.count += count
