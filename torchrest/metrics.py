@@ -130,7 +130,7 @@ class Metrics:
                 self.sample_runtime(entry.runtime)
 
     def sample_runtime(self, runtime: ModelRuntime) -> None:
-        """Shared mode: one model's queue gauges now (the engine also calls this as it admits and answers)."""
+        """Shared mode: one model's queue gauges now."""
         if self.shared_dir is not None:
             self.queue_depth.labels(runtime.name).set(len(runtime.queue))
             self.in_flight.labels(runtime.name).set(runtime.admission.in_flight)

@@ -222,7 +222,6 @@ class FrontEndLink(Connection):
         except TorchrestError as error:
             self.send(Failed(message.call, WireError.of(error)))
             return
-        self.engine.metrics.sample_runtime(runtime)
         if message.slot >= 0:
             assert self.slots is not None, "a front-end says Hello before it sends a slot"
             pixels = self.slots.pixels(message.slot, message.shape)
@@ -242,7 +241,6 @@ class FrontEndLink(Connection):
         self, message: Infer, runtime: ModelRuntime, times: StageTimes, future: asyncio.Future[Answer]
     ) -> None:
         runtime.release(1)
-        self.engine.metrics.sample_runtime(runtime)
         self.pending.pop(message.call, None)
         if future.cancelled():
             self.send(Failed(message.call, WireError("TorchrestError", "cancelled", {})))
