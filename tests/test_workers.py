@@ -26,6 +26,7 @@ from tests.conftest import (
     torchrest_command,
     write_repository,
 )
+from tests.test_grpc import clients
 
 pytestmark = pytest.mark.slow
 SHM = Path("/dev/shm")
@@ -79,7 +80,6 @@ def workers(tmp_path_factory: pytest.TempPathFactory, repository: Path) -> Itera
 def test_two_front_ends_and_an_engine_answer_classify_v2_and_grpc(workers: tuple[Server, int], server: Server) -> None:
     """The same photo through /classify, /v2 (tritonclient) and gRPC (tritonclient) gives the answer the
     one-process server gives for the same weights."""
-    import tritonclient.grpc as grpc_client
     import tritonclient.http as http_client
 
     served, grpc_port = workers
@@ -98,12 +98,12 @@ def test_two_front_ends_and_an_engine_answer_classify_v2_and_grpc(workers: tuple
     result = http.infer("lite0", [request], outputs=[http_client.InferRequestedOutput("labels")])
     assert result.as_numpy("labels")[0][0].decode() == "Egyptian cat"
 
-    grpc = grpc_client.InferenceServerClient(f"127.0.0.1:{grpc_port}")
-    request = grpc_client.InferInput("image", [1], "BYTES")
-    request.set_data_from_numpy(image)
-    result = grpc.infer("lite0", [request], outputs=[grpc_client.InferRequestedOutput("labels")])
-    assert result.as_numpy("labels")[0][0].decode() == "Egyptian cat"
-    assert grpc.is_server_ready()
+    out = clients("triton", f"127.0.0.1:{grpc_port}")  # tritonclient.grpc, in a process of its own
+    assert out["ready"] and out["model_ready"] and out["cat_label"] == "Egyptian cat"
+    assert out["uint8_max_difference"] == 0.0 and out["fp32_max_difference"] < 1e-5
+    assert out["eight_match"] and out["burst_answered"] == 32 and out["burst_correct"] == 32
+    assert out["errors"]["unknown_model"] == "NOT_FOUND" and out["errors"]["load_without_token"] == "UNAUTHENTICATED"
+    assert not out["tiny_ready_after_unload"] and out["tiny_ready_after_load"]
 
 
 def test_pixels_and_tensors_cross_as_images_do(workers: tuple[Server, int]) -> None:
