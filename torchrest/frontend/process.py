@@ -26,9 +26,9 @@ log = logging.getLogger("torchrest.frontend")
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
-# images in flight per front-end in shared memory (more travel inline, a copy more): 32 of 208 KiB, or 8
-# where /dev/shm is small
-SLOT_COUNTS = (32, 8)
+# images in flight per front-end in shared memory (more wait for a free slot): 64 of 208 KiB, or 16 where
+# /dev/shm is small (a container's is often 64 MiB), else none (the pixels then travel inline, a copy more)
+SLOT_COUNTS = (64, 16)
 SLOT_CROP = 256  # slots fit crops up to this side (224, 240, 256); a larger model's pixels travel inline
 
 

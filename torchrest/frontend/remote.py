@@ -18,6 +18,7 @@ import itertools
 import logging
 import os
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ class RemoteRuntime(Admits):
         """Decode (or copy) the image into a slot, hand it to the engine, and wait for its row."""
         link = self.link
         slots = link.slots
-        slot = slots.acquire() if slots is not None and slots.fits(self._shape, self._classes) else -1
+        slot = await link.take_slot() if slots is not None and slots.fits(self._shape, self._classes) else -1
         try:
             inline, decode_s = await self._pixels_in(image, slot)
         except BaseException:
@@ -283,6 +284,7 @@ class EngineLink(Connection):
         self.queues: dict[str, tuple[int, float]] = {}
         self._calls = itertools.count()
         self._pending: dict[int, tuple[asyncio.Future[Any], int]] = {}
+        self._slot_waiters: deque[asyncio.Future[int]] = deque()
 
     def observe(self, model: str, total_s: float) -> None:
         """A request's total time, for the engine's recent figures: sent with this loop turn's messages."""
@@ -323,9 +325,32 @@ class EngineLink(Connection):
         assert self.slots is not None
         return self.slots.pixels(slot, shape)
 
+    async def take_slot(self) -> int:
+        """A free slot; when every slot holds an image in flight, wait for the engine to answer one (the
+        images waiting are then the engine's queue anyway: waiting costs nothing, a copy inline would)."""
+        assert self.slots is not None
+        slot = self.slots.acquire()
+        if slot >= 0:
+            return slot
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(waiter.result())  # handed over just as the client left
+            raise
+
     def release(self, slot: int) -> None:
-        if self.slots is not None and slot >= 0:
-            self.slots.release(slot)
+        """Give a slot back: to the longest waiting request, else to the free list."""
+        if self.slots is None or slot < 0:
+            return
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(slot)
+                return
+        self.slots.release(slot)
 
     def received(self, message: Any) -> None:
         if isinstance(message, Pulse):
@@ -356,7 +381,9 @@ class EngineLink(Connection):
         log.error("front-end %d lost the engine process", self.frontend)
         self.models.engine_lost()
         pending, self._pending = self._pending, {}
-        for future, _ in pending.values():
+        waiting = [*(future for future, _ in pending.values()), *self._slot_waiters]
+        self._slot_waiters.clear()
+        for future in waiting:
             if not future.done():
                 future.set_exception(NotReady("the engine process is down"))
 
