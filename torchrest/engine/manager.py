@@ -22,17 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torchrest.engine.runtime import ModelRuntime
-from torchrest.errors import BadRequest, LoadFailed, ModelLoadError, NotFound, NotReady, StartupError
+from torchrest.errors import LoadFailed, ModelLoadError, StartupError
 from torchrest.models.common import LoadedModel
 from torchrest.models.naming import (
     LOADING,
     READY,
     UNAVAILABLE,
     UNLOADING,
-    VERSION,
     ModelState,
     check_model_name,
-    shown,
+    look_up,
+    serving_runtime,
 )
 from torchrest.models.repository import ModelRepository, load_model_folder
 from torchrest.priority import started_pool
@@ -114,26 +114,11 @@ class ModelManager:
     def entry(self, name: str | None, version: str | None = None) -> ModelEntry:
         """The named model (default: the default one); 400 for a name or version no model can have, 404 if
         unknown, or if `version` is not served."""
-        if name is not None:
-            check_model_name(name)
-        if version is not None and not VERSION.fullmatch(version):
-            raise BadRequest(f"invalid model version {shown(version)}: a version is a number")
-        key = name if name is not None else self.default
-        entry = self.entries.get(key)
-        if entry is None:
-            raise NotFound(f"unknown model {key!r}; served: {', '.join(self.entries)}")
-        if version is not None and version != entry.version:
-            raise NotFound(f"model {key!r} has no version {version!r} loaded (it serves version {entry.version})")
-        return entry
+        return look_up(self.entries, name, version, self.default)
 
     def runtime(self, name: str | None, version: str | None = None) -> ModelRuntime:
         """The runtime that serves a request for `name`; 503 while it is not ready."""
-        entry = self.entry(name, version)
-        if entry.runtime is None or entry.state != READY:
-            raise NotReady(
-                f"model {entry.name!r} is {entry.state.lower()}{': ' + entry.reason if entry.reason else ''}"
-            )
-        return entry.runtime
+        return serving_runtime(self.entry(name, version))
 
     def not_ready_reason(self) -> str | None:
         """None when every model meant to serve does and all its instances run (for /health)."""

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from torchrest.admission import Admission, Admits
-from torchrest.errors import BadRequest, NotFound, NotReady, QueueFull
+from torchrest.errors import NotReady, QueueFull
 from torchrest.messages import (
     Answered,
     Call,
@@ -44,7 +44,7 @@ from torchrest.messages import (
     Snapshot,
 )
 from torchrest.metrics import Metrics
-from torchrest.models.naming import READY, check_model_name
+from torchrest.models.naming import check_model_name, look_up, serving_runtime
 from torchrest.postprocess import Answer
 from torchrest.preprocess import decode_into
 from torchrest.slots import SlotFile
@@ -212,27 +212,13 @@ class RemoteModels:
         return self.default_name or next(iter(self.entries), "")
 
     def entry(self, name: str | None, version: str | None = None) -> RemoteEntry:
-        if name is not None:
-            check_model_name(name)
-        if version is not None and not version.isdigit():
-            raise BadRequest(f"invalid model version {version[:40]!r}: a version is a number")
-        key = name if name is not None else self.default
-        entry = self.entries.get(key)
-        if entry is None:
-            if not self.entries and self._not_ready:
-                raise NotReady(self._not_ready)
-            raise NotFound(f"unknown model {key!r}; served: {', '.join(self.entries)}")
-        if version is not None and version != entry.version:
-            raise NotFound(f"model {key!r} has no version {version!r} loaded (it serves version {entry.version})")
-        return entry
+        if not self.entries and self._not_ready:
+            raise NotReady(self._not_ready)  # no Snapshot yet, or the engine is gone
+        return look_up(self.entries, name, version, self.default)
 
     def runtime(self, name: str | None, version: str | None = None) -> RemoteRuntime:
-        entry = self.entry(name, version)
-        if entry.runtime is None or entry.state != READY:
-            raise NotReady(
-                f"model {entry.name!r} is {entry.state.lower()}{': ' + entry.reason if entry.reason else ''}"
-            )
-        return entry.runtime
+        runtime: RemoteRuntime = serving_runtime(self.entry(name, version))
+        return runtime
 
     def not_ready_reason(self) -> str | None:
         return self._not_ready
