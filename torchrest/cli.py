@@ -109,7 +109,7 @@ def add_config_flags(parser: argparse.ArgumentParser, kind: type) -> None:
 
 
 def synopsis(command: str, kind: type, width: int = 112) -> str:
-    """`torchrest COMMAND [--flag DEFAULT] ...` for every option, wrapped: the README's flag synopsis
+    """`torchrest COMMAND [--flag DEFAULT] ...` for every option, wrapped: docs/serving.md's flag synopsis
     (a test keeps it equal to this)."""
     head = f"torchrest {command} "
     parts = []

@@ -2,7 +2,7 @@
 
 Raise the subclass where the failure happens; the API layer turns any `TorchrestError` into
 `{"status": "failed", "code": ..., "message": ...}` with `status` as the HTTP status. This module is the
-one table of codes (`error_table()` renders it for the README).
+one table of codes (`error_table()` renders it for docs/serving.md).
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def all_errors() -> list[type[TorchrestError]]:
 
 
 def error_table() -> str:
-    """The README's table of error codes, generated from the classes above."""
+    """docs/serving.md's table of error codes, generated from the classes above."""
     rows = ["| status | code | when |", "| --- | --- | --- |"]
     for cls in all_errors():
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""

@@ -470,7 +470,7 @@ CANDIDATE_NAMES = [candidate.name for candidate in CANDIDATES]
 
 
 def candidate_table() -> str:
-    """The README's table of candidates, generated from the list above."""
+    """docs/optimize.md's table of candidates, generated from the list above."""
     rows = ["| candidate | precision | route |", "| --- | --- | --- |"]
     rows += [f"| `{c.name}` | {c.precision} | {c.route} |" for c in CANDIDATES]
     return "\n".join(rows)
