@@ -21,6 +21,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 from torchrest.config import ServerConfig
 from torchrest.engine.manager import ModelEntry, ModelManager
 from torchrest.engine.runtime import ModelRuntime
@@ -44,6 +46,9 @@ from torchrest.messages import (
 from torchrest.metrics import Metrics
 from torchrest.models.common import LoadedModel
 from torchrest.postprocess import Answer
+from torchrest.priority import hand_off_gil_quickly
+from torchrest.processes import child_process_setup
+from torchrest.server import configure_torch, model_manager
 from torchrest.slots import SlotFile
 from torchrest.timing import StageTimes
 
@@ -277,18 +282,11 @@ class FrontEndLink(Connection):
 def run_engine(config: ServerConfig, device: str, socket_path: Path, metrics_dir: Path) -> None:
     """The engine process's main (multiprocessing spawns it): exits 0 when stopped, 1 when a model fails
     to load (the supervisor then stops the server, as one process would)."""
-    from torchrest.frontend.process import child_process_setup
-    from torchrest.server import configure_torch, model_manager
-
     child_process_setup(config, "engine", "torchrest-eng")
     configure_torch(config)
-    from torchrest.priority import hand_off_gil_quickly
-
     hand_off_gil_quickly()
     metrics = Metrics(shared_dir=str(metrics_dir))
     models = model_manager(config, metrics, device)
-    import uvloop
-
     status = uvloop.run(Engine(config, models, metrics).run(socket_path))
     logging.shutdown()
     os._exit(status)  # the inference threads are daemons; nothing else is left to flush

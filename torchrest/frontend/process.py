@@ -8,9 +8,7 @@ into its slots, and the answers; the models are the engine's (torchrest.frontend
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import signal
 from pathlib import Path
 
 import torch
@@ -20,36 +18,19 @@ from torchrest.api import AppState
 from torchrest.config import ServerConfig
 from torchrest.frontend.remote import RemoteModels
 from torchrest.metrics import Metrics
+from torchrest.processes import child_process_setup
+from torchrest.server import _grpc_listener, bind, http_server, log_access, tls_options
 from torchrest.slots import SlotFile, slot_bytes_for
 
 log = logging.getLogger("torchrest.frontend")
 
-PR_SET_PDEATHSIG = 1
-PR_SET_NAME = 15
 # images in flight per front-end in shared memory (more wait for a free slot): 64 of 208 KiB, or 16 where
 # /dev/shm is small (a container's is often 64 MiB), else none (the pixels then travel inline, a copy more)
 SLOT_COUNTS = (64, 16)
 SLOT_CROP = 256  # slots fit crops up to this side (224, 240, 256); a larger model's pixels travel inline
 
 
-def child_process_setup(config: ServerConfig, role: str, name: str) -> None:
-    """What every process the supervisor starts does first: end with the supervisor (a killed supervisor
-    must not leave orphans holding the port), take a name `top` and `ps -o comm` show (`name`, at most
-    15 characters), and log as the supervisor does, naming its `role`."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]))
-    except (OSError, AttributeError):  # not Linux: the supervisor's stop still ends its children
-        pass
-    logging.basicConfig(
-        level=config.log_level.upper(), format=f"%(asctime)s %(levelname)s %(name)s [{role}]: %(message)s"
-    )
-
-
 def run_frontend(config: ServerConfig, index: int, socket_path: Path, server_pid: int, metrics_dir: Path) -> None:
-    from torchrest.server import _grpc_listener, bind, http_server, log_access, tls_options
-
     child_process_setup(config, f"front-end {index}", f"torchrest-fe{index}")
     torch.set_num_threads(1)  # the resize runs here, one image at a time, beside the other front-ends
     metrics = Metrics(shared_dir=str(metrics_dir))

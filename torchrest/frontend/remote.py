@@ -81,6 +81,8 @@ class RemoteRuntime(Admits):
         self.admission = Admission(*entry.admission)
         self._shape = (entry.model.input_spec.crop_size, entry.model.input_spec.crop_size, 3)
         self._classes = len(entry.model.labels)
+        # decoded uint8 pixels travel in a slot when this model's fit one (known once, not per request)
+        self._in_slot = link.slots is not None and link.slots.fits(self._shape, self._classes)
         self._total = link.metrics.stage_latency.labels(entry.model.name, "total")
         self._shed = link.metrics.dropped.labels(entry.model.name, "shed")
 
@@ -111,17 +113,14 @@ class RemoteRuntime(Admits):
     ) -> Answer:
         """Decode (or copy) the image into a slot, hand it to the engine, and wait for its row."""
         link = self.link
-        slots = link.slots
-        slot = await link.take_slot() if slots is not None and slots.fits(self._shape, self._classes) else -1
+        # a float tensor travels inline (the engine quantises it, as one process does): it takes no slot
+        uses_slot = self._in_slot and (isinstance(image, bytes) or image.dtype == np.uint8)
+        slot = await link.take_slot() if uses_slot else -1
         try:
             inline, decode_s = await self._pixels_in(image, slot)
         except BaseException:
-            if slot >= 0:
-                link.release(slot)
-            raise
-        if inline is not None and slot >= 0:
             link.release(slot)
-            slot = -1
+            raise
         message = await link.request(
             lambda call: Infer(call, self.name, self.model.version, slot, self._shape, inline, deadline_s, request_id),
             slot,
@@ -129,14 +128,14 @@ class RemoteRuntime(Admits):
         assert isinstance(message, Answered)
         if times is not None:
             times.note(message.queue_s, decode_s + message.decode_s, message.inference_s)
-        return Answer(link.answer_of(message, slot), message.best)
+        return Answer(np.asarray(message.inline), message.best)  # the row, read out of the slot on arrival
 
     async def _pixels_in(self, image: bytes | np.ndarray, slot: int) -> tuple[np.ndarray | None, float]:
         """Write the image's pixels into `slot` (None back), or return them to travel inline; and the decode
         time. Decode errors (400, 413) are raised here, before the engine sees anything."""
         if isinstance(image, np.ndarray):
-            if image.dtype != np.uint8 or slot < 0:
-                return image, 0.0  # a float tensor is quantised to pixels by the engine, as in one process
+            if slot < 0:
+                return image, 0.0
             self.link.pixels(slot, self._shape)[:] = image
             return None, 0.0
         started = time.monotonic()
@@ -195,9 +194,9 @@ class RemoteModels:
             runtime = None
             if entry.runtime is not None:
                 previous = known.get(entry.name)
-                same = previous is not None and previous.runtime is not None and previous.model == entry.model
-                runtime = previous.runtime if same and previous.runtime.info == entry.runtime else None  # type: ignore[union-attr]
-                runtime = runtime or RemoteRuntime(self.link, entry, entry.runtime)
+                runtime = previous.runtime if previous is not None and previous.model == entry.model else None
+                if runtime is None or runtime.info != entry.runtime:  # a new model, version or layout
+                    runtime = RemoteRuntime(self.link, entry, entry.runtime)
             self.entries[entry.name] = RemoteEntry(entry.name, entry.model, runtime, entry.state, entry.reason)
 
     def engine_lost(self) -> None:
@@ -241,17 +240,12 @@ class RemoteModels:
     async def load(self, name: str) -> RemoteEntry:
         check_model_name(name)
         await self.link.call("load", name)
-        return await self._seen(name)
+        # the Snapshot the engine published after the load came before the call's answer, on this connection
+        return self.entry(name)
 
     async def unload(self, name: str) -> None:
         self.entry(name)
         await self.link.call("unload", name)
-        await self._seen(name)
-
-    async def _seen(self, name: str) -> RemoteEntry:
-        """The entry once this front-end has the Snapshot the engine published after the call (it was sent
-        before the call's answer, on the same connection, so it is here already)."""
-        return self.entry(name)
 
 
 class EngineLink(Connection):
@@ -301,7 +295,7 @@ class EngineLink(Connection):
     async def call(self, method: str, *args: Any) -> Any:
         return await self.request(lambda call: Call(call, method, args))
 
-    def answer_of(self, message: Answered, slot: int) -> np.ndarray:
+    def _answer_of(self, message: Answered, slot: int) -> np.ndarray:
         if message.inline is not None:
             return np.asarray(message.inline)
         assert self.slots is not None
@@ -354,7 +348,7 @@ class EngineLink(Connection):
         if isinstance(message, Answered):
             if slot >= 0:
                 # read the row before the slot can be taken again
-                message = message._replace(inline=self.answer_of(message, slot))
+                message = message._replace(inline=self._answer_of(message, slot))
                 self.release(slot)
             future.set_result(message)
         elif isinstance(message, Failed):
