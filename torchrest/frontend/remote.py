@@ -160,11 +160,14 @@ class RemoteModels:
         self.default_name = ""
         self._not_ready: str | None = "connecting to the engine process"
         self._generation = -1
+        self._told: asyncio.Event | None = None  # set by the first Snapshot
 
     async def connect(self) -> None:
-        """Connect to the engine (it may still be starting); the handlers answer 503 until its Snapshot says
+        """Connect to the engine (it may still be starting) and wait for its first Snapshot, so that this
+        front-end opens its ports knowing what the engine has; the handlers answer 503 until a Snapshot says
         the models are ready."""
         loop = asyncio.get_running_loop()
+        self._told = asyncio.Event()
         deadline = loop.time() + CONNECT_TIMEOUT_S
         while True:
             try:
@@ -177,6 +180,7 @@ class RemoteModels:
         slots = self.link.slots
         if slots is not None:
             self.link.send(Hello(self.link.frontend, os.getpid(), str(slots.path), slots.count, slots.slot_bytes))
+        await asyncio.wait_for(self._told.wait(), max(1.0, deadline - loop.time()))
 
     async def stop(self) -> None:
         self.link.close()
@@ -198,6 +202,8 @@ class RemoteModels:
                 if runtime is None or runtime.info != entry.runtime:  # a new model, version or layout
                     runtime = RemoteRuntime(self.link, entry, entry.runtime)
             self.entries[entry.name] = RemoteEntry(entry.name, entry.model, runtime, entry.state, entry.reason)
+        if self._told is not None:
+            self._told.set()
 
     def engine_lost(self) -> None:
         self._not_ready = "the engine process is down"
