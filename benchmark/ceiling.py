@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,7 +80,7 @@ print(json.dumps(times))
 
 
 class NearFree(torch.nn.Module):
-    """Normalised float NCHW (what a TorchScript file is fed) -> 1000 logits from the channel means: the
+    """Normalised float NCHW (what a user's model file is fed) -> 1000 logits from the channel means: the
     model costs microseconds."""
 
     def __init__(self) -> None:
@@ -91,12 +92,32 @@ class NearFree(torch.nn.Module):
 
 
 def near_free_model(folder: Path) -> Path:
+    """The near-free model as a user brings one: a torch.export program with a dynamic batch dimension."""
+    path = folder / "near-free.pt2"
+    torch.manual_seed(0)
+    batch = torch.export.Dim("batch", max=1024)
+    with torch.no_grad():
+        program = torch.export.export(NearFree().eval(), (torch.zeros((2, 3, 224, 224)),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+    return path
+
+
+def legacy_near_free_model(folder: Path) -> Path:
+    """The same weights as TorchScript, for a base commit from before torchrest read .pt2 files."""
     path = folder / "near-free.pt"
     torch.manual_seed(0)
-    with torch.no_grad():
-        traced = torch.jit.trace(NearFree().eval(), torch.zeros((1, 3, 224, 224)))
-    traced.save(str(path))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # that commit reads nothing else
+        torch.jit.trace(NearFree().eval(), torch.zeros((1, 3, 224, 224))).save(str(path))
     return path
+
+
+def model_for(tree: Path, model: Path | str, folder: Path) -> Path | str:
+    """What a tree can serve: the near-free .pt2, or its TorchScript twin where the tree predates .pt2."""
+    exported = str(model).endswith("near-free.pt2")
+    return (
+        legacy_near_free_model(folder) if exported and not (tree / "torchrest/backends/formats.py").exists() else model
+    )
 
 
 @contextmanager
@@ -288,7 +309,8 @@ def main() -> int:
         if args.base:
             tree = stack.enter_context(worktree(args.base))
             decode[args.base] = decode_times(tree, photos)
-            plans.insert(0, (f"torchrest ({args.base})", torchrest_command(str(model), 0, quiet), tree, tiny))
+            base_model = model_for(tree, model, folder)
+            plans.insert(0, (f"torchrest ({args.base})", torchrest_command(str(base_model), 0, quiet), tree, tiny))
         if not args.no_baseline:
             plans.append(("naive baseline", baseline_command(str(model), 1, args.device), None, None))
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in plans}

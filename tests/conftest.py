@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,23 @@ CAT_LABELS = {"Egyptian cat", "tabby", "tiger cat"}
 STARTUP_TIMEOUT_S = 120
 ADMIN_TOKEN = "test-admin-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+# PyTorch has deprecated TorchScript: a torch.jit deprecation warning fails the suite, whether it is raised
+# here (pyproject's filterwarnings) or in a server or tool a test starts (this variable, inherited), except
+# in the tests marked legacy_torchscript, which check that a user's TorchScript file still loads.
+TORCHSCRIPT_DEPRECATION = "`torch.jit."
+os.environ["PYTHONWARNINGS"] = ",".join(
+    filter(None, [os.environ.get("PYTHONWARNINGS"), f"error:{TORCHSCRIPT_DEPRECATION}:DeprecationWarning"])
+)
+with warnings.catch_warnings():  # torch's own: torch.utils.mkldnn declares TorchScript methods when imported
+    warnings.simplefilter("ignore", DeprecationWarning)  # (by Inductor, which the AOTInductor tests compile with)
+    import torch.utils.mkldnn  # noqa: F401
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("legacy_torchscript"):
+            item.add_marker(pytest.mark.filterwarnings(r"ignore:`torch\.jit\.:DeprecationWarning"))
 
 
 def free_port() -> int:
@@ -109,22 +127,31 @@ def metric_value(metrics_text: str, name: str, **labels: str) -> float:
 def write_model_folder(
     repository: Path, name: str, module: torch.nn.Module, labels: list[str], version: int = 1, size: int = 224
 ) -> Path:
-    """A model folder as `torchrest optimize` writes one: the module traced to TorchScript (it takes
-    uint8 NHWC batches) as <name>/<version>/model.pt, labels.txt and config.json."""
+    """A model folder as `torchrest optimize` writes one: the module exported with torch.export (it takes
+    uint8 NHWC batches, any batch size) as <name>/<version>/model.pt2, labels.txt and config.json."""
     from torchrest.config import ModelConfig
 
     folder = repository / name
     (folder / str(version)).mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        traced = torch.jit.trace(module.eval(), torch.zeros((1, size, size, 3), dtype=torch.uint8))
-    traced.save(str(folder / str(version) / "model.pt"))
+    export_program(module, (2, size, size, 3), torch.uint8, folder / str(version) / "model.pt2")
     (folder / "labels.txt").write_text("\n".join(labels) + "\n")
     if not (folder / "config.json").exists():
         config = ModelConfig(
-            name=name, backend="torch", artifact="1/model.pt", crop_size=size, resize_size=size * 8 // 7
+            name=name, backend="torch", artifact="1/model.pt2", crop_size=size, resize_size=size * 8 // 7
         )
         config.write(folder / "config.json")
     return folder
+
+
+def export_program(module: torch.nn.Module, shape: tuple[int, ...], dtype: torch.dtype, path: Path) -> Path:
+    """`module` as a user exports it for torchrest: torch.export with a dynamic batch dimension, saved."""
+    example = torch.zeros(shape, dtype=dtype)
+    with torch.no_grad():
+        program = torch.export.export(
+            module.eval(), (example,), dynamic_shapes=({0: torch.export.Dim("batch", max=1024)},)
+        )
+    torch.export.save(program, str(path))
+    return path
 
 
 TINY_LABELS = ["north", "east", "south", "west"]

@@ -262,8 +262,26 @@ def protocol(address: str, admin_token: str) -> dict[str, Any]:
     return {"messages": len(ours.message_type), "fields": compared, "mismatches": mismatches}
 
 
+def answers(address: str, model: str) -> dict[str, Any]:
+    """Each photo through ModelInfer (tritonclient.grpc, the image as BYTES): its labels and scores."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(address)
+    out: dict[str, Any] = {"ready": client.is_model_ready(model)}
+    for name, photo in PHOTOS.items():
+        tensor = grpcclient.InferInput("image", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([photo], dtype=np.object_))
+        outputs = [grpcclient.InferRequestedOutput(output) for output in ("labels", "scores")]
+        result = client.infer(model, [tensor], outputs=outputs)
+        out[name] = {
+            "labels": [label.decode() for label in result.as_numpy("labels")[0]],
+            "scores": result.as_numpy("scores")[0].tolist(),
+        }
+    return out
+
+
 if __name__ == "__main__":
+    # the third argument is the admin token, or for `answers` the model's name
     scenario, address, token = sys.argv[1], sys.argv[2], (sys.argv[3] if len(sys.argv) > 3 else "")
-    print(
-        json.dumps({"triton": triton, "kserve": kserve, "fuzz": fuzz, "protocol": protocol}[scenario](address, token))
-    )
+    scenarios = {"triton": triton, "kserve": kserve, "fuzz": fuzz, "protocol": protocol, "answers": answers}
+    print(json.dumps(scenarios[scenario](address, token)))

@@ -8,8 +8,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
-from tests.conftest import PHOTOS, TINY_LABELS, Tiny, running_server, torchrest_command, write_model_folder
+from tests.conftest import (
+    PHOTOS,
+    TINY_LABELS,
+    Tiny,
+    export_program,
+    running_server,
+    torchrest_command,
+    write_model_folder,
+)
 
 
 def start(*args: str) -> subprocess.CompletedProcess[str]:
@@ -40,10 +49,23 @@ def test_corrupt_weights_file(tmp_path: Path, content: bytes) -> None:
     assert_one_line_failure(start("--model", "resnet18", "--weights", str(path)), "not a PyTorch state dict")
 
 
-def test_corrupt_torchscript_file(tmp_path: Path) -> None:
-    path = tmp_path / "model.pt"
+@pytest.mark.parametrize("name", ["model.pt2", "model.onnx", "model.pt"])
+def test_corrupt_model_file(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
     path.write_bytes(b"PK\x03\x04 nope")
-    assert_one_line_failure(start("--model", str(path)), "not a TorchScript model")
+    assert_one_line_failure(start("--model", str(path)), "is not a model file torchrest reads")
+
+
+def test_exported_program_for_another_image_size(tmp_path: Path) -> None:
+    network = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    path = export_program(network, (2, 3, 64, 64), torch.float32, tmp_path / "small.pt2")
+    assert_one_line_failure(start("--model", str(path)), "takes 64x64 images: serve it with --input-size 64")
+
+
+def test_optimize_help() -> None:
+    result = subprocess.run(torchrest_command("optimize", "--help"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "--max-accuracy-drop" in result.stdout and "0.5%" in result.stdout
 
 
 def test_port_in_use() -> None:

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import CAT_LABELS, PHOTOS, Server, metric_value, running_server
+from tests.conftest import CAT_LABELS, PHOTOS, Server, export_program, metric_value, running_server
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, str]:
@@ -243,8 +243,9 @@ def test_a_request_the_queue_would_keep_past_its_deadline_is_refused_at_once(tmp
 
 
 class FailsOnWhite(torch.nn.Module):
-    """A real TorchScript classifier (4 classes from channel means) that fails on a white image: it
-    raises, or (`exhausts_memory`) asks the allocator for 4 TiB, as a model exhausting its device would."""
+    """A real exported classifier (4 classes from channel means) that fails on a white image: it raises
+    (an assertion in its graph), or (`exhausts_memory`) asks the allocator for 48 TiB, as a model
+    exhausting its device would (a branch of its graph, torch.cond)."""
 
     def __init__(self, exhausts_memory: bool = False) -> None:
         super().__init__()
@@ -252,19 +253,23 @@ class FailsOnWhite(torch.nn.Module):
         self.exhausts_memory = exhausts_memory
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if bool(x.mean() > 2.0):
-            if self.exhausts_memory:
-                return self.head(torch.empty([1 << 42, 3], dtype=torch.float32)[:1])
-            raise RuntimeError("this model cannot look at white images")
-        return self.head(x.mean(dim=(2, 3)))
+        means = x.mean(dim=(2, 3))
+        white = x.mean() > 2.0
+        if self.exhausts_memory:
+
+            def huge(m: torch.Tensor) -> torch.Tensor:
+                return self.head(torch.empty([1 << 42, 3], dtype=torch.float32)[: m.shape[0]])
+
+            return torch.cond(white, huge, self.head, (means,))
+        torch._assert_async(~white, "this model cannot look at white images")
+        return self.head(means)
 
 
 def serve_fails_on_white(
     tmp_path: Path, exhausts_memory: bool
 ) -> tuple[contextlib.AbstractContextManager[Server], bytes]:
     """A server of FailsOnWhite, and a white PNG to send it."""
-    model_path = tmp_path / "fails_on_white.pt"
-    torch.jit.script(FailsOnWhite(exhausts_memory)).save(str(model_path))
+    model_path = export_program(FailsOnWhite(exhausts_memory), (2, 3, 224, 224), torch.float32, tmp_path / "white.pt2")
     labels = tmp_path / "labels.txt"
     labels.write_text("north\neast\nsouth\nwest\n")
     white = io.BytesIO()

@@ -50,9 +50,10 @@ def served(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield server, f"127.0.0.1:{port}"
 
 
-def clients(scenario: str, address: str) -> dict:  # type: ignore[type-arg]
+def clients(scenario: str, address: str, argument: str = ADMIN_TOKEN) -> dict:  # type: ignore[type-arg]
+    """tests/grpc_clients.py SCENARIO ADDRESS ARGUMENT (the admin token, or the model for `answers`)."""
     result = subprocess.run(
-        [sys.executable, str(CLIENTS), scenario, address, ADMIN_TOKEN], capture_output=True, text=True, timeout=300
+        [sys.executable, str(CLIENTS), scenario, address, argument], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))

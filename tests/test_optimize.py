@@ -12,7 +12,7 @@ import httpx
 import pytest
 import torch
 
-from tests.conftest import CAT_LABELS, DATA, PHOTOS, running_server, torchrest_command
+from tests.conftest import CAT_LABELS, DATA, PHOTOS, export_program, running_server, torchrest_command
 from tests.test_cli import assert_one_line_failure
 
 pytestmark = pytest.mark.slow
@@ -74,7 +74,7 @@ def test_report_lists_every_candidate_with_its_status(int8_repository: Path) -> 
     assert int8["latency_bs1_ms"] > 0 and 0 < int8["top1_agreement"] <= 1
     assert 0 < int8["fidelity"]["top5_overlap"] <= 1 and int8["fidelity"]["samples"] == 200
     # every candidate is listed: those not named were not run, those that cannot run here say why
-    assert set(candidates) >= {"torchscript-frozen", "onnxruntime-fp32", "openvino-fp32", "onnxruntime-int8"}
+    assert set(candidates) >= {"aoti", "onnxruntime-fp32", "openvino-fp32", "onnxruntime-int8"}
     assert candidates["onnxruntime-fp32"]["status"] == "skipped"
     assert candidates["onnxruntime-fp32"]["reason"] == "not named in --candidates"
     if not torch.cuda.is_available():
@@ -155,14 +155,11 @@ def test_int8_mixed_keeps_the_most_harmful_layers_in_float(tmp_path: Path) -> No
 
 
 def small_model(tmp_path: Path) -> tuple[str, ...]:
-    """NotExportable's cousin that exports: a user's TorchScript classifier of 4 classes at 64 px."""
-    path = tmp_path / "small.pt"
-    torch.jit.trace(
-        torch.nn.Sequential(
-            torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4)
-        ).eval(),
-        torch.zeros((1, 3, 64, 64)),
-    ).save(str(path))
+    """NotExportable's cousin that exports to ONNX: a user's exported classifier of 4 classes at 64 px."""
+    network = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4)
+    )
+    path = export_program(network, (2, 3, 64, 64), torch.float32, tmp_path / "small.pt2")
     labels = tmp_path / "labels.txt"
     labels.write_text("north\neast\nsouth\nwest\n")
     return ("--model", str(path), "--labels", str(labels), "--input-size", "64", "--resize-size", "72")
@@ -206,35 +203,34 @@ def test_unfaithful_candidate_is_rejected_and_the_reference_written(tmp_path: Pa
 
 
 class NotExportable(torch.nn.Module):
-    """A user's TorchScript model whose last op has no ONNX equivalent (aten::special_erfcx)."""
+    """A user's exported model whose last op has no ONNX function (Hurwitz zeta)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.classify = torch.nn.Linear(3, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.special.erfcx(self.classify(x.mean((2, 3))))
+        return torch.special.zeta(self.classify(x.mean((2, 3))), 2.0)
 
 
 def test_candidate_that_crashes_on_export_is_reported_failed_and_the_rest_go_on(tmp_path: Path) -> None:
-    model_path = tmp_path / "custom.pt"
-    torch.jit.script(NotExportable()).save(str(model_path))
+    model_path = export_program(NotExportable(), (2, 3, 64, 64), torch.float32, tmp_path / "custom.pt2")
     labels = tmp_path / "labels.txt"
     labels.write_text("a\nb\nc\nd\n")
     result = optimize(
         *("--model", str(model_path), "--labels", str(labels), "--input-size", "64", "--resize-size", "72"),
         *("--calibration", str(DATA), "--out", str(tmp_path / "out")),
-        *("--candidates", "onnxruntime-fp32,torchscript-frozen"),
+        *("--candidates", "onnxruntime-fp32,aoti"),
         *QUICK,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     candidates = by_name(read_report(tmp_path / "out" / "custom"))
     assert candidates["onnxruntime-fp32"]["status"] == "failed"
-    assert "erfcx" in candidates["onnxruntime-fp32"]["reason"]
-    assert candidates["torchscript-frozen"]["status"] == "ok"
-    assert candidates["torchscript-frozen"]["top1_agreement"] == 1.0
+    assert "No ONNX function found for <OpOverload(op='prims.zeta'" in candidates["onnxruntime-fp32"]["reason"]
+    assert candidates["aoti"]["status"] == "ok" and candidates["aoti"]["top1_agreement"] == 1.0
+    assert candidates["aoti"]["detail"].startswith("compiled in ")
     chosen = [name for name, c in candidates.items() if c["chosen"]]
-    assert chosen in (["torch-eager"], ["torchscript-frozen"])
+    assert chosen in (["torch-eager"], ["aoti"])
 
 
 @pytest.mark.parametrize(
@@ -253,10 +249,10 @@ def test_bad_arguments_fail_in_one_line(args: tuple[str, ...], fragment: str, tm
 
 
 def test_non_model_file_fails_in_one_line(tmp_path: Path) -> None:
-    notes = tmp_path / "notes.pt"
+    notes = tmp_path / "notes.pt2"
     notes.write_text("these are not weights")
     result = optimize("--model", str(notes), "--calibration", str(DATA), "--out", str(tmp_path / "out"))
-    assert_one_line_failure(result, "not a TorchScript model")
+    assert_one_line_failure(result, "is not a model file torchrest reads")
 
 
 def test_calibration_folder_without_images_fails_in_one_line(tmp_path: Path) -> None:

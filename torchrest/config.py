@@ -188,7 +188,7 @@ class OptimizeConfig(ModelSource):
     max_accuracy_drop: str = option(
         "",
         "with labelled photos (--calibration holding class-named sub-folders): reject a candidate whose top-1 "
-        "accuracy on them is more than this below fp32's (e.g. 0.5%), instead of judging agreement",
+        "accuracy on them is more than this below fp32's (e.g. 0.5%%), instead of judging agreement",
     )
     device: str = option("cpu", "cpu, cuda, cuda:N, or auto (cuda when available)")
     threads: int = option(0, "threads every candidate may use, as the server gives them (0: one per core)")

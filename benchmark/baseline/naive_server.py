@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from fastapi import FastAPI, File, UploadFile
 
+from torchrest.backends.torch_backend import eval_mode
 from torchrest.config import ServerConfig
 from torchrest.models.registry import load_model
 from torchrest.models.repository import load_from_repository
@@ -51,7 +52,7 @@ def open_model() -> Callable[[np.ndarray], torch.Tensor]:
 
         return run_file
     assert loaded.module is not None
-    network = loaded.module.eval().to(device)
+    network = eval_mode(loaded.module).to(device)
 
     def run_module(pixels: np.ndarray) -> torch.Tensor:
         return network(torch.from_numpy(pixels).unsqueeze(0).to(device))

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from torchrest.backends import openvino_backend, ort_backend, torch_backend
+from torchrest.backends import aoti_backend, openvino_backend, ort_backend, torch_backend
 from torchrest.backends.kind import BackendKind, missing_package
 from torchrest.backends.openvino_backend import OpenVINOBackend
 from torchrest.backends.ort_backend import OnnxRuntimeBackend
@@ -35,7 +35,7 @@ class Backend(Protocol):
 
 
 BACKENDS: dict[str, BackendKind] = {
-    kind.name: kind for kind in (torch_backend.KIND, ort_backend.KIND, openvino_backend.KIND)
+    kind.name: kind for kind in (torch_backend.KIND, aoti_backend.KIND, ort_backend.KIND, openvino_backend.KIND)
 }
 
 

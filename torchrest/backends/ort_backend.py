@@ -1,4 +1,6 @@
-"""ONNX Runtime backend: an ONNX graph (fp32 or INT8 QDQ) taking (N, H, W, 3) uint8 and returning logits.
+"""ONNX Runtime backend: an ONNX graph (fp32 or INT8 QDQ) taking (N, H, W, 3) uint8 and returning logits,
+or a user's ONNX file taking (N, 3, H, W) float, ImageNet-normalised (fed through backends.inputs),
+with a dynamic batch dimension or a fixed one (then run in chunks of it).
 
 The session owns exactly the threads the server gives this instance (intra-op pool, no inter-op pool),
 and its workers do not spin between batches: the same cores decode the next batch in the meantime.
@@ -9,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from torchrest.backends.inputs import FLOAT_NCHW, UINT8_NHWC, float_nchw, in_fixed_batches
 from torchrest.backends.kind import BackendKind
 from torchrest.errors import ModelLoadError, first_line
 
@@ -35,7 +39,11 @@ class OnnxRuntimeBackend:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors for bad files
             raise ModelLoadError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
-        self.input_name = self.session.get_inputs()[0].name
+        graph_input = self.session.get_inputs()[0]
+        self.input_name = graph_input.name
+        self.pixels = UINT8_NHWC if graph_input.type == "tensor(uint8)" else FLOAT_NCHW
+        first = graph_input.shape[0] if graph_input.shape else None
+        self.batch = first if isinstance(first, int) and first > 0 else 0  # 0: a dynamic batch dimension
 
     def prepare_thread(self) -> None:
         pass
@@ -44,6 +52,13 @@ class OnnxRuntimeBackend:
         return np.empty((max_batch_size, size, size, 3), dtype=np.uint8)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        if self.batch:
+            return in_fixed_batches(self._run, batch, self.batch)
+        return self._run(batch)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        if self.pixels == FLOAT_NCHW:
+            batch = float_nchw(torch.from_numpy(batch)).numpy()
         logits = self.session.run(None, {self.input_name: batch})[0]
         return np.asarray(logits, dtype=np.float32)
 

@@ -1,4 +1,5 @@
-"""PyTorch backend: an eager `nn.Module` (or a TorchScript module wrapped in one) on CPU or CUDA.
+"""PyTorch backend: an eager `nn.Module` on CPU or CUDA: a built-in model, a torch.export program
+(`.pt2`, what model folders and users' files hold), or a legacy TorchScript module.
 
 On CPU the weights are stored channels-last, which is what the uint8 NHWC stem produces, and each
 inference thread pins its own intra-op thread count. On CUDA the batch buffer is page-locked so the
@@ -7,6 +8,7 @@ host-to-device copy is a single DMA, the model runs in fp16, and only the logits
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -14,8 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from torchrest.backends.formats import EXPORTED, TORCHSCRIPT, TORCHSCRIPT_DEPRECATED, file_format
+from torchrest.backends.inputs import FLOAT_NCHW, UINT8_NHWC, Uint8Classifier, in_fixed_batches
 from torchrest.backends.kind import BackendKind
 from torchrest.errors import ModelLoadError, first_line
+
+log = logging.getLogger("torchrest.backends")
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -43,8 +49,10 @@ class TorchBackend:
         threads: int = 1,
         channels_last: bool = True,
         name: str = "torch_eager",
+        batch: int = 0,
     ) -> None:
         self.name = name
+        self.batch = batch  # 0: any batch size; else the module takes exactly this many images
         self.device = device
         self.threads = threads
         self.on_cuda = device.startswith("cuda")
@@ -52,7 +60,7 @@ class TorchBackend:
         with warnings.catch_warnings():
             # a TorchScript submodule makes nn.Module.to() touch .grad of non-leaf tensors, harmlessly
             warnings.simplefilter("ignore", UserWarning)
-            module = module.eval().to(device=device, dtype=self.dtype)
+            module = eval_mode(module).to(device=device, dtype=self.dtype)
             if channels_last and not self.on_cuda:
                 module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.module = module
@@ -70,8 +78,13 @@ class TorchBackend:
             return torch.empty(shape, dtype=torch.uint8).pin_memory().numpy()
         return np.empty(shape, dtype=np.uint8)
 
-    @torch.inference_mode()
     def run(self, batch: np.ndarray) -> np.ndarray:
+        if self.batch:
+            return in_fixed_batches(self._run, batch, self.batch)
+        return self._run(batch)
+
+    @torch.inference_mode()
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         pixels = torch.from_numpy(batch)
         if self.on_cuda:
             pixels = pixels.to(self.device, non_blocking=True)
@@ -79,35 +92,72 @@ class TorchBackend:
         return logits.float().cpu().numpy()
 
 
-def open_torchscript(path: Path, *, device: str, threads: int, options: dict[str, str]) -> TorchBackend:
-    """A TorchScript artifact written by `torchrest optimize`: it takes uint8 NHWC itself."""
+def eval_mode(module: nn.Module) -> nn.Module:
+    """`module.eval()` for a module that may hold a torch.export program (whose eval() raises: it was
+    exported as it will run); every submodule's training flag is cleared."""
+    for part in module.modules():
+        part.training = False
+    return module
+
+
+def open_torch(path: Path, *, device: str, threads: int, options: dict[str, str]) -> TorchBackend:
+    """A model folder's torch artifact: a torch.export program (taking uint8 NHWC, as optimize writes it,
+    or a user's network taking float NCHW), or a legacy TorchScript module."""
     if options.get("requires") == "torch_tensorrt":
         try:
-            import torch_tensorrt  # noqa: F401 - registers the TensorRT engine ops the artifact calls
+            import torch_tensorrt  # noqa: F401 - registers the TensorRT engine ops the program calls
         except ImportError:
-            raise ModelLoadError(f"{path} is a TensorRT engine: pip install torch-tensorrt to serve it") from None
-    try:
-        module = torch.jit.load(str(path), map_location="cpu")
-    except (RuntimeError, ValueError) as exc:
-        raise ModelLoadError(f"{path} is not a TorchScript model: {first_line(exc)}") from None
-    if options.get("freeze") == "true":
-        module = freeze(module)
+            raise ModelLoadError(f"{path} holds TensorRT engines: pip install torch-tensorrt to serve it") from None
+    if file_format(path) == TORCHSCRIPT:
+        module, batch = load_torchscript(path), 0  # optimize's legacy artifacts took uint8 NHWC themselves
+    else:
+        program, pixels, batch, _ = load_exported(path)
+        module = Uint8Classifier(program) if pixels == FLOAT_NCHW else program  # a user's network: the stem first
     return TorchBackend(
         module,
         device=device,
         precision=options.get("precision"),
         threads=threads,
         channels_last=options.get("channels_last", "true") == "true",
-        name=options.get("name", "torchscript"),
+        name=options.get("name", "torch"),
+        batch=batch,
     )
 
 
-def freeze(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
-    """Fold weights into the graph as constants and fuse for inference (conv+bn, oneDNN prepacking).
+def load_exported(path: Path) -> tuple[nn.Module, str, int, int]:
+    """A torch.export program as a module, what its input is (UINT8_NHWC: torchrest's stem is inside;
+    FLOAT_NCHW: a user's network), its batch size and its image side (each 0 when dynamic)."""
+    if file_format(path) != EXPORTED:
+        raise ModelLoadError(f"{path} is not a torch.export program")
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - deserialisation raises many types for a damaged or foreign file
+        raise ModelLoadError(f"{path} is not a loadable torch.export program: {first_line(exc)}") from None
+    inputs = program.graph_signature.user_inputs
+    if len(inputs) != 1:
+        raise ModelLoadError(f"{path} takes {len(inputs)} inputs; torchrest feeds a classifier one batch of images")
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == inputs[0])
+    value = node.meta.get("val")
+    shape = tuple(value.shape) if value is not None else ()
+    if len(shape) != 4:
+        raise ModelLoadError(f"{path} takes a tensor of shape {list(shape)}, not a batch of images")
+    pixels = UINT8_NHWC if value.dtype == torch.uint8 and shape[3] == 3 else FLOAT_NCHW
+    batch = 0 if isinstance(shape[0], torch.SymInt) else int(shape[0])
+    height = shape[1] if pixels == UINT8_NHWC else shape[2]
+    side = 0 if isinstance(height, torch.SymInt) else int(height)
+    return program.module(), pixels, batch, side
 
-    Done at load time: a frozen module does not survive torch.jit.save/load in torch 2.13."""
-    with torch.no_grad():
-        return torch.jit.optimize_for_inference(torch.jit.freeze(module.eval()))
+
+def load_torchscript(path: Path) -> nn.Module:
+    """Legacy: PyTorch has deprecated TorchScript (torch.jit.load warns, and may one day refuse)."""
+    log.warning("%s: %s", path, TORCHSCRIPT_DEPRECATED)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # said once above, in words a user can act on
+            module: nn.Module = torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError) as exc:
+        raise ModelLoadError(f"{path} is not a TorchScript model: {first_line(exc)}") from None
+    return module
 
 
-KIND = BackendKind("torch", open_torchscript, platform="pytorch_libtorch", model_format="pytorch", packages=("torch",))
+KIND = BackendKind("torch", open_torch, platform="pytorch_libtorch", model_format="pytorch", packages=("torch",))

@@ -1,4 +1,9 @@
-"""Model name (or TorchScript path) -> a `LoadedModel` whose forward takes uint8 NHWC batches.
+"""Model name or model file -> a `LoadedModel` whose backends take uint8 NHWC batches.
+
+A model file is read by what it holds (torchrest.backends.formats): a torch.export program (`.pt2`, the
+format to bring), an AOTInductor package, ONNX, or legacy TorchScript. A user's network takes float NCHW,
+ImageNet-normalised (the uint8 stem is put in front of it); a program whose input is already (N, H, W, 3)
+uint8 is served as it is.
 
 Adding a built-in model is one builder function here and its architecture in a module beside this one.
 """
@@ -14,15 +19,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from torchrest.backends import Backend, open_backend
+from torchrest.backends.aoti_backend import KIND as AOTI_KIND
+from torchrest.backends.formats import AOTI, EXPORTED, TORCHSCRIPT, TORCHSCRIPT_DEPRECATED, file_format
+from torchrest.backends.inputs import FLOAT_NCHW, UINT8_NHWC, Uint8Classifier
+from torchrest.backends.ort_backend import KIND as ONNXRUNTIME_KIND
+from torchrest.backends.torch_backend import eval_mode, load_exported, load_torchscript
 from torchrest.config import InputSpec, ModelSource
 from torchrest.errors import ModelLoadError, first_line
-from torchrest.models.common import LoadedModel, Uint8Classifier
+from torchrest.models.common import LoadedModel
 from torchrest.models.efficientnet_lite import efficientnet_lite0, published_lite0_weights
 from torchrest.models.labels import imagenet_labels, read_labels
 from torchrest.models.resnet import resnet18
 
 log = logging.getLogger("torchrest.models")
 DEFAULT_MODEL = "efficientnet_lite0"
+MODEL_FILE_SUFFIXES = {".pt2", ".onnx", ".pt", ".pth", ".ts", ".torchscript"}
 
 # name -> (architecture builder, default weights file or None, input spec)
 Builder = Callable[[int], nn.Module]
@@ -33,21 +45,55 @@ BUILTIN: dict[str, tuple[Builder, Callable[[], str | None], InputSpec]] = {
 
 
 def load_model(config: ModelSource) -> LoadedModel:
-    """Build the built-in or TorchScript model `config` names; raises ModelLoadError with a one-line reason
-    on any failure. (Model folders of a repository are `models.repository`'s.)"""
+    """Build the built-in model or read the model file `config` names; raises ModelLoadError with a
+    one-line reason on any failure. (Model folders of a repository are `models.repository`'s.)"""
     labels = read_labels(config.labels) if config.labels else list(imagenet_labels())
     name = config.model or DEFAULT_MODEL
     path = Path(name)
     if name in BUILTIN:
         model = _load_builtin(name, config.weights, labels)
-    elif path.suffix in {".pt", ".pth", ".ts", ".torchscript"} or path.exists():
-        model = _load_torchscript(path, labels, config.input_spec)
+    elif path.suffix in MODEL_FILE_SUFFIXES or path.exists():
+        model = _load_file(path, labels, config.input_spec)
     else:
         names = ", ".join(sorted(BUILTIN))
-        raise ModelLoadError(f"unknown model {name!r}: choose one of {names}, or a TorchScript file")
+        raise ModelLoadError(f"unknown model {name!r}: choose one of {names}, or a model file (.pt2, .onnx)")
     if model.module is not None:
-        model.module.eval()
+        eval_mode(model.module)
     return model
+
+
+def _load_file(path: Path, labels: list[str], spec: InputSpec) -> LoadedModel:
+    form = file_format(path)
+    metadata: dict[str, object] = {"format": form}
+    module: nn.Module | None = None
+    opener = None
+    if form == EXPORTED:
+        program, pixels, batch, side = load_exported(path)
+        if side and side != spec.crop_size:
+            raise ModelLoadError(f"{path} takes {side}x{side} images: serve it with --input-size {side}")
+        module = program if pixels == UINT8_NHWC else Uint8Classifier(program)
+        if batch:
+            metadata["batch"] = batch  # exported without a dynamic batch dimension: run in chunks of it
+    elif form == TORCHSCRIPT:
+        module = Uint8Classifier(load_torchscript(path))
+        metadata["deprecated"] = TORCHSCRIPT_DEPRECATED
+    else:  # compiled or ONNX: served by its backend as it is (optimize starts from a torch model)
+        kind = AOTI_KIND.name if form == AOTI else ONNXRUNTIME_KIND.name
+        options = {"name": kind, "crop": str(spec.crop_size), "pixels": FLOAT_NCHW}
+
+        def opener(device: str, threads: int, instances: int) -> Backend:
+            return open_backend(kind, path, device=device, threads=threads, options=options)
+
+    return LoadedModel(
+        name=path.stem,
+        module=module,
+        labels=labels,
+        input_spec=spec,
+        pretrained=True,
+        source=str(path),
+        metadata=metadata,
+        opener=opener,
+    )
 
 
 def _load_builtin(name: str, weights: Path | None, labels: list[str]) -> LoadedModel:
@@ -92,21 +138,3 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise ModelLoadError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
     return state
-
-
-def _load_torchscript(path: Path, labels: list[str], spec: InputSpec) -> LoadedModel:
-    if not path.is_file():
-        raise ModelLoadError(f"model file not found: {path}")
-    try:
-        scripted = torch.jit.load(str(path), map_location="cpu")
-    except (RuntimeError, ValueError) as exc:
-        raise ModelLoadError(f"{path} is not a TorchScript model: {first_line(exc)}") from None
-    return LoadedModel(
-        name=path.stem,
-        module=Uint8Classifier(scripted),
-        labels=labels,
-        input_spec=spec,
-        pretrained=True,
-        source=str(path),
-        metadata={"format": "torchscript"},
-    )

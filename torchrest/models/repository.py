@@ -2,7 +2,10 @@
 
 <repository>/<model>/config.json    ModelConfig: backend, artifact, precision, input spec, labels
 <repository>/<model>/labels.txt     class names, one per line
-<repository>/<model>/1/model.*      the artifact (ONNX, TorchScript), uint8 NHWC in, logits out
+<repository>/<model>/1/model.*      the artifact (.pt2: a torch.export program or an AOTInductor package;
+                                    ONNX; legacy TorchScript), uint8 NHWC in, logits out
+<repository>/<model>/1/exported.pt2 beside an AOTInductor package: the portable program, served where the
+                                    package does not fit (another torch, device or CPU)
 <repository>/<model>/report.*       what optimize measured, and why it chose this artifact
 
 Versions: config.json names the artifact ("1/model.onnx"); when a higher-numbered folder beside it holds

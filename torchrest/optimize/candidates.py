@@ -2,8 +2,13 @@
 
 A candidate says why it cannot run here (a missing package, a CPU without bf16, the wrong device)
 before anything is built, and otherwise builds its Backend plus the artifact a model folder would hold.
-Expensive intermediate forms (the traced module, the ONNX export, the INT8 QDQ graph) are made once
-in the `Context` and shared by every candidate that needs them.
+Expensive intermediate forms (the torch.export program, the ONNX export, the INT8 QDQ graph) are made once
+in the `Context` and shared by every candidate that needs them:
+
+    module --torch.export (dynamic batch)--> program .pt2 --> torch candidates' artifact
+                                                          --> AOTInductor package (freezing)
+                                                          --> ONNX (dynamo exporter) --> OpenVINO, ONNX Runtime, INT8
+    a legacy TorchScript model cannot be exported: traced instead, and ONNX takes the old exporter
 
 A new candidate is one `Candidate(...)` line in `CANDIDATES` and, when it needs a new form, one
 Context method.
@@ -15,7 +20,9 @@ import contextlib
 import copy
 import logging
 import os
+import re
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,18 +40,24 @@ from torchrest.backends import (
     TorchBackend,
     missing_package,
 )
+from torchrest.backends.aoti_backend import KIND as AOTI
+from torchrest.backends.aoti_backend import AOTIBackend
 from torchrest.backends.openvino_backend import KIND as OPENVINO
 from torchrest.backends.openvino_backend import cpu_capabilities
 from torchrest.backends.ort_backend import KIND as ONNXRUNTIME
 from torchrest.backends.torch_backend import KIND as TORCH
+from torchrest.backends.torch_backend import eval_mode
+from torchrest.errors import first_line
 from torchrest.optimize.fidelity import accuracy, compare
 from torchrest.optimize.mixed import MixedSearch, search_float_layers
 
 log = logging.getLogger("torchrest.optimize")
 
 REFERENCE = "torch-eager"
-ONNX_OPSET = 17
+ONNX_OPSET = 18
 CALIBRATION_BATCH = 16
+MAX_BATCH = 1024  # the exported programs' dynamic batch dimension: 1 to this
+PORTABLE = "exported.pt2"  # beside an AOTInductor package in a model folder: served where the package cannot be
 
 
 @dataclass
@@ -65,55 +78,105 @@ class Context:
     mixed: dict[str, MixedSearch] = field(default_factory=dict)  # the INT8 search, by the runtime it judged on
     _forms: dict[str, Path] = field(default_factory=dict)
     _weighted: list[str] = field(default_factory=list)
+    _compile_s: float = 0.0
 
     @property
     def on_cuda(self) -> bool:
         return self.device.startswith("cuda")
 
     def module_copy(self) -> nn.Module:
-        """For backends that convert weights in place (layout, dtype); tracing and export read `module`."""
-        return copy.deepcopy(self.module).eval()
+        """For backends that convert weights in place (layout, dtype); export reads `module`."""
+        return eval_mode(copy.deepcopy(self.module))
 
     def example(self, device: str = "cpu") -> torch.Tensor:
         return torch.zeros((2, self.crop_size, self.crop_size, 3), dtype=torch.uint8, device=device)
 
-    def traced(self, precision: str = "fp32") -> Path:
-        """The module traced to TorchScript in `precision` (fp32 on the CPU, fp16 on the GPU)."""
-        key = f"traced-{precision}"
+    def exported(self, precision: str = "fp32") -> Path:
+        """The module as a torch.export program in `precision` (fp32 on the CPU, fp16 on the GPU, bf16),
+        with a dynamic batch dimension: the torch candidates' artifact, and what ONNX and AOTInductor
+        start from. A legacy TorchScript model cannot be exported: it is traced instead."""
+        key = f"exported-{precision}"
         if key not in self._forms:
             device = self.device if precision == "fp16" else "cpu"
             dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
             module = self.module if precision == "fp32" else self.module_copy().to(device=device, dtype=dtype)
-            with torch.inference_mode(False), torch.no_grad(), _quiet():
-                traced = torch.jit.trace(module, self.example(device), check_trace=False)
-            path = self.workdir / f"model-{precision}.pt"
-            traced.save(str(path))
-            self._forms[key] = path
+            if holds_torchscript(module):
+                self._forms[key] = self._legacy_traced(module, device, precision)
+            else:
+                with torch.no_grad(), _quiet():
+                    program = torch.export.export(
+                        module, (self.example(device),), dynamic_shapes=({0: torch.export.Dim("batch", max=MAX_BATCH)},)
+                    )
+                path = self.workdir / f"model-{precision}.pt2"
+                torch.export.save(program, str(path))
+                self._forms[key] = path
         return self._forms[key]
 
-    def onnx(self) -> Path:
-        """ONNX export (opset 17) of the traced module, with a dynamic batch dimension.
+    def program(self, precision: str = "fp32") -> torch.export.ExportedProgram:
+        """The exported program itself (ExportedProgram), read back from `exported`."""
+        path = self.exported(precision)
+        if path.suffix != ".pt2":
+            raise RuntimeError("a TorchScript model cannot be exported with torch.export: bring it as a .pt2")
+        return torch.export.load(str(path))
 
-        Exporting the traced module rather than `module` lets a user's TorchScript model (wrapped in our
-        uint8 stem) export too: the exporter cannot re-trace through a ScriptModule inside an nn.Module.
-        """
+    def _legacy_traced(self, module: nn.Module, device: str, precision: str) -> Path:
+        with torch.inference_mode(False), torch.no_grad(), _quiet():
+            traced = torch.jit.trace(module, self.example(device), check_trace=False)
+            path = self.workdir / f"model-{precision}.pt"
+            traced.save(str(path))
+        return path
+
+    def aoti(self) -> tuple[Path, float]:
+        """The fp32 (CPU) or fp16 (CUDA) program compiled by AOTInductor with freezing on (weights folded
+        into the kernels), its batch dimension still dynamic; and the seconds the compile took."""
+        if "aoti" not in self._forms:
+            program = self.program("fp16" if self.on_cuda else "fp32")
+            path = self.workdir / "model-aoti.pt2"
+            started = time.perf_counter()
+            with torch.no_grad(), _quiet():
+                torch._inductor.aoti_compile_and_package(
+                    program, package_path=str(path), inductor_configs={"freezing": True}
+                )
+            self._forms["aoti"] = path
+            self._compile_s = time.perf_counter() - started
+        return self._forms["aoti"], self._compile_s
+
+    def onnx(self) -> Path:
+        """ONNX (opset 18) with a dynamic batch dimension: the dynamo exporter from the exported program;
+        the old TorchScript-based exporter only where that fails (a legacy TorchScript model, an operator
+        the new one lacks), and the log says why."""
         if "onnx" not in self._forms:
             path = self.workdir / "model.onnx"
-            traced = torch.jit.load(str(self.traced()), map_location="cpu")
-            with torch.no_grad(), _quiet():
-                torch.onnx.export(
-                    traced,
-                    (self.example(),),
-                    str(path),
-                    dynamo=False,
-                    input_names=["pixels"],
-                    output_names=["logits"],
-                    dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
-                    opset_version=ONNX_OPSET,
-                    do_constant_folding=True,
-                )
+            names: dict[str, Any] = {"input_names": ["pixels"], "output_names": ["logits"], "opset_version": ONNX_OPSET}
+            try:
+                program = self.program()
+                with torch.no_grad(), _quiet():
+                    torch.onnx.export(
+                        program, (self.example(),), str(path), dynamo=True, optimize=True, external_data=False, **names
+                    )
+            except Exception as exc:  # noqa: BLE001 - the exporter raises many types; the fallback says which
+                log.info("ONNX: the dynamo exporter failed (%s); trying the old exporter", _export_failure(exc))
+                try:
+                    self._legacy_onnx(path, names)
+                except Exception as old:  # noqa: BLE001
+                    reason = f"ONNX export failed: {_export_failure(exc)} (old exporter: {first_line(old)})"
+                    raise RuntimeError(reason) from None
             self._forms["onnx"] = path
         return self._forms["onnx"]
+
+    def _legacy_onnx(self, path: Path, names: dict[str, Any]) -> None:
+        # the old exporter cannot re-trace through a ScriptModule inside an nn.Module: it takes the traced one
+        with torch.no_grad(), _quiet():
+            module = torch.jit.load(str(self.exported())) if holds_torchscript(self.module) else self.module
+            torch.onnx.export(
+                module,
+                (self.example(),),
+                str(path),
+                dynamo=False,
+                dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
+                do_constant_folding=True,
+                **names,
+            )
 
     def onnx_int8(self, keep_float: list[str] | None = None, path: Path | None = None) -> Path:
         """Static INT8 post-training quantization of the ONNX graph, in QDQ form, calibrated here.
@@ -252,6 +315,7 @@ class Built:
     kind: str  # the serving backend that opens the artifact (a key of torchrest.backends.BACKENDS)
     options: dict[str, str] = field(default_factory=dict)
     detail: str = ""  # how it was made, when that is worth a line in the report (the layers kept in float)
+    companions: dict[str, Path] = field(default_factory=dict)  # more files beside the artifact, by name
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +379,17 @@ def openvino_int8(ctx: Context) -> str | None:
 
 
 def tensorrt_here(ctx: Context) -> str | None:
-    return cuda_only(ctx) or missing_package("torch_tensorrt")
+    return cuda_only(ctx) or missing_package("torch_tensorrt") or exportable(ctx)
+
+
+def exportable(ctx: Context) -> str | None:
+    if holds_torchscript(ctx.module):
+        return "a TorchScript model cannot be exported with torch.export: bring the model as a .pt2"
+    return None
+
+
+def holds_torchscript(module: nn.Module) -> bool:
+    return any(isinstance(part, torch.jit.ScriptModule) for part in module.modules())
 
 
 def has_vnni() -> bool:
@@ -335,20 +409,19 @@ def eager(channels_last: bool, name: str) -> Callable[[Context], Built]:
             ctx.module_copy(), device=ctx.device, threads=ctx.threads, channels_last=channels_last, name=name
         )
         options = {"channels_last": str(channels_last).lower()}
-        return Built(backend, ctx.traced(), TORCH.name, options)
+        return Built(backend, ctx.exported(), TORCH.name, options)
 
     return build
 
 
-def torchscript_frozen(ctx: Context) -> Built:
-    """The traced module is the artifact; freezing happens when it is loaded (here, and in the server)."""
-    options = {"channels_last": "false", "freeze": "true", "name": "torchscript-frozen"}
-    return Built(
-        TORCH.open(ctx.traced(), device=ctx.device, threads=ctx.threads, options=options),
-        ctx.traced(),
-        TORCH.name,
-        options,
-    )
+def aoti(ctx: Context) -> Built:
+    """The AOTInductor package is the artifact, the portable program beside it (served where the package
+    does not fit: another torch, another CPU)."""
+    path, seconds = ctx.aoti()
+    options = {"torch": torch.__version__, "batch": "0", "portable": PORTABLE, "name": "aoti"}
+    backend = AOTIBackend(path, device=ctx.device, threads=ctx.threads)
+    portable = ctx.exported("fp16" if ctx.on_cuda else "fp32")
+    return Built(backend, path, AOTI.name, options, f"compiled in {seconds:.0f} s", {PORTABLE: portable})
 
 
 def torch_lower_precision(precision: str) -> Callable[[Context], Built]:
@@ -356,7 +429,7 @@ def torch_lower_precision(precision: str) -> Callable[[Context], Built]:
         backend = TorchBackend(
             ctx.module_copy(), device=ctx.device, precision=precision, threads=ctx.threads, name=f"torch-{precision}"
         )
-        return Built(backend, ctx.traced(precision), TORCH.name, {"channels_last": "true"})
+        return Built(backend, ctx.exported(precision), TORCH.name, {"channels_last": "true"})
 
     return build
 
@@ -396,20 +469,22 @@ def _mixed_detail(ctx: Context, runtime: str) -> str:
 
 
 def tensorrt(ctx: Context) -> Built:
+    """Torch-TensorRT's dynamo front-end on the exported program; saved as an exported program that calls
+    the engines (serving it imports torch_tensorrt)."""
     import torch_tensorrt
 
     side = ctx.crop_size
-    module = ctx.module_copy().to(ctx.device)
     spec = torch_tensorrt.Input(
-        min_shape=(1, side, side, 3), opt_shape=(8, side, side, 3), max_shape=(32, side, side, 3), dtype=torch.uint8
+        min_shape=(1, side, side, 3), opt_shape=(8, side, side, 3), max_shape=(64, side, side, 3), dtype=torch.uint8
     )
     with torch.no_grad(), _quiet():
-        traced = torch.jit.trace(module, ctx.example(ctx.device), check_trace=False)
-        compiled = torch_tensorrt.compile(traced, ir="ts", inputs=[spec], enabled_precisions={torch.half})
-    path = ctx.workdir / "model-tensorrt.ts"
-    torch.jit.save(compiled, str(path))
+        compiled = torch_tensorrt.dynamo.compile(
+            ctx.program("fp16"), inputs=[spec], enabled_precisions={torch.half}, min_block_size=1
+        )
+        path = ctx.workdir / "model-tensorrt.pt2"
+        torch_tensorrt.save(compiled, str(path), output_format="exported_program", inputs=[ctx.example(ctx.device)])
     options = {"channels_last": "false", "requires": "torch_tensorrt"}
-    backend = TorchBackend(compiled, device=ctx.device, threads=ctx.threads, channels_last=False, name="tensorrt")
+    backend = TORCH.open(path, device=ctx.device, threads=ctx.threads, options=options | {"name": "tensorrt"})
     return Built(backend, path, TORCH.name, options)
 
 
@@ -423,17 +498,19 @@ CANDIDATES: list[Candidate] = [
         eager(True, "torch-channels-last"),
     ),
     Candidate(
-        "torchscript-frozen",
+        "aoti",
         "fp32",
-        "torch.jit.trace + freeze + optimize_for_inference",
-        lambda ctx: None,
-        torchscript_frozen,
+        "torch.export + AOTInductor, freezing on, dynamic batch (fp16 on CUDA)",
+        exportable,
+        aoti,
     ),
     Candidate(
         "torch-bf16", "bf16", "torch eager, weights converted to bf16", torch_bf16, torch_lower_precision("bf16")
     ),
     Candidate("torch-fp16", "fp16", "torch eager on CUDA, fp16 weights", cuda_only, torch_lower_precision("fp16")),
-    Candidate("tensorrt", "fp16", "torch_tensorrt (TorchScript IR), fp16 kernels", tensorrt_here, tensorrt),
+    Candidate(
+        "tensorrt", "fp16", "torch_tensorrt dynamo front-end on the exported program, fp16", tensorrt_here, tensorrt
+    ),
     Candidate("onnxruntime-fp32", "fp32", "ONNX export, ONNX Runtime", onnxruntime_here, onnxruntime_fp32),
     Candidate("openvino-fp32", "fp32", "ONNX export, OpenVINO CPU", openvino_here, openvino("fp32")),
     Candidate(
@@ -487,6 +564,14 @@ class _CalibrationReader:
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
         return None if batch is None else {"pixels": batch}
+
+
+def _export_failure(exc: Exception) -> str:
+    """The line of the dynamo exporter's long message that says what failed (an operator it has no
+    ONNX function for), without its colours."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    summary = re.search(r"## Exception summary\s+<class '[^']+'>: ([^\n]+)", text)
+    return summary.group(1) if summary else first_line(exc)
 
 
 @contextlib.contextmanager

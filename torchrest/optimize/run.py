@@ -319,6 +319,8 @@ def _write_model_folder(
     (staged / VERSION_DIR).mkdir(parents=True)
     artifact = f"{VERSION_DIR}/model{built.artifact.suffix}"
     shutil.copyfile(built.artifact, staged / artifact)
+    for name, path in built.companions.items():
+        shutil.copyfile(path, staged / VERSION_DIR / name)
     (staged / "labels.txt").write_text("\n".join(model.labels) + "\n")
     ModelConfig(
         name=model.name,
