@@ -264,3 +264,19 @@ def test_the_readme_lines_that_export_a_model_work(tmp_path: Path) -> None:
         response = httpx.post(f"{served.url}/classify", files={"image": PHOTOS["cat"]}, timeout=60)
         assert response.status_code == 200, response.text
         assert httpx.get(served.url, timeout=10).json()["model"]["format"] == "exported-program"
+
+
+def test_a_compiled_module_runs_each_batch_padded_to_its_bucket(tmp_path: Path) -> None:
+    """torch.compile over fixed batch buckets (what the CUDA candidate does with CUDA graphs), here on the
+    CPU without them: any batch size answers as the exported program does."""
+    from torchrest.backends.torch_backend import open_torch
+
+    program = export_program(Small(), (2, 3, 64, 64), torch.float32, tmp_path / "small.pt2")
+    plain = open_torch(program, device="cpu", threads=1, options={"channels_last": "false"})
+    options = {"channels_last": "false", "compile": "default", "buckets": "1,4"}
+    compiled = open_torch(program, device="cpu", threads=1, options=options)
+    assert compiled.buckets == (1, 4)
+    rng = np.random.default_rng(2)
+    for size in (1, 3, 6):
+        batch = rng.integers(0, 256, (size, 64, 64, 3), dtype=np.uint8)
+        np.testing.assert_allclose(compiled.run(batch), plain.run(batch), atol=1e-4)

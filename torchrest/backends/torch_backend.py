@@ -50,9 +50,12 @@ class TorchBackend:
         channels_last: bool = True,
         name: str = "torch_eager",
         batch: int = 0,
+        compile_mode: str = "",
+        buckets: tuple[int, ...] = (),
     ) -> None:
         self.name = name
         self.batch = batch  # 0: any batch size; else the module takes exactly this many images
+        self.buckets = tuple(sorted(buckets))  # with compile_mode: batches are padded up to one of these
         self.device = device
         self.threads = threads
         self.on_cuda = device.startswith("cuda")
@@ -63,6 +66,9 @@ class TorchBackend:
             module = eval_mode(module).to(device=device, dtype=self.dtype)
             if channels_last and not self.on_cuda:
                 module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if compile_mode:  # Inductor kernels, one graph per bucket (and with "reduce-overhead" CUDA graphs of
+            # each, recorded on the inference thread the first time it runs that bucket)
+            module = torch.compile(module, mode=compile_mode, dynamic=False, fullgraph=True)  # type: ignore[assignment]
         self.module = module
 
     def prepare_thread(self) -> None:
@@ -81,6 +87,9 @@ class TorchBackend:
     def run(self, batch: np.ndarray) -> np.ndarray:
         if self.batch:
             return in_fixed_batches(self._run, batch, self.batch)
+        if self.buckets:
+            size = next((bucket for bucket in self.buckets if bucket >= len(batch)), self.buckets[-1])
+            return in_fixed_batches(self._run, batch, size)
         return self._run(batch)
 
     @torch.inference_mode()
@@ -121,6 +130,8 @@ def open_torch(path: Path, *, device: str, threads: int, options: dict[str, str]
         channels_last=options.get("channels_last", "true") == "true",
         name=options.get("name", "torch"),
         batch=batch,
+        compile_mode=options.get("compile", ""),
+        buckets=tuple(int(size) for size in options["buckets"].split(",")) if options.get("buckets") else (),
     )
 
 

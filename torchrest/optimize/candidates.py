@@ -468,6 +468,18 @@ def _mixed_detail(ctx: Context, runtime: str) -> str:
     return ctx.mixed[runtime].summary() if runtime in ctx.mixed else ""
 
 
+COMPILE_BUCKETS = "1,4,16,64"
+
+
+def torch_compiled(ctx: Context) -> Built:
+    """The fp16 exported program under torch.compile with CUDA graphs ("reduce-overhead"): a graph per
+    batch bucket, each batch padded up to the next bucket; compiled when the server starts, not saved."""
+    options = {"channels_last": "false", "compile": "reduce-overhead", "buckets": COMPILE_BUCKETS}
+    path = ctx.exported("fp16")
+    backend = TORCH.open(path, device=ctx.device, threads=ctx.threads, options=options | {"precision": "fp16"})
+    return Built(backend, path, TORCH.name, options)
+
+
 def tensorrt(ctx: Context) -> Built:
     """Torch-TensorRT's dynamo front-end on the exported program; saved as an exported program that calls
     the engines (serving it imports torch_tensorrt)."""
@@ -508,6 +520,13 @@ CANDIDATES: list[Candidate] = [
         "torch-bf16", "bf16", "torch eager, weights converted to bf16", torch_bf16, torch_lower_precision("bf16")
     ),
     Candidate("torch-fp16", "fp16", "torch eager on CUDA, fp16 weights", cuda_only, torch_lower_precision("fp16")),
+    Candidate(
+        "torch-compile-cudagraphs",
+        "fp16",
+        f"torch.compile with CUDA graphs over batch buckets {COMPILE_BUCKETS.replace(',', ', ')}, fp16",
+        lambda ctx: cuda_only(ctx) or exportable(ctx),
+        torch_compiled,
+    ),
     Candidate(
         "tensorrt", "fp16", "torch_tensorrt dynamo front-end on the exported program, fp16", tensorrt_here, tensorrt
     ),
