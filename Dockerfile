@@ -31,7 +31,11 @@ COPY README.md /src/
 COPY torchrest /src/torchrest
 # pip compiles what it installs, so a read-only root never needs to write bytecode. Then drop what only
 # builds C++ extensions or tests torch itself (headers, cmake files, test binaries: ~200 MB).
+# The default model's OpenVINO form (torchrest.models.converted) is made here, so that a container starts
+# without converting it (its /tmp cache would not outlive the container anyway).
 RUN pip install --no-deps /src \
+ && TORCHREST_CACHE_DIR=/opt/torchrest/cache python3 -c \
+      "from torchrest.models.converted import convert; print(convert('efficientnet_lite0'))" \
  && pip uninstall -y pip \
  && cd /opt/torchrest/lib/python3.11/site-packages/torch \
  && rm -rf include share/cmake test \
@@ -49,6 +53,7 @@ ARG DEVICE=cpu
 ENV PATH=/opt/torchrest/bin:$PATH \
     HOME=/tmp \
     XDG_CACHE_HOME=/tmp/.cache \
+    TORCHREST_CACHE_DIR=/opt/torchrest/cache \
     MPLCONFIGDIR=/tmp/.cache/matplotlib \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

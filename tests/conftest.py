@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -31,6 +32,9 @@ TORCHSCRIPT_DEPRECATION = "`torch.jit."
 os.environ["PYTHONWARNINGS"] = ",".join(
     filter(None, [os.environ.get("PYTHONWARNINGS"), f"error:{TORCHSCRIPT_DEPRECATION}:DeprecationWarning"])
 )
+# the default model's converted form (torchrest.models.converted): made once per run, read by later starts
+os.environ["TORCHREST_CACHE_DIR"] = tempfile.mkdtemp(prefix="torchrest-test-cache-")
+
 with warnings.catch_warnings():  # torch's own: torch.utils.mkldnn declares TorchScript methods when imported
     warnings.simplefilter("ignore", DeprecationWarning)  # (by Inductor, which the AOTInductor tests compile with)
     import torch.utils.mkldnn  # noqa: F401

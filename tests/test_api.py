@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+from pathlib import Path
 
 import httpx
+import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import CAT_LABELS, PHOTOS, Server, metric_value
+from tests.conftest import CAT_LABELS, PHOTOS, Server, metric_value, running_server
 
 
 def classify(server: Server, image: bytes, **params: object) -> httpx.Response:
@@ -138,4 +141,22 @@ def test_info_describes_the_model(server: Server) -> None:
     assert info["ready"] is True
     assert info["model"]["name"] == "efficientnet_lite0"
     assert info["model"]["pretrained"] is True
-    assert info["backend"] == "torch_eager"
+    assert info["backend"] == "openvino-fp32" and info["model"]["served_as"].startswith("openvino-fp32")
+
+
+def test_default_model_is_converted_once_and_answers_as_torch_eager(server: Server, tmp_path: Path) -> None:
+    """`--backend auto` (the default) serves the built-in model through OpenVINO fp32, converted at the
+    first start and cached; `--backend eager` is the torch reference, and both give the same answers."""
+    cached = list(Path(os.environ["TORCHREST_CACHE_DIR"]).glob("efficientnet_lite0-*.onnx"))
+    assert len(cached) == 1
+    assert "converted for OpenVINO" in server.log() or "the converted form from" in server.log()
+    with running_server(tmp_path, "--backend", "eager") as eager:
+        assert httpx.get(f"{eager.url}/", timeout=10).json()["backend"] == "torch_eager"
+        for name, photo in PHOTOS.items():
+            fast = classify(server, photo, top_k=5).json()["top_k"]
+            reference = classify(eager, photo, top_k=5).json()["top_k"]
+            assert [row["label"] for row in fast] == [row["label"] for row in reference], name
+            for mine, theirs in zip(fast, reference, strict=True):
+                assert mine["confidence"] == pytest.approx(theirs["confidence"], abs=1e-4), name
+    with running_server(tmp_path) as again:  # a second start reads the cached file
+        assert "the converted form from" in again.log()

@@ -42,11 +42,11 @@ class InputSpec:
 class ModelSource:
     """Which model to load and how to feed it: the options `serve` and `optimize` share."""
 
-    model: str | None = option("efficientnet_lite0", "built-in model name or path to a TorchScript file")
+    model: str | None = option("efficientnet_lite0", "built-in model name or model file (.pt2, ONNX, TorchScript)")
     weights: Path | None = option(None, "state-dict file for a built-in model (torchvision keys for resnet18)")
     labels: Path | None = option(None, "class names, one per line (or a JSON list); default ImageNet-1k")
-    input_size: int = option(224, "crop size fed to a TorchScript model")
-    resize_size: int = option(256, "shorter-side resize before the centre crop, for a TorchScript model")
+    input_size: int = option(224, "crop size fed to a model file")
+    resize_size: int = option(256, "shorter-side resize before the centre crop, for a model file")
 
     @property
     def input_spec(self) -> InputSpec:
@@ -57,8 +57,9 @@ class ModelSource:
 class ServerConfig(ModelSource):
     model: str | None = option(
         None,
-        "built-in model name or TorchScript file (default efficientnet_lite0); with --model-repository, the "
-        "one model of it to load at start-up (the others stay loadable through the repository API)",
+        "built-in model name or model file (.pt2, ONNX; TorchScript deprecated) (default efficientnet_lite0); "
+        "with --model-repository, the one model of it to load at start-up (the others stay loadable through "
+        "the repository API)",
     )
     model_repository: Path | None = option(
         None, "serve every model folder of this repository (the layout `torchrest optimize` writes)"
@@ -75,6 +76,11 @@ class ServerConfig(ModelSource):
         "process on a CPU; on a GPU one per two cores, up to 8; 1: everything in one process)",
     )
     device: str = option("cpu", "cpu, cuda, cuda:N, or auto (cuda when available)")
+    backend: str = option(
+        "auto",
+        "how a built-in model runs: auto (on a CPU, OpenVINO fp32, converted from torch at the first start and "
+        "cached: the same answers, several times faster; torch elsewhere) or eager (torch, the reference)",
+    )
     max_batch_size: int = option(
         0, "largest batch an instance runs at once (0: the model's config.json layout, else 32, timed at start-up)"
     )
@@ -142,6 +148,8 @@ class ServerConfig(ModelSource):
     def validate(self) -> None:
         """Raise ValueError with a one-line reason for values no server can run with."""
         positive = ("port", "max_queue", "timeout_ms", "input_size")
+        if self.backend not in ("auto", "eager"):
+            raise ValueError(f"--backend must be auto or eager, got {self.backend!r}")
         if self.workers < 0:
             raise ValueError(f"--workers must be at least 1 (or 0: chosen by cores and device), got {self.workers}")
         if self.workers > available_cores():
@@ -262,6 +270,9 @@ class ModelConfig:
     source: str = ""
     layout: dict[str, int] | None = None  # the serving layout optimize chose (torchrest.layout.Layout)
     objective: str = ""  # what that layout was chosen for: throughput or latency
+    # both ends, as optimize measured them: batch-1 ms on the whole budget, a lone request's p50 and img/s
+    # in the served layout (its batches kept full)
+    measured: dict[str, float] = field(default_factory=dict)
 
     @property
     def input_spec(self) -> InputSpec:

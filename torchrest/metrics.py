@@ -108,6 +108,13 @@ class Metrics:
             registry=r,
         )
 
+        self.batches = Counter(
+            "torchrest_batches",
+            "Batches run, by the cores they had: all_cores (a lone batch lent the model's whole thread budget, "
+            "or a one-instance layout) or own_threads (an instance's share, beside the others)",
+            ["model", "cores"],
+            registry=r,
+        )
         self.instance_restarts = Counter(
             "torchrest_instance_restarts",
             "Model instances that died (unusable backend, or a fault in their thread) and were re-opened",

@@ -31,6 +31,7 @@ from torchrest.errors import LoadFailed, StartupError, first_line
 from torchrest.layout import serving_layout
 from torchrest.metrics import Metrics
 from torchrest.models.common import LoadedModel
+from torchrest.models.converted import served_as
 from torchrest.models.registry import load_model
 from torchrest.preprocess import Preprocessor
 from torchrest.priority import hand_off_gil_quickly, lower_this_thread
@@ -110,7 +111,7 @@ def model_manager(config: ServerConfig, metrics: Metrics, device: str) -> ModelM
     if config.model_repository is not None:
         models.add_repository(only=config.model)
     else:
-        model = load_model(config)
+        model = served_as(load_model(config), config.backend, device)
         models.add(model, lambda: model)
     return models
 

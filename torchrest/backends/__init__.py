@@ -6,6 +6,7 @@ packages), and one line in `BACKENDS`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -32,6 +33,10 @@ class Backend(Protocol):
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, classes) float32 logits."""
+
+    def alone(self, threads: int) -> Callable[[np.ndarray], np.ndarray] | None:
+        """`run` on `threads` threads (the model's whole budget), for a batch that runs while the other
+        instances are idle; None when it cannot. Called on the instance's thread, once."""
 
 
 BACKENDS: dict[str, BackendKind] = {

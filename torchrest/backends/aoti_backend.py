@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import weakref
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from torchrest.backends import torch_backend
 from torchrest.backends.formats import CompiledFor
 from torchrest.backends.inputs import FLOAT_NCHW, UINT8_NHWC, float_nchw, in_fixed_batches
 from torchrest.backends.kind import BackendKind
+from torchrest.backends.torch_backend import with_threads
 from torchrest.errors import ModelLoadError
 
 log = logging.getLogger("torchrest.backends")
@@ -96,6 +98,10 @@ class AOTIBackend:
         if self.on_cuda:
             return torch.empty(shape, dtype=torch.uint8).pin_memory().numpy()
         return np.empty(shape, dtype=np.uint8)
+
+    def alone(self, threads: int) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The package's OpenMP loops on `threads` threads for the call (CPU)."""
+        return None if self.on_cuda or threads <= self.threads else with_threads(self.run, threads, self.threads)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         if self.batch:

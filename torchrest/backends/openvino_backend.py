@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,14 @@ class OpenVINOBackend:
             raise ModelLoadError(f"the openvino backend runs on the CPU here, not {device}")
         self.name = name
         self.device = device
+        self.path = path
+        self.threads = threads
+        self.precision = PRECISIONS.get(precision, "f32")
         self.streams = max(1, streams)
-        self._graph = _compiled(path, threads, PRECISIONS.get(precision, "f32"), self.streams)
+        self._graph = _compiled(path, threads, self.precision, self.streams)
         self.compiled = self._graph.compiled
         self.request = self.compiled.create_infer_request()
+        self._alone: _Compiled | None = None
 
     def prepare_thread(self) -> None:
         pass
@@ -65,15 +70,29 @@ class OpenVINOBackend:
     def input_buffer(self, max_batch_size: int, size: int) -> np.ndarray:
         return np.empty((max_batch_size, size, size, 3), dtype=np.uint8)
 
+    def alone(self, threads: int) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The graph compiled once more, for one stream of `threads` threads with the latency hint, shared
+        by the model's instances (one of them runs it at a time); each instance has its own request."""
+        if threads <= self.threads:
+            return None
+        self._alone = _compiled(self.path, threads, self.precision, 1, shared=True)
+        request = self._alone.compiled.create_infer_request()
+        return lambda batch: _infer(request, batch)
+
     def run(self, batch: np.ndarray) -> np.ndarray:
-        # the request's output memory is reused by the next call: the copy keeps this batch's answer
-        outputs = self.request.infer({0: np.ascontiguousarray(batch)}, share_inputs=True)
-        return np.array(outputs[0], dtype=np.float32, copy=True)
+        return _infer(self.request, batch)
 
 
-def _compiled(path: Path, threads: int, precision: str, streams: int) -> _Compiled:
+def _infer(request: Any, batch: np.ndarray) -> np.ndarray:
+    # the request's output memory is reused by the next call: the copy keeps this batch's answer
+    outputs = request.infer({0: np.ascontiguousarray(batch)}, share_inputs=True)
+    return np.array(outputs[0], dtype=np.float32, copy=True)
+
+
+def _compiled(path: Path, threads: int, precision: str, streams: int, shared: bool = False) -> _Compiled:
     """The graph compiled for `streams` streams of `threads` threads, shared while any instance holds it
-    (one stream: compiled for this instance alone, as a restarted instance needs a fresh one)."""
+    (one stream: compiled for this instance alone, as a restarted instance needs a fresh one, unless
+    `shared`: the whole-budget graph the instances take turns on)."""
     import openvino as ov
 
     if streams == 1:
@@ -82,15 +101,16 @@ def _compiled(path: Path, threads: int, precision: str, streams: int) -> _Compil
         config = {"NUM_STREAMS": streams}
     config |= {"INFERENCE_NUM_THREADS": threads * streams, "INFERENCE_PRECISION_HINT": precision}
     key = (str(Path(path).resolve()), path.stat().st_mtime_ns, threads, precision, streams)
+    shared = shared or streams > 1
     with _shared_lock:
-        if streams > 1 and (held := _shared.get(key)) is not None:
+        if shared and (held := _shared.get(key)) is not None:
             return held
         try:
             core = ov.Core()
             graph = _Compiled(core.compile_model(core.read_model(str(path)), "CPU", config))
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses with long texts
             raise ModelLoadError(f"OpenVINO cannot load {path}: {first_line(exc)}") from None
-        if streams > 1:
+        if shared:
             _shared[key] = graph
         return graph
 

@@ -8,7 +8,9 @@ and its workers do not spin between batches: the same cores decode the next batc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,10 +22,21 @@ from torchrest.errors import ModelLoadError, first_line
 
 class OnnxRuntimeBackend:
     def __init__(self, path: Path, *, device: str = "cpu", threads: int = 1, name: str = "onnxruntime") -> None:
-        import onnxruntime as ort
-
         self.name = name
         self.device = device
+        self.path = path
+        self.threads = threads
+        self.session = self._session(threads)
+        graph_input = self.session.get_inputs()[0]
+        self.input_name = graph_input.name
+        self.pixels = UINT8_NHWC if graph_input.type == "tensor(uint8)" else FLOAT_NCHW
+        first = graph_input.shape[0] if graph_input.shape else None
+        self.batch = first if isinstance(first, int) and first > 0 else 0  # 0: a dynamic batch dimension
+
+    def _session(self, threads: int) -> Any:
+        import onnxruntime as ort
+
+        device, path = self.device, self.path
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -36,14 +49,9 @@ class OnnxRuntimeBackend:
             index = device.partition(":")[2] or "0"
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))  # type: ignore[arg-type]
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            return ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors for bad files
             raise ModelLoadError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
-        graph_input = self.session.get_inputs()[0]
-        self.input_name = graph_input.name
-        self.pixels = UINT8_NHWC if graph_input.type == "tensor(uint8)" else FLOAT_NCHW
-        first = graph_input.shape[0] if graph_input.shape else None
-        self.batch = first if isinstance(first, int) and first > 0 else 0  # 0: a dynamic batch dimension
 
     def prepare_thread(self) -> None:
         pass
@@ -51,15 +59,22 @@ class OnnxRuntimeBackend:
     def input_buffer(self, max_batch_size: int, size: int) -> np.ndarray:
         return np.empty((max_batch_size, size, size, 3), dtype=np.uint8)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        if self.batch:
-            return in_fixed_batches(self._run, batch, self.batch)
-        return self._run(batch)
+    def alone(self, threads: int) -> Callable[[np.ndarray], np.ndarray] | None:
+        """A second session of the same graph whose pool has `threads` threads (CPU; its own memory)."""
+        if self.device != "cpu" or threads <= self.threads:
+            return None
+        session = self._session(threads)
+        return lambda batch: self.run(batch, session)
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray, session: Any = None) -> np.ndarray:
+        if self.batch:
+            return in_fixed_batches(lambda chunk: self._run(chunk, session), batch, self.batch)
+        return self._run(batch, session)
+
+    def _run(self, batch: np.ndarray, session: Any = None) -> np.ndarray:
         if self.pixels == FLOAT_NCHW:
             batch = float_nchw(torch.from_numpy(batch)).numpy()
-        logits = self.session.run(None, {self.input_name: batch})[0]
+        logits = (session or self.session).run(None, {self.input_name: batch})[0]
         return np.asarray(logits, dtype=np.float32)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,10 @@ class TorchBackend:
             return torch.empty(shape, dtype=torch.uint8).pin_memory().numpy()
         return np.empty(shape, dtype=np.uint8)
 
+    def alone(self, threads: int) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The same module with the intra-op pool widened to `threads` for the call (CPU)."""
+        return None if self.on_cuda or threads <= self.threads else with_threads(self.run, threads, self.threads)
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         if self.batch:
             return in_fixed_batches(self._run, batch, self.batch)
@@ -99,6 +104,19 @@ class TorchBackend:
             pixels = pixels.to(self.device, non_blocking=True)
         logits = self.module(pixels)
         return logits.float().cpu().numpy()
+
+
+def with_threads(run: Callable[[np.ndarray], np.ndarray], threads: int, own: int) -> Callable[[np.ndarray], np.ndarray]:
+    """`run` with this thread's intra-op pool at `threads` for the call, and back to `own` after it."""
+
+    def widened(batch: np.ndarray) -> np.ndarray:
+        torch.set_num_threads(threads)
+        try:
+            return run(batch)
+        finally:
+            torch.set_num_threads(own)
+
+    return widened
 
 
 def eval_mode(module: nn.Module) -> nn.Module:

@@ -7,6 +7,14 @@ each owning a Backend.
 Decode and model take turns on the same cores instead of fighting over them, and only the hand-off back
 to the event loop crosses threads, once per batch.
 
+A lone batch gets every core: with several instances (the throughput layout: each its share of the
+threads), a batch that would run while the others are idle and nothing else waits runs on the model's
+whole thread budget instead (`Backend.alone`: torch widens its pool, ONNX Runtime and OpenVINO keep a
+whole-budget session or graph), and an instance that takes a batch meanwhile waits for it to finish (one
+batch at most) rather than crowd its cores. Under load the batches run side by side, as laid out. So the
+quiet hours get the latency of one wide instance and the busy ones the throughput of many narrow ones;
+`torchrest_batches_total{cores=...}` shows which served each batch.
+
 Each instance thread is supervised. A batch the model raises on fails alone (500). An error that leaves
 the instance unusable (out of memory, a CUDA fault) or anything escaping the serving loop (a bug) ends
 the instance: its batch fails, `/health` turns not-ready, and the thread re-opens its backend after a
@@ -99,6 +107,10 @@ class ModelRuntime(Admits):
         self.stats = ModelStats()
         self.recent = RecentActivity()
         self.loop = loop
+        self.budget = threads * len(backends)  # the model's whole thread budget, which a lone batch gets
+        self._cores = threading.Condition()
+        self._running = 0  # batches in the model now
+        self._lent = False  # one of them has every core
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         name = model.name
@@ -112,6 +124,8 @@ class ModelRuntime(Admits):
         self._cancelled = metrics.dropped.labels(name, "cancelled")
         self._shed = metrics.dropped.labels(name, "shed")
         self._restarts = metrics.instance_restarts.labels(name)
+        self._on_all_cores = metrics.batches.labels(name, "all_cores")
+        self._on_own_threads = metrics.batches.labels(name, "own_threads")
         metrics.queue_depth.labels(name).set_function(lambda: len(self.queue))
         metrics.in_flight.labels(name).set_function(lambda: self.admission.in_flight)
 
@@ -281,12 +295,13 @@ class ModelRuntime(Admits):
         backend.prepare_thread()
         side = self.model.input_spec.crop_size
         buffer = backend.input_buffer(self.queue.max_batch_size, side)
+        alone = backend.alone(self.budget) if len(self.instances) > 1 else None
         while (taken := self.queue.take()) is not None:
             instance.busy = True
             try:
                 self._drop_dead(taken)
                 if taken.batch:
-                    self._run_batch(instance, backend, buffer, taken.batch)
+                    self._run_batch(instance, backend, buffer, taken.batch, alone)
             except BaseException as exc:
                 # down first, so that /health is not-ready before any client hears of the failure
                 cause = exc.__cause__ if isinstance(exc, InstanceDied) and exc.__cause__ else exc
@@ -298,7 +313,14 @@ class ModelRuntime(Admits):
             finally:
                 instance.busy = False
 
-    def _run_batch(self, instance: Instance, backend: Backend, buffer: np.ndarray, batch: list[Job]) -> None:
+    def _run_batch(
+        self,
+        instance: Instance,
+        backend: Backend,
+        buffer: np.ndarray,
+        batch: list[Job],
+        alone: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
         started = time.monotonic()
         for job in batch:
             self._queue_wait.observe(started - job.enqueued_s)
@@ -307,8 +329,9 @@ class ModelRuntime(Admits):
         size = len(batch)
         if not size:
             return
+        lent = self._claim_cores(alone is not None)
         try:
-            logits = backend.run(buffer[:size])
+            logits = alone(buffer[:size]) if lent and alone is not None else backend.run(buffer[:size])
             ran = time.monotonic()
             probabilities = softmax(logits)
             best = probabilities.argmax(axis=1).tolist()
@@ -321,6 +344,9 @@ class ModelRuntime(Admits):
             error = ModelError(f"model {self.name} failed on this batch: {type(exc).__name__}")
             self.loop.call_soon_threadsafe(_fail, batch, error)
             return
+        finally:
+            self._release_cores(lent)
+        (self._on_all_cores if lent or len(self.instances) == 1 else self._on_own_threads).inc()
         finished = time.monotonic()
         # the time this batch held the instance, from when it could start: the previous answer (busy) or
         # its first job's arrival (idle). Under load that counts what a batch's own timing misses: the
@@ -342,6 +368,23 @@ class ModelRuntime(Admits):
             output_ns=int((finished - ran) * 1e9),
         )
         self.loop.call_soon_threadsafe(_settle, batch, probabilities, best)
+
+    def _claim_cores(self, can_lend: bool) -> bool:
+        """Before a batch enters the model: wait while a lone batch has every core; then take every core
+        when this batch is alone (no other in the model, none queued). True when it has them."""
+        with self._cores:
+            while self._lent:
+                self._cores.wait()
+            self._lent = can_lend and self._running == 0 and not len(self.queue)
+            self._running += 1
+            return self._lent
+
+    def _release_cores(self, lent: bool) -> None:
+        with self._cores:
+            self._running -= 1
+            if lent:
+                self._lent = False
+                self._cores.notify_all()
 
     def _decode(self, batch: list[Job], buffer: np.ndarray) -> list[Job]:
         """Fill buffer rows 0..k-1 with the batch's decodable images; fail the others (4xx)."""

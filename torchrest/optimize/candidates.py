@@ -16,14 +16,9 @@ Context method.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import os
-import re
-import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,15 +43,14 @@ from torchrest.backends.ort_backend import KIND as ONNXRUNTIME
 from torchrest.backends.torch_backend import KIND as TORCH
 from torchrest.backends.torch_backend import eval_mode
 from torchrest.errors import first_line
+from torchrest.export import ONNX_NAMES, export_failure, export_program, quiet, to_onnx
 from torchrest.optimize.fidelity import accuracy, compare
 from torchrest.optimize.mixed import MixedSearch, search_float_layers
 
 log = logging.getLogger("torchrest.optimize")
 
 REFERENCE = "torch-eager"
-ONNX_OPSET = 18
 CALIBRATION_BATCH = 16
-MAX_BATCH = 1024  # the exported programs' dynamic batch dimension: 1 to this
 PORTABLE = "exported.pt2"  # beside an AOTInductor package in a model folder: served where the package cannot be
 
 
@@ -103,12 +97,8 @@ class Context:
             if holds_torchscript(module):
                 self._forms[key] = self._legacy_traced(module, device, precision)
             else:
-                with torch.no_grad(), _quiet():
-                    program = torch.export.export(
-                        module, (self.example(device),), dynamic_shapes=({0: torch.export.Dim("batch", max=MAX_BATCH)},)
-                    )
                 path = self.workdir / f"model-{precision}.pt2"
-                torch.export.save(program, str(path))
+                torch.export.save(export_program(module, self.example(device)), str(path))
                 self._forms[key] = path
         return self._forms[key]
 
@@ -120,7 +110,7 @@ class Context:
         return torch.export.load(str(path))
 
     def _legacy_traced(self, module: nn.Module, device: str, precision: str) -> Path:
-        with torch.inference_mode(False), torch.no_grad(), _quiet():
+        with torch.inference_mode(False), torch.no_grad(), quiet():
             traced = torch.jit.trace(module, self.example(device), check_trace=False)
             path = self.workdir / f"model-{precision}.pt"
             traced.save(str(path))
@@ -133,7 +123,7 @@ class Context:
             program = self.program("fp16" if self.on_cuda else "fp32")
             path = self.workdir / "model-aoti.pt2"
             started = time.perf_counter()
-            with torch.no_grad(), _quiet():
+            with torch.no_grad(), quiet():
                 torch._inductor.aoti_compile_and_package(
                     program, package_path=str(path), inductor_configs={"freezing": True}
                 )
@@ -147,26 +137,21 @@ class Context:
         the new one lacks), and the log says why."""
         if "onnx" not in self._forms:
             path = self.workdir / "model.onnx"
-            names: dict[str, Any] = {"input_names": ["pixels"], "output_names": ["logits"], "opset_version": ONNX_OPSET}
             try:
-                program = self.program()
-                with torch.no_grad(), _quiet():
-                    torch.onnx.export(
-                        program, (self.example(),), str(path), dynamo=True, optimize=True, external_data=False, **names
-                    )
+                to_onnx(self.program(), self.example(), path)
             except Exception as exc:  # noqa: BLE001 - the exporter raises many types; the fallback says which
-                log.info("ONNX: the dynamo exporter failed (%s); trying the old exporter", _export_failure(exc))
+                log.info("ONNX: the dynamo exporter failed (%s); trying the old exporter", export_failure(exc))
                 try:
-                    self._legacy_onnx(path, names)
+                    self._legacy_onnx(path)
                 except Exception as old:  # noqa: BLE001
-                    reason = f"ONNX export failed: {_export_failure(exc)} (old exporter: {first_line(old)})"
+                    reason = f"ONNX export failed: {export_failure(exc)} (old exporter: {first_line(old)})"
                     raise RuntimeError(reason) from None
             self._forms["onnx"] = path
         return self._forms["onnx"]
 
-    def _legacy_onnx(self, path: Path, names: dict[str, Any]) -> None:
+    def _legacy_onnx(self, path: Path) -> None:
         # the old exporter cannot re-trace through a ScriptModule inside an nn.Module: it takes the traced one
-        with torch.no_grad(), _quiet():
+        with torch.no_grad(), quiet():
             module = torch.jit.load(str(self.exported())) if holds_torchscript(self.module) else self.module
             torch.onnx.export(
                 module,
@@ -175,7 +160,7 @@ class Context:
                 dynamo=False,
                 dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
                 do_constant_folding=True,
-                **names,
+                **ONNX_NAMES,
             )
 
     def onnx_int8(self, keep_float: list[str] | None = None, path: Path | None = None) -> Path:
@@ -212,7 +197,7 @@ class Context:
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
             prepared = self.workdir / "model-prepared.onnx"
-            with _quiet():
+            with quiet():
                 quant_pre_process(str(self.onnx()), str(prepared), skip_symbolic_shape=True)
             self._forms["onnx-prepared"] = prepared
             self._weighted = [node.name for node in onnx.load(str(prepared)).graph.node if node.op_type in WEIGHTED_OPS]
@@ -292,7 +277,7 @@ def static_int8(prepared: Path, out: Path, calibration: np.ndarray, keep_float: 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     settings: dict[str, Any] = {"calibrate_method": CalibrationMethod.MinMax, **options}
-    with _quiet():
+    with quiet():
         quantize_static(
             str(prepared),
             str(out),
@@ -489,7 +474,7 @@ def tensorrt(ctx: Context) -> Built:
     spec = torch_tensorrt.Input(
         min_shape=(1, side, side, 3), opt_shape=(8, side, side, 3), max_shape=(64, side, side, 3), dtype=torch.uint8
     )
-    with torch.no_grad(), _quiet():
+    with torch.no_grad(), quiet():
         compiled = torch_tensorrt.dynamo.compile(
             ctx.program("fp16"), inputs=[spec], enabled_precisions={torch.half}, min_block_size=1
         )
@@ -583,33 +568,3 @@ class _CalibrationReader:
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
         return None if batch is None else {"pixels": batch}
-
-
-def _export_failure(exc: Exception) -> str:
-    """The line of the dynamo exporter's long message that says what failed (an operator it has no
-    ONNX function for), without its colours."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    summary = re.search(r"## Exception summary\s+<class '[^']+'>: ([^\n]+)", text)
-    return summary.group(1) if summary else first_line(exc)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Exporters and quantizers warn at length about things that are fine here (tracer, deprecations),
-    and the ONNX exporter prints whole graphs from C++ when an operator is missing: the exception that
-    follows already says which. Both output descriptors are muted while they work."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
-    try:
-        with open(os.devnull, "w") as devnull, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for fd in saved:
-                os.dup2(devnull.fileno(), fd)
-            yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for fd, copy_fd in saved.items():
-            os.dup2(copy_fd, fd)
-            os.close(copy_fd)

@@ -339,6 +339,7 @@ def _write_model_folder(
         source=model.source,
         layout=layouts_chosen(report.layouts).layout.to_dict() if report.layouts else None,
         objective=report.objective if report.layouts else "",
+        measured=_both_ends(chosen, report),
     ).write(staged / CONFIG_FILE)
     write_report(report, staged)
     folder = out / model.name
@@ -347,6 +348,17 @@ def _write_model_folder(
         folder.rename(retired)
     staged.rename(folder)
     return folder
+
+
+def _both_ends(chosen: CandidateResult, report: Report) -> dict[str, float]:
+    """What config.json records of the latency and the throughput end, for the candidate written."""
+    measured = {"batch1_ms_all_cores": round(chosen.latency_bs1_ms or 0.0, 2)}
+    if report.layouts:
+        served = layouts_chosen(report.layouts)
+        measured |= {"lone_request_p50_ms": round(served.p50_ms, 2), "throughput": round(served.throughput, 1)}
+    else:
+        measured["throughput"] = round(chosen.best_throughput or 0.0, 1)
+    return measured
 
 
 def _notes(model: LoadedModel, reference_top1: np.ndarray) -> list[str]:

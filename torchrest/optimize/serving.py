@@ -6,7 +6,8 @@ real ModelRuntime (admission, batch queue, decode pool, instance threads) answer
 sent as files, for a fixed time:
 
     throughput  with enough requests in flight to fill every instance's batches (2 x instances x cap)
-    latency     p50 with one request in flight (a lone user's wait), once per split
+    latency     p50 with one request in flight (a lone user's wait), once per split: in a layout of many
+                instances the lone request is lent every core, as the server does
 
 Only HTTP is left out: what that costs is measured by benchmark/bench.py against these figures.
 The layout chosen is the fastest (`--objective throughput`) among those whose one-request p50 is at most
@@ -76,7 +77,8 @@ def measure_layouts(
         p50_ms = 0.0
         for cap in sorted(caps):
             progress(f"{instances} x {threads} threads, batches of {cap}")
-            rate, latency = asyncio.run(_drive(backends, spec, files, cores, cap, seconds, lone=p50_ms == 0.0))
+            lone = p50_ms == 0.0
+            rate, latency = asyncio.run(_drive(backends, spec, files, cores, cap, seconds, lone, threads))
             p50_ms = p50_ms or latency
             results.append(LayoutResult(candidate, instances, threads, cap, rate, p50_ms, baseline=baseline))
         del backends
@@ -88,7 +90,7 @@ def in_process_throughput(
 ) -> float:
     """Img/s of the real runtime over `backends` (one per instance) with full batches of up to `cap`:
     what a server laid out so could answer without HTTP (benchmark/core.py compares it with wrk)."""
-    rate, _ = asyncio.run(_drive(backends, spec, files, cores, cap, seconds, lone=False))
+    rate, _ = asyncio.run(_drive(backends, spec, files, cores, cap, seconds, False, cores // len(backends)))
     return rate
 
 
@@ -109,9 +111,17 @@ def choose_layout(results: list[LayoutResult], objective: str) -> LayoutResult:
 
 
 async def _drive(
-    backends: list[Backend], spec: InputSpec, files: list[bytes], cores: int, cap: int, seconds: float, lone: bool
+    backends: list[Backend],
+    spec: InputSpec,
+    files: list[bytes],
+    cores: int,
+    cap: int,
+    seconds: float,
+    lone: bool,
+    threads: int,
 ) -> tuple[float, float]:
-    """(img/s with the queue kept full, p50 ms with one request in flight (0 unless `lone`))."""
+    """(img/s with the queue kept full, p50 ms with one request in flight (0 unless `lone`)). A lone
+    request runs on every core even in a layout of many instances, as in the server (engine.runtime)."""
     model = LoadedModel("layout-search", None, [], spec, True, "optimize")
     runtime = ModelRuntime(
         model,
@@ -122,6 +132,7 @@ async def _drive(
         max_queue=1 << 16,
         metrics=Metrics(),
         loop=asyncio.get_running_loop(),
+        threads=threads,
     )
     runtime.warm_up(False)
     runtime.start()
