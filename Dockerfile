@@ -24,7 +24,7 @@ ARG TORCH_SOURCE="--index-url https://download.pytorch.org/whl/${TORCH_VARIANT}"
 RUN pip install $TORCH_SOURCE "torch==2.13.0+${TORCH_VARIANT}"
 # The dependencies in a layer of their own: rebuilt when pyproject.toml changes, not with every source edit.
 COPY pyproject.toml /src/
-RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python3 -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['tracing']))" \
       > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
 COPY README.md /src/

@@ -70,6 +70,7 @@ def model_folders(repository: Path) -> None:
 
 def measure(url: str, duration: float) -> dict[str, Any]:
     image = PHOTO.read_bytes()
+    wrk(f"{url}/classify", 8, 3.0, PHOTO)  # warm-up: first runs of every path (kernels, pools) are not measured
     one = wrk(f"{url}/classify", 1, duration, PHOTO)
     settle(url, image, one["latency_ms"]["p50"])
     busy = wrk(f"{url}/classify", 100, duration, PHOTO)

@@ -73,8 +73,9 @@ def torchrest_command(*args: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def running_server(tmp_dir: Path, *args: str) -> Iterator[Server]:
-    """Start `torchrest serve ARGS` on a free port, wait (bounded) until /health says ready."""
+def running_server(tmp_dir: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """Start `torchrest serve ARGS` on a free port (with `env` added to the environment), wait (bounded)
+    until /health says ready."""
     port = free_port()
     log_path = tmp_dir / f"server-{port}.log"
     with open(log_path, "wb") as log_file:
@@ -82,7 +83,7 @@ def running_server(tmp_dir: Path, *args: str) -> Iterator[Server]:
             torchrest_command("serve", "--host", "127.0.0.1", "--port", str(port), *args),
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
     try:
@@ -176,8 +177,8 @@ class Tiny(torch.nn.Module):
 
 
 def write_repository(root: Path) -> Path:
-    """A two-model repository: lite0 (EfficientNet-Lite0 with its published ImageNet weights, as
-    TorchScript) and tiny (4 classes, for load/unload round trips)."""
+    """A two-model repository: lite0 (EfficientNet-Lite0 with its published ImageNet weights, as an
+    exported program) and tiny (4 classes, for load/unload round trips)."""
     from torchrest.config import ServerConfig
     from torchrest.models.registry import load_model
 

@@ -280,8 +280,21 @@ def answers(address: str, model: str) -> dict[str, Any]:
     return out
 
 
+def traced(address: str, traceparent: str) -> dict[str, Any]:
+    """One ModelInfer of cat.jpg on the repository's lite0 with the caller's `traceparent` in its metadata."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(address)
+    tensor = grpcclient.InferInput("image", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([PHOTOS["cat"]], dtype=np.object_))
+    outputs = [grpcclient.InferRequestedOutput("labels")]
+    result = client.infer("lite0", [tensor], outputs=outputs, headers={"traceparent": traceparent})
+    return {"label": result.as_numpy("labels")[0][0].decode()}
+
+
 if __name__ == "__main__":
-    # the third argument is the admin token, or for `answers` the model's name
+    # the third argument is the admin token, for `answers` the model's name, for `traced` a traceparent
     scenario, address, token = sys.argv[1], sys.argv[2], (sys.argv[3] if len(sys.argv) > 3 else "")
     scenarios = {"triton": triton, "kserve": kserve, "fuzz": fuzz, "protocol": protocol, "answers": answers}
+    scenarios["traced"] = traced
     print(json.dumps(scenarios[scenario](address, token)))

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from typing import Any
 from torchrest import __version__
 from torchrest.config import OptimizeConfig, ServerConfig, config_fields, env_name, flag_name
 from torchrest.errors import ModelLoadError, StartupError
+from torchrest.logs import TEXT, configure_logging
 
 
 def parse_bool(text: str) -> bool:
@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     kind = COMMANDS[args.command]
     config = kind(**{spec.name: getattr(args, spec.name) for spec in config_fields(kind)})
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_level, getattr(config, "log_format", TEXT), args.command)
     try:
         if isinstance(config, OptimizeConfig):
             return run_optimize(config)

@@ -123,6 +123,14 @@ class ServerConfig(ModelSource):
     ssl_ca_certs: Path | None = option(None, "CA bundle (PEM): clients must present a certificate it signed")
     cors_origins: str = option("", "browser origins allowed to call the API, comma-separated, or * (default: none)")
     log_level: str = option("info", "debug, info, warning or error")
+    log_format: str = option(
+        "text", "text, or json: one JSON object per line, with a line per answered request (torchrest.logs)"
+    )
+    tracing: bool = option(
+        False,
+        "OpenTelemetry traces of requests and batches, exported over OTLP as the OTEL_* variables say "
+        "(needs the `tracing` extra)",
+    )
 
     @property
     def max_body_bytes(self) -> int:
@@ -148,6 +156,8 @@ class ServerConfig(ModelSource):
     def validate(self) -> None:
         """Raise ValueError with a one-line reason for values no server can run with."""
         positive = ("port", "max_queue", "timeout_ms", "input_size")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"--log-format must be text or json, got {self.log_format!r}")
         if self.backend not in ("auto", "eager"):
             raise ValueError(f"--backend must be auto or eager, got {self.backend!r}")
         if self.workers < 0:

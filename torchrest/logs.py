@@ -1,7 +1,7 @@
 """How every torchrest process logs: text lines (the default) or, with `--log-format json`, one JSON object
 per line for a log pipeline, and then a line per answered request too (logger `torchrest.access`):
 
-    {"time": "2026-11-30T16:20:01.123Z", "level": "INFO", "logger": "torchrest.access", "process": "server",
+    {"time": "2026-11-30T16:20:01.123Z", "level": "INFO", "logger": "torchrest.access", "process": "serve",
      "message": "POST /classify 200", "request_id": "...", "trace_id": "...", "span_id": "...",
      "route": "/classify", "model": "efficientnet_lite0", "status": 200, "duration_ms": 12.3}
 
@@ -18,6 +18,7 @@ from typing import Any
 
 TEXT, JSON = "text", "json"
 FORMATS = (TEXT, JSON)
+TOP_LEVEL = ("serve", "optimize")  # a command's own process: its text lines name no role
 FIELDS = ("request_id", "trace_id", "span_id", "route", "model", "status", "code", "duration_ms")
 
 access = logging.getLogger("torchrest.access")
@@ -29,7 +30,7 @@ def configure_logging(level: str, form: str, process: str) -> None:
     if form == JSON:
         handler.setFormatter(JsonFormatter(process))
     else:
-        role = f" [{process}]" if process != "server" else ""
+        role = f" [{process}]" if process not in TOP_LEVEL else ""
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s %(name)s{role}: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -52,6 +52,7 @@ class Infer(NamedTuple):
     inline: Any  # np.ndarray when slot == -1, else None
     deadline_s: float  # monotonic clock, which every process of the machine shares
     request_id: str
+    trace: Any = None  # with tracing: the request span's identity (torchrest.tracing.Carried)
 
 
 class Cancel(NamedTuple):
@@ -78,6 +79,7 @@ class Answered(NamedTuple):
     queue_s: float
     decode_s: float
     inference_s: float
+    ran_s: float  # when the batch's run ended (monotonic): the stages' times follow from it
 
 
 class Failed(NamedTuple):

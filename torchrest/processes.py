@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import ctypes
-import logging
 import signal
 
 from torchrest.config import ServerConfig
+from torchrest.logs import configure_logging
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
@@ -22,6 +22,4 @@ def child_process_setup(config: ServerConfig, role: str, name: str) -> None:
         libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]))
     except (OSError, AttributeError):  # not Linux: the supervisor's stop still ends its children
         pass
-    logging.basicConfig(
-        level=config.log_level.upper(), format=f"%(asctime)s %(levelname)s %(name)s [{role}]: %(message)s"
-    )
+    configure_logging(config.log_level, config.log_format, role)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import uvicorn
 
+from torchrest import tracing
 from torchrest.access import AccessControl
 from torchrest.api import AppState, build_app
 from torchrest.api.protocol import guarded_protocol
@@ -51,10 +52,13 @@ def serve(config: ServerConfig) -> int:
         raise StartupError(str(exc)) from None
     device = resolve_device(config.device)
     workers = front_end_count(config, device)
+    if config.tracing:
+        tracing.require()  # a missing package is one line and exit 2, before any process starts
     if workers > 1:
         from torchrest.supervisor import supervise
 
         return supervise(config, workers, device)
+    tracing.configure(config.tracing, "server")
     configure_torch(config)
     hand_off_gil_quickly()
     metrics = Metrics()
@@ -84,7 +88,10 @@ def serve(config: ServerConfig) -> int:
         len(models.entries),
     )
     log_access(state)
-    server.run(sockets=sockets)
+    try:
+        server.run(sockets=sockets)
+    finally:
+        tracing.shutdown()
     return 1 if state.load_error else 0
 
 

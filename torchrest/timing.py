@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -32,16 +33,34 @@ def median_call_s(run: Run, batch: np.ndarray, seconds: float, min_calls: int = 
 @dataclass(slots=True)
 class StageTimes:
     """Where one request's time went, for its Server-Timing header: the longest of its images' waits,
-    and the decode and model run of the batches they were in (seconds)."""
+    and the decode and model run of the batches they were in (seconds). With tracing on, also `marks`,
+    each stage's start and end on the monotonic clock (which every process of the machine shares), for
+    the request span's children; `link`, the request span's identity, for the batch spans to link to;
+    and the model that answered."""
 
     queue_s: float = 0.0
     decode_s: float = 0.0
     inference_s: float = 0.0
+    ran_s: float = 0.0  # when the last of its batches ended
+    marks: list[tuple[str, float, float]] | None = None
+    link: Any = None  # torchrest.tracing.Carried
+    model: str = ""
+    version: str = ""
 
-    def note(self, queue_s: float, decode_s: float, inference_s: float) -> None:
-        self.queue_s = max(self.queue_s, queue_s)
-        self.decode_s = max(self.decode_s, decode_s)
-        self.inference_s = max(self.inference_s, inference_s)
+    def note(self, enqueued_s: float, started_s: float, decoded_s: float, ran_s: float, before_s: float = 0.0) -> None:
+        """One image's batch: when the image was queued, its batch taken, decoded and run (monotonic);
+        `before_s`: decoding done before it was queued (by a front-end process)."""
+        self.queue_s = max(self.queue_s, started_s - enqueued_s)
+        self.decode_s = max(self.decode_s, before_s + decoded_s - started_s)
+        self.inference_s = max(self.inference_s, ran_s - decoded_s)
+        self.ran_s = max(self.ran_s, ran_s)
+        if self.marks is not None:
+            self.marks += [("queue wait", enqueued_s, started_s), ("decode", started_s, decoded_s)]
+            self.marks.append(("inference", decoded_s, ran_s))
+
+    def mark(self, stage: str, start_s: float, end_s: float) -> None:
+        if self.marks is not None:
+            self.marks.append((stage, start_s, end_s))
 
     def header(self, total_s: float) -> str:
         stages = (("queue", self.queue_s), ("decode", self.decode_s), ("inference", self.inference_s))

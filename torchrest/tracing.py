@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from torchrest.timing import StageTimes
+
 log = logging.getLogger("torchrest.tracing")
 
 SERVICE = "torchrest"
@@ -47,6 +49,15 @@ def configure(enabled: bool, process: str) -> Tracing | None:
     return _tracing
 
 
+def require() -> None:
+    """StartupError (one line) unless the OpenTelemetry packages are installed."""
+    from torchrest.backends.kind import missing_package
+    from torchrest.errors import StartupError
+
+    if missing := missing_package("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http"):
+        raise StartupError(f"--tracing needs the OpenTelemetry packages ({missing}): pip install 'torchrest[tracing]'")
+
+
 def shutdown() -> None:
     """Export what is queued (bounded by the processor's timeout) and stop: at the end of a process."""
     global _tracing
@@ -66,16 +77,13 @@ class Carried:
 
 class Tracing:
     def __init__(self, process: str) -> None:
-        try:
-            from opentelemetry import trace
-            from opentelemetry.sdk.resources import Resource
-            from opentelemetry.sdk.trace import TracerProvider
-            from opentelemetry.sdk.trace.export import BatchSpanProcessor
-            from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-        except ImportError:
-            from torchrest.errors import StartupError
+        require()
+        from opentelemetry import trace
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-            raise StartupError("--tracing needs the OpenTelemetry packages: pip install 'torchrest[tracing]'") from None
         attributes = {"service.name": os.environ.get("OTEL_SERVICE_NAME", SERVICE), "torchrest.process": process}
         self.provider = TracerProvider(resource=Resource.create(attributes))
         self.provider.add_span_processor(BatchSpanProcessor(_exporter()))
@@ -99,16 +107,23 @@ class Tracing:
             attributes=attributes,
         )
 
-    def finish(self, span: Any, marks: list[tuple[str, float, float]], ended_s: float, status: int, code: str) -> None:
-        """End a request's span at `ended_s`, with a child per mark (stage, start, end: monotonic)."""
+    def finish(self, span: Any, times: StageTimes, ended_s: float, status: dict[str, int], error: str = "") -> None:
+        """End a request's span at `ended_s`: a child per stage its `times` marked, the model that answered,
+        its status (`{"http.response.status_code": 200}` or the gRPC one) and, when it failed, the error's
+        code (`error`; the span's status is ERROR for a server fault, as OpenTelemetry's conventions say)."""
         context = self._trace.set_span_in_context(span)
-        for stage, start_s, end_s in marks:
+        for stage, start_s, end_s in times.marks or ():
             child = self.tracer.start_span(stage, context=context, start_time=self.wall_ns(start_s))
             child.end(end_time=self.wall_ns(max(start_s, end_s)))
-        span.set_attribute("http.response.status_code" if status >= 100 else "rpc.grpc.status_code", status)
-        if code:
-            span.set_attribute("error.type", code)
-            span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, code))
+        if times.model:
+            span.set_attribute("torchrest.model", times.model)
+            span.set_attribute("torchrest.model_version", times.version)
+        for key, value in status.items():
+            span.set_attribute(key, value)
+        if error:
+            span.set_attribute("error.type", error)
+            if status.get("http.response.status_code", 500) >= 500:
+                span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, error))
         span.end(end_time=self.wall_ns(ended_s))
 
     def carried(self, span: Any) -> Carried:
@@ -116,7 +131,7 @@ class Tracing:
         return Carried(context.trace_id, context.span_id, int(context.trace_flags))
 
     def batch(
-        self, model: str, version: str, links: list[Carried], start_s: float, end_s: float, error: str = ""
+        self, model: str, version: str, size: int, links: list[Carried], start_s: float, end_s: float, error: str = ""
     ) -> None:
         """The span of one batch through the model, linked to the requests it served."""
         trace = self._trace
@@ -124,7 +139,11 @@ class Tracing:
             trace.Link(trace.SpanContext(c.trace_id, c.span_id, is_remote=True, trace_flags=trace.TraceFlags(c.flags)))
             for c in links
         ]
-        attributes = {"torchrest.model": model, "torchrest.model_version": version, "torchrest.batch_size": len(links)}
+        attributes: dict[str, Any] = {
+            "torchrest.model": model,
+            "torchrest.model_version": version,
+            "torchrest.batch_size": size,
+        }
         span = self.tracer.start_span(
             f"inference {model}", links=joined, start_time=self.wall_ns(start_s), attributes=attributes
         )

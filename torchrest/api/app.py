@@ -30,7 +30,9 @@ from torchrest.api.http import (
 from torchrest.config import ServerConfig
 from torchrest.engine.manager import ModelManager
 from torchrest.errors import MethodNotAllowed, ModelError, NotFound, TorchrestError
+from torchrest.logs import access
 from torchrest.metrics import Metrics
+from torchrest.tracing import current as current_tracing
 
 log = logging.getLogger("torchrest.api")
 
@@ -108,14 +110,39 @@ class App:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive, time.monotonic())
         route, methods = self._resolve(request)
+        tracing = current_tracing()
+        span = None
+        if tracing is not None and methods is not None:
+            attributes = {"http.request.method": request.method, "http.route": route, "url.path": request.path}
+            span = tracing.request(f"{request.method} {route}", request.headers, request.started_s, attributes)
+            span.set_attribute("torchrest.request_id", request.request_id)
+            request.times.marks, request.times.link = [], tracing.carried(span)
+        response, code = await self._respond(request, route, methods)
+        handled_s = time.monotonic()
+        status = CLIENT_CLOSED
+        if response is not None:
+            await send_response(send, response, request.request_id)
+            status = response.status
+            if methods is not None:
+                self._latency[route].observe(time.monotonic() - request.started_s)
+        self._requests.labels(route, status).inc()
+        ended_s = time.monotonic()
+        if span is not None and tracing is not None:
+            request.times.mark("response", handled_s, ended_s)
+            tracing.finish(span, request.times, ended_s, {"http.response.status_code": status}, code)
+        if not access.disabled:
+            log_request(request, route, status, code, ended_s, tracing.ids(span) if span and tracing else None)
+
+    async def _respond(
+        self, request: Request, route: str, methods: dict[str, Handler] | None
+    ) -> tuple[Response | None, str]:
+        """The response (None: the client left first), and the error code when it is an error."""
         origin = request.headers.get("origin") if self.cors else None
+        code = ""
         try:
             preflight = request.headers.get("access-control-request-method")
             if self.cors and origin and request.method == "OPTIONS" and preflight:
-                response = self.cors.preflight(origin, preflight, methods)
-                await send_response(send, response, request.request_id)
-                self._requests.labels(route, response.status).inc()
-                return
+                return self.cors.preflight(origin, preflight, methods), ""
             if methods is None:
                 raise NotFound(f"no route {request.path}")
             handler = methods.get(request.method)
@@ -126,19 +153,16 @@ class App:
             response = await handler(request, self.state)
         except TorchrestError as error:
             self._log(request, error)
-            response = error_response(error, protocol_v2=route.startswith("/v2"))
+            response, code = error_response(error, protocol_v2=route.startswith("/v2")), error.code
         except ClientDisconnected:
-            self._requests.labels(route, CLIENT_CLOSED).inc()
-            return
+            return None, "client_closed"
         except Exception:  # a bug of ours: answer in JSON, keep serving, and leave the traceback
             log.exception("%s %s [%s] failed", request.method, request.path, request.request_id)
-            response = error_response(TorchrestError("internal server error"), protocol_v2=route.startswith("/v2"))
+            internal = TorchrestError("internal server error")
+            response, code = error_response(internal, protocol_v2=route.startswith("/v2")), internal.code
         if origin and self.cors:
             response.headers.update(self.cors.headers(origin))
-        await send_response(send, response, request.request_id)
-        self._requests.labels(route, response.status).inc()
-        if methods is not None:
-            self._latency[route].observe(time.monotonic() - request.started_s)
+        return response, code
 
     @staticmethod
     def _log(request: Request, error: TorchrestError) -> None:
@@ -169,6 +193,23 @@ class App:
                     await self.state.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def log_request(
+    request: Request, route: str, status: int, code: str, ended_s: float, ids: tuple[str, str] | None
+) -> None:
+    """The request's line for `--log-format json` (torchrest.logs): ids, route, model, status, duration."""
+    extra = {
+        "request_id": request.request_id,
+        "route": route,
+        "model": request.times.model or None,
+        "status": status,
+        "code": code or None,
+        "duration_ms": round((ended_s - request.started_s) * 1000, 3),
+    }
+    if ids is not None:
+        extra["trace_id"], extra["span_id"] = ids
+    access.info("%s %s %d", request.method, request.path, status, extra=extra)
 
 
 def _pattern(template: str) -> re.Pattern[str]:

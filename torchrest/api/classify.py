@@ -18,7 +18,6 @@ from torchrest.api.http import Request, Response, json_response
 from torchrest.api.lifecycle import deadline_s, in_time, until_disconnect
 from torchrest.errors import BadRequest
 from torchrest.postprocess import top_k
-from torchrest.timing import StageTimes
 
 MAX_TOP_K = 20
 
@@ -28,9 +27,12 @@ async def classify(request: Request, state: AppState) -> Response:
     k = parse_top_k(request.query.get("top_k"))
     config = state.config
     deadline = deadline_s(request, config.timeout_ms)
-    times = StageTimes()
+    times = request.times
     with runtime.admitted(deadline):
+        admitted = time.monotonic()
+        times.mark("admission", request.started_s, admitted)
         data = await in_time(read_image(request, config.max_body_bytes), config.read_timeout)
+        times.mark("body read", admitted, time.monotonic())
         answer = runtime.infer(data, deadline, request.request_id, times)
         answered = await until_disconnect(answer, request)
     predictions = top_k(answered, k, runtime.model.labels)

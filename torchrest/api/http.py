@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from torchrest.errors import BodyTooLarge, TorchrestError
+from torchrest.timing import StageTimes
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -47,7 +48,9 @@ def error_response(error: TorchrestError, protocol_v2: bool = False) -> Response
 
 
 class Request:
-    __slots__ = ("scope", "receive", "method", "path", "headers", "request_id", "started_s", "params", "_query")
+    __slots__ = (
+        "scope", "receive", "method", "path", "headers", "request_id", "started_s", "params", "times", "_query"
+    )  # fmt: skip
 
     def __init__(self, scope: Scope, receive: Receive, started_s: float) -> None:
         self.scope = scope
@@ -58,6 +61,7 @@ class Request:
         self.request_id = _request_id(self.headers.get("x-request-id"))
         self.started_s = started_s
         self.params: dict[str, str] = {}  # the {name} segments of a templated route
+        self.times = StageTimes()  # where its time went (Server-Timing; with tracing, its span's children)
         self._query: dict[str, str] | None = None
 
     @property

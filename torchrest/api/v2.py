@@ -35,7 +35,6 @@ from torchrest.api.tensors import HEADER_LENGTH, encode_response, json_object, p
 from torchrest.engine.manager import ModelEntry
 from torchrest.errors import BadRequest, NotReady
 from torchrest.models.naming import ModelState
-from torchrest.timing import StageTimes
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
 PARSE_OFF_LOOP_BYTES = 256 * 1024  # a JSON header this large is parsed on a worker thread
@@ -118,14 +117,17 @@ async def infer(request: Request, state: AppState) -> Response:
     runtime = state.models.runtime(request.params["name"], request.params.get("version"))
     config = state.config
     deadline = deadline_s(request, config.timeout_ms)
-    times = StageTimes()
+    times = request.times
     with runtime.admitted(deadline) as places:  # one place first: a full queue is refused before the body is read
+        admitted = time.monotonic()
+        times.mark("admission", request.started_s, admitted)
         body = await in_time(request.body(config.max_body_bytes), config.read_timeout)
         header_length = request.headers.get(HEADER_LENGTH)
         if len(body) > PARSE_OFF_LOOP_BYTES and header_length is None:
             parsed = await asyncio.to_thread(parse_request, body, header_length)
         else:
             parsed = parse_request(body, header_length)
+        times.mark("body read", admitted, time.monotonic())
         images = images_of(parsed, runtime)
         places.add(len(images) - 1)
         rows = await until_disconnect(rows_of(runtime, images, deadline, request.request_id, times), request)

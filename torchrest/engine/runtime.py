@@ -44,6 +44,7 @@ from torchrest.models.common import LoadedModel
 from torchrest.postprocess import Answer, softmax
 from torchrest.preprocess import Preprocessor
 from torchrest.timing import StageTimes, median_call_s
+from torchrest.tracing import current as current_tracing
 
 log = logging.getLogger("torchrest.runtime")
 
@@ -193,6 +194,8 @@ class ModelRuntime(Admits):
         front-end's request from the future's callback). Cancelling it drops the job before the model."""
         future: asyncio.Future[Answer] = self.loop.create_future()
         enqueued = time.monotonic()
+        if times is not None:
+            times.model, times.version = self.name, self.model.version
         pending: bytes | np.ndarray | Future[np.ndarray] = image
         if self.preprocessor.ahead and isinstance(image, bytes) and not self._idle():
             pending = self.preprocessor.start(image)  # decode now, while the instances are busy
@@ -337,6 +340,7 @@ class ModelRuntime(Admits):
             best = probabilities.argmax(axis=1).tolist()
         except Exception as exc:  # noqa: BLE001 - any failure of the model fails this batch only
             self._errors.inc()
+            self._trace_batch(batch, decoded, time.monotonic(), type(exc).__name__)
             ids = ", ".join(job.request_id for job in batch)
             log.error("model %s failed on a batch of %d [%s]: %s: %s", self.name, size, ids, type(exc).__name__, exc)
             if is_fatal(exc):
@@ -359,7 +363,8 @@ class ModelRuntime(Admits):
         self.recent.batch_sizes.append(size)
         for job in batch:
             if job.times is not None:
-                job.times.note(started - job.enqueued_s, decoded - started, ran - decoded)
+                job.times.note(job.enqueued_s, started, decoded, ran)
+        self._trace_batch(batch, decoded, ran)
         self.stats.record_batch(
             size,
             queue_ns=int(sum(started - job.enqueued_s for job in batch) * 1e9),
@@ -368,6 +373,13 @@ class ModelRuntime(Admits):
             output_ns=int((finished - ran) * 1e9),
         )
         self.loop.call_soon_threadsafe(_settle, batch, probabilities, best)
+
+    def _trace_batch(self, batch: list[Job], start_s: float, end_s: float, error: str = "") -> None:
+        """With tracing on: the batch's span, linked to the spans of the requests it served."""
+        if (tracing := current_tracing()) is not None:
+            links = [job.times.link for job in batch if job.times is not None and job.times.link is not None]
+            if links:
+                tracing.batch(self.name, self.model.version, len(batch), links, start_s, end_s, error)
 
     def _claim_cores(self, can_lend: bool) -> bool:
         """Before a batch enters the model: wait while a lone batch has every core; then take every core

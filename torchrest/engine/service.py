@@ -23,6 +23,7 @@ from typing import Any
 
 import uvloop
 
+from torchrest import tracing
 from torchrest.config import ServerConfig
 from torchrest.engine.manager import ModelEntry, ModelManager
 from torchrest.engine.runtime import ModelRuntime
@@ -232,7 +233,7 @@ class FrontEndLink(Connection):
             pixels = self.slots.pixels(message.slot, message.shape)
         else:
             pixels = message.inline
-        times = StageTimes()
+        times = StageTimes(link=message.trace)
         try:
             future = runtime.submit(pixels, message.deadline_s, message.request_id, times)
         except TorchrestError as error:  # the model is being unloaded
@@ -267,7 +268,10 @@ class FrontEndLink(Connection):
         else:
             inline = answer.probabilities
         self.send(
-            Answered(message.call, answer.best, classes, inline, times.queue_s, times.decode_s, times.inference_s)
+            Answered(
+                *(message.call, answer.best, classes, inline),
+                *(times.queue_s, times.decode_s, times.inference_s, times.ran_s),
+            )
         )
 
     async def _call(self, message: Call) -> None:
@@ -287,6 +291,10 @@ def run_engine(config: ServerConfig, device: str, socket_path: Path, metrics_dir
     hand_off_gil_quickly()
     metrics = Metrics(shared_dir=str(metrics_dir))
     models = model_manager(config, metrics, device)
-    status = uvloop.run(Engine(config, models, metrics).run(socket_path))
+    tracing.configure(config.tracing, "engine")
+    try:
+        status = uvloop.run(Engine(config, models, metrics).run(socket_path))
+    finally:
+        tracing.shutdown()
     logging.shutdown()
     os._exit(status)  # the inference threads are daemons; nothing else is left to flush

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from torchrest import tracing
 from torchrest.access import AccessControl
 from torchrest.api import AppState
 from torchrest.config import ServerConfig
@@ -57,7 +58,9 @@ def run_frontend(config: ServerConfig, index: int, socket_path: Path, server_pid
         state.startup, state.shutdown = start, stop
         if index == 0:
             log_access(state)
+        tracing.configure(config.tracing, f"front-end {index}")
         server.run(sockets=sockets)
     finally:
+        tracing.shutdown()
         if slots is not None:
             slots.close()

@@ -116,18 +116,27 @@ class RemoteRuntime(Admits):
         # a float tensor travels inline (the engine quantises it, as one process does): it takes no slot
         uses_slot = self._in_slot and (isinstance(image, bytes) or image.dtype == np.uint8)
         slot = await link.take_slot() if uses_slot else -1
+        decoding = time.monotonic()
         try:
             inline, decode_s = await self._pixels_in(image, slot)
         except BaseException:
             link.release(slot)
             raise
+        if times is not None:
+            times.mark("decode (front-end)", decoding, decoding + decode_s)
+        trace = times.link if times is not None else None
         message = await link.request(
-            lambda call: Infer(call, self.name, self.model.version, slot, self._shape, inline, deadline_s, request_id),
+            lambda call: Infer(
+                call, self.name, self.model.version, slot, self._shape, inline, deadline_s, request_id, trace
+            ),
             slot,
         )
         assert isinstance(message, Answered)
-        if times is not None:
-            times.note(message.queue_s, decode_s + message.decode_s, message.inference_s)
+        if times is not None:  # the engine's stages, from when its batch ended
+            decoded = message.ran_s - message.inference_s
+            started = decoded - message.decode_s
+            times.note(started - message.queue_s, started, decoded, message.ran_s, before_s=decode_s)
+            times.model, times.version = self.name, self.model.version
         return Answer(np.asarray(message.inline), message.best)  # the row, read out of the slot on arrival
 
     async def _pixels_in(self, image: bytes | np.ndarray, slot: int) -> tuple[np.ndarray | None, float]:

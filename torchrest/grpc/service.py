@@ -15,6 +15,7 @@ import functools
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import grpc
@@ -28,6 +29,8 @@ from torchrest.errors import BadRequest, NotReady, TorchrestError
 from torchrest.grpc import inference_pb2 as pb
 from torchrest.grpc import inference_pb2_grpc as pb_grpc
 from torchrest.models.naming import ModelState
+from torchrest.timing import StageTimes
+from torchrest.tracing import current as current_tracing
 
 ROUTE = "grpc"
 STATUS_CODES = {
@@ -43,23 +46,42 @@ STATUS_CODES = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 EXTENSIONS = ["model_repository", "statistics"]
+call_times: ContextVar[StageTimes] = ContextVar("call_times")  # the call being answered (set by `answered`)
 Reply = TypeVar("Reply")
 Method = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Reply]]
 
 
 def answered(method: Method[Reply]) -> Method[Reply]:
-    """Turn a TorchrestError into its gRPC status, and count every call in the request metrics."""
+    """Turn a TorchrestError into its gRPC status, count every call in the request metrics, and (with
+    tracing on) give the call its span, continuing the caller's `traceparent` from its metadata."""
+    name = f"inference.GRPCInferenceService/{method.__name__}"
 
     @functools.wraps(method)
     async def wrapper(self: InferenceService, request: Any, context: grpc.aio.ServicerContext) -> Reply:
+        started = time.monotonic()
+        times = StageTimes()
+        tracing = current_tracing()
+        span = None
+        if tracing is not None:
+            attributes = {"rpc.system": "grpc", "rpc.service": "inference.GRPCInferenceService", "rpc.method": name}
+            span = tracing.request(name, _metadata(context), started, attributes)
+            times.marks, times.link = [], tracing.carried(span)
+        token = call_times.set(times)
+        code, error = grpc.StatusCode.OK, ""
         try:
-            reply = await method(self, request, context)
-        except TorchrestError as error:
-            code = STATUS_CODES.get(error.status, grpc.StatusCode.INTERNAL)
+            return await method(self, request, context)
+        except TorchrestError as failure:
+            code, error = STATUS_CODES.get(failure.status, grpc.StatusCode.INTERNAL), failure.code
+            await context.abort(code, failure.message)
+            raise  # abort raises; this line is for the type checker
+        except BaseException:  # cancelled by the client, or a bug of ours (grpc answers UNKNOWN)
+            code, error = grpc.StatusCode.CANCELLED if context.cancelled() else grpc.StatusCode.UNKNOWN, "internal"
+            raise
+        finally:
+            call_times.reset(token)
             self.state.metrics.requests.labels(ROUTE, code.name).inc()
-            await context.abort(code, error.message)
-        self.state.metrics.requests.labels(ROUTE, grpc.StatusCode.OK.name).inc()
-        return reply
+            if span is not None and tracing is not None:
+                tracing.finish(span, times, time.monotonic(), {"rpc.grpc.status_code": code.value[0]}, error)
 
     return wrapper
 
@@ -155,11 +177,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         timeout_s = self.state.config.timeout_ms / 1000
         remaining = context.time_remaining()
         deadline = started + (timeout_s if remaining is None else min(timeout_s, remaining))
+        times = call_times.get()
         with runtime.admitted(deadline) as places:
+            times.mark("admission", started, time.monotonic())
             parsed = infer_request(request)
             images = images_of(parsed, runtime)
             places.add(len(images) - 1)
-            rows = await rows_of(runtime, images, deadline, request.id or uuid.uuid4().hex[:16])
+            rows = await rows_of(runtime, images, deadline, request.id or uuid.uuid4().hex[:16], times)
         probabilities = np.stack(rows)
         outputs = output_tensors(parsed, probabilities, runtime.model.labels)
         runtime.observe_total(time.monotonic() - started)
