@@ -12,9 +12,11 @@ the server understands.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import kubernetes.client.models as k8s_models
 import kubernetes_validate
@@ -162,10 +164,8 @@ def serve_args(container: dict[str, Any]) -> ServerConfig:
     unknown = {name for name in env if name.startswith("TORCHREST_")} - known
     assert not unknown, f"the server has no option {unknown}"
     args = [arg.replace("{{.Name}}", "my-model") for arg in container.get("args", [])]
-    for name, value in env.items():
-        if name in known:
-            args.append(f"--{name.removeprefix('TORCHREST_').lower().replace('_', '-')}={value}")
-    namespace = build_parser().parse_args(["serve", *args])
+    with mock.patch.dict(os.environ, {name: value for name, value in env.items() if name in known}):
+        namespace = build_parser().parse_args(["serve", *args])  # the variables, read as the server reads them
     return ServerConfig(**{spec.name: getattr(namespace, spec.name) for spec in config_fields(ServerConfig)})
 
 
@@ -190,6 +190,7 @@ def test_the_container_settings_are_ones_the_server_understands() -> None:
     container = pod["containers"][0]
     config = serve_args(container)
     assert config.threads == cpus(container["resources"]["limits"]["cpu"])
+    assert config.tracing and config.log_format == "json"  # the example points at a collector
     pre_stop_s = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
     assert pod["terminationGracePeriodSeconds"] > config.drain_timeout + pre_stop_s
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
