@@ -108,6 +108,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
     parser.add_argument("--repository", type=Path, default=None, help="where the model folders are (made if absent)")
+    parser.add_argument("--models", default=",".join(MODELS), help="which of the model folders to serve")
+    parser.add_argument("--no-default", action="store_true", help="leave the default server's start-up out")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmark" / "results" / dt.date.today().isoformat())
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -126,7 +128,7 @@ def main() -> int:
     }
     with worktree(args.base) as base:
         trees = {f"torchrest ({args.base})": base, "torchrest (this tree)": ROOT}
-        for model in MODELS:
+        for model in args.models.split(","):
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in [*trees, "naive baseline"]}
             for round_number in range(1, args.rounds + 1):
                 for name in runs:
@@ -143,7 +145,7 @@ def main() -> int:
             results["models"][model] = {name: median_of(measured) for name, measured in runs.items()}
             log(json.dumps(results["models"][model]))
         default_runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
-        for round_number in range(1, args.rounds + 1):
+        for round_number in range(1, 0 if args.no_default else args.rounds + 1):
             for name, tree in trees.items():
                 cache = tempfile.mkdtemp(prefix="latency-cache-")  # this tree converts at its first start
                 env = {"TORCHREST_CACHE_DIR": cache, "XDG_CACHE_HOME": cache}
@@ -154,7 +156,7 @@ def main() -> int:
                     {"ready_s_first": first[0], "ready_s_again": again[0], "p50_ms_1": min(first[1], again[1])}
                 )
                 shutil.rmtree(cache, ignore_errors=True)
-        results["default"] = {name: median_of(measured) for name, measured in default_runs.items()}
+        results["default"] = {name: median_of(measured) for name, measured in default_runs.items() if measured}
     write_results(args.out, "latency", results, markdown, plot)
     return 0
 
@@ -182,12 +184,13 @@ def markdown(results: dict[str, Any]) -> str:
             )
     header = ["model (file)", "server", "p50 ms @1", "p99 ms @1", "req/s @100", "p99 ms, open loop at 50%"]
     lines += markdown_table(header, rows)
-    lines += ["", "The default server (`torchrest serve`, no flags):", ""]
-    rows = [
-        [name, f"{f['ready_s_first']:.1f}", f"{f['ready_s_again']:.1f}", f"{f['p50_ms_1']:.1f}"]
-        for name, f in results["default"].items()
-    ]
-    lines += markdown_table(["server", "ready s (first start)", "ready s (again)", "p50 ms @1"], rows)
+    if results["default"]:
+        lines += ["", "The default server (`torchrest serve`, no flags):", ""]
+        rows = [
+            [name, f"{f['ready_s_first']:.1f}", f"{f['ready_s_again']:.1f}", f"{f['p50_ms_1']:.1f}"]
+            for name, f in results["default"].items()
+        ]
+        lines += markdown_table(["server", "ready s (first start)", "ready s (again)", "p50 ms @1"], rows)
     return "\n".join(lines) + "\n"
 
 
