@@ -6,8 +6,9 @@ all there is to measure) at 100 connections, in one interleaved run.
 Servers, each started afresh in every round, in turn:
     torchrest at REF (a commit from before tracing: the cost of it being there at all, switched off)
     this tree, tracing off
-    this tree, --tracing (every request sampled), exported over OTLP/HTTP to a sink in this process
-    this tree, --tracing and --log-format json (a JSON line per request as well)
+    this tree, --tracing with every request sampled, exported over OTLP/HTTP to a sink in this process
+    this tree, --tracing with one request in ten sampled (parentbased_traceidratio 0.1: a production setting)
+    this tree, --tracing (every request) and --log-format json (a JSON line per request as well)
 wrk uploads cat.jpg, then a 16x16 JPEG (where the front-end's own work is nearly all of a request's);
 req/s, p50/p99 and the server's CPU time per answered request (all its processes), medians over the
 rounds. The sink reads and drops what it is sent; it shares the machine's cores with the server, so the
@@ -57,10 +58,10 @@ class Sink(BaseHTTPRequestHandler):
         pass
 
 
-def measure(command: list[str], cwd: Path, seconds: float, tiny: Path) -> dict[str, Any]:
+def measure(command: list[str], cwd: Path, seconds: float, tiny: Path, env: dict[str, str]) -> dict[str, Any]:
     command, port = bind(command)
     results = {}
-    with serving_process(command, port, cwd=cwd) as (url, process):
+    with serving_process(command, port, env=env, cwd=cwd) as (url, process):
         wrk(url, 8, 3.0, PHOTO)  # warm-up
         for label, photo in (("cat.jpg", PHOTO), ("16x16 JPEG", tiny)):
             with cpu_per_request(process.pid) as cpu:
@@ -99,19 +100,23 @@ def main() -> int:
     rounds: dict[str, list[dict[str, Any]]] = {}
     with contextlib.ExitStack() as stack:
         base = stack.enter_context(worktree(args.base))
-        plans = {
-            f"torchrest ({args.base})": (torchrest_command(str(legacy_near_free_model(folder)), 0, quiet), base),
-            "tracing off": (torchrest_command(str(near_free_model(folder)), 0, quiet), ROOT),
-            "--tracing": (torchrest_command(str(near_free_model(folder)), 0, [*quiet, "--tracing"]), ROOT),
+        model, legacy = str(near_free_model(folder)), str(legacy_near_free_model(folder))
+        ratio = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
+        plans: dict[str, tuple[list[str], Path, dict[str, str]]] = {
+            f"torchrest ({args.base})": (torchrest_command(legacy, 0, quiet), base, {}),
+            "tracing off": (torchrest_command(model, 0, quiet), ROOT, {}),
+            "--tracing, every request": (torchrest_command(model, 0, [*quiet, "--tracing"]), ROOT, {}),
+            "--tracing, 1 in 10": (torchrest_command(model, 0, [*quiet, "--tracing"]), ROOT, ratio),
             "--tracing --log-format json": (
-                torchrest_command(str(near_free_model(folder)), 0, ["--tracing", "--log-format", "json"]),
+                torchrest_command(model, 0, ["--tracing", "--log-format", "json"]),
                 ROOT,
+                {},
             ),
         }
         for round_number in range(1, args.rounds + 1):
-            for name, (command, cwd) in plans.items():
+            for name, (command, cwd, env) in plans.items():
                 log(f"round {round_number}: {name}")
-                measured = measure(command, cwd, args.duration, tiny)
+                measured = measure(command, cwd, args.duration, tiny, env)
                 rounds.setdefault(name, []).append(measured)
                 log("  " + ", ".join(f"{photo}: {r['req_per_s']:.0f} req/s" for photo, r in measured.items()))
     sink.shutdown()

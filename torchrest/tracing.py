@@ -7,8 +7,10 @@
     batch, on the inference thread (in the engine process with --workers)
       -> span "inference <model>", linked to the span of every request it served
 
-The SDK does the rest: the sampler (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`), the resource
-(`OTEL_SERVICE_NAME`, default "torchrest"; `OTEL_RESOURCE_ATTRIBUTES`), and OTLP export through its batching
+Only a sampled request gathers its stages and gives its batch a link; one the sampler drops costs the
+span the SDK makes for it and no more. The SDK does the rest: the sampler (`OTEL_TRACES_SAMPLER`,
+`OTEL_TRACES_SAMPLER_ARG`), the resource (`OTEL_SERVICE_NAME`, default "torchrest";
+`OTEL_RESOURCE_ATTRIBUTES`), and OTLP export through its batching
 processor, over HTTP/protobuf (the default) or gRPC as `OTEL_EXPORTER_OTLP_PROTOCOL` (or its `_TRACES_`
 form) says, to `OTEL_EXPORTER_OTLP_ENDPOINT`. The batching processor exports on its own thread from a
 bounded queue: a collector that is down or slow drops spans, never delays or fails a request.
@@ -111,6 +113,9 @@ class Tracing:
         """End a request's span at `ended_s`: a child per stage its `times` marked, the model that answered,
         its status (`{"http.response.status_code": 200}` or the gRPC one) and, when it failed, the error's
         code (`error`; the span's status is ERROR for a server fault, as OpenTelemetry's conventions say)."""
+        if not span.is_recording():  # not sampled: nothing of it is exported
+            span.end()
+            return
         context = self._trace.set_span_in_context(span)
         for stage, start_s, end_s in times.marks or ():
             child = self.tracer.start_span(stage, context=context, start_time=self.wall_ns(start_s))

@@ -115,8 +115,9 @@ class App:
         if tracing is not None and methods is not None:
             attributes = {"http.request.method": request.method, "http.route": route, "url.path": request.path}
             span = tracing.request(f"{request.method} {route}", request.headers, request.started_s, attributes)
-            span.set_attribute("torchrest.request_id", request.request_id)
-            request.times.marks, request.times.link = [], tracing.carried(span)
+            if span.is_recording():  # sampled: its stages and its batch are worth recording too
+                span.set_attribute("torchrest.request_id", request.request_id)
+                request.times.marks, request.times.link = [], tracing.carried(span)
         response, code = await self._respond(request, route, methods)
         handled_s = time.monotonic()
         status = CLIENT_CLOSED

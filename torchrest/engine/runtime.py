@@ -299,6 +299,8 @@ class ModelRuntime(Admits):
         side = self.model.input_spec.crop_size
         buffer = backend.input_buffer(self.queue.max_batch_size, side)
         alone = backend.alone(self.budget) if len(self.instances) > 1 else None
+        if alone is not None:
+            alone(np.zeros((1, side, side, 3), np.uint8))  # its first run sets up kernels: not a request's
         while (taken := self.queue.take()) is not None:
             instance.busy = True
             try:

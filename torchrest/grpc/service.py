@@ -65,7 +65,8 @@ def answered(method: Method[Reply]) -> Method[Reply]:
         if tracing is not None:
             attributes = {"rpc.system": "grpc", "rpc.service": "inference.GRPCInferenceService", "rpc.method": name}
             span = tracing.request(name, _metadata(context), started, attributes)
-            times.marks, times.link = [], tracing.carried(span)
+            if span.is_recording():  # sampled: its stages and its batch are worth recording too
+                times.marks, times.link = [], tracing.carried(span)
         token = call_times.set(times)
         code, error = grpc.StatusCode.OK, ""
         try:
