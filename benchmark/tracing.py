@@ -82,6 +82,7 @@ def main() -> int:
     parser.add_argument("--base", required=True, help="a commit from before tracing (git ref)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--skip", default="", help="comma-separated servers to leave out (their names as printed)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmark" / "results" / dt.date.today().isoformat())
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -113,6 +114,8 @@ def main() -> int:
                 {},
             ),
         }
+        for name in filter(None, args.skip.split(",")):
+            plans.pop(name)
         for round_number in range(1, args.rounds + 1):
             for name, (command, cwd, env) in plans.items():
                 log(f"round {round_number}: {name}")
