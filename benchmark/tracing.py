@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import bind
-from ceiling import PHOTO, legacy_near_free_model, make_tiny_photo, near_free_model, worktree
+from ceiling import PHOTO, make_tiny_photo, model_for, near_free_model, worktree
 from harness import (
     ROOT,
     cpu_per_request,
@@ -101,10 +101,10 @@ def main() -> int:
     rounds: dict[str, list[dict[str, Any]]] = {}
     with contextlib.ExitStack() as stack:
         base = stack.enter_context(worktree(args.base))
-        model, legacy = str(near_free_model(folder)), str(legacy_near_free_model(folder))
+        model = str(near_free_model(folder))
         ratio = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
         plans: dict[str, tuple[list[str], Path, dict[str, str]]] = {
-            f"torchrest ({args.base})": (torchrest_command(legacy, 0, quiet), base, {}),
+            f"torchrest ({args.base})": (torchrest_command(str(model_for(base, model, folder)), 0, quiet), base, {}),
             "tracing off": (torchrest_command(model, 0, quiet), ROOT, {}),
             "--tracing, every request": (torchrest_command(model, 0, [*quiet, "--tracing"]), ROOT, {}),
             "--tracing, 1 in 10": (torchrest_command(model, 0, [*quiet, "--tracing"]), ROOT, ratio),
