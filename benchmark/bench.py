@@ -287,6 +287,10 @@ def markdown(results: dict[str, Any]) -> str:
         )
         + ".",
         "",
+        "Both ends (the quiet hours and the busy ones):",
+        "",
+        *markdown_table(["server", "p50 ms at 1 conn", "p99 ms at 1 conn", "req/s at 100 conn"], _both_ends(results)),
+        "",
         "Closed loop (wrk):",
         "",
         *markdown_table(
@@ -328,6 +332,22 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 PERCENTILES = ["p50 ms", "p90 ms", "p99 ms"]
+
+
+def _both_ends(results: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for name, server in results["servers"].items():
+        by_count = {run["connections"]: run for run in server["closed_loop"]}
+        one, busy = by_count.get(1), by_count.get(100)
+        rows.append(
+            [
+                name,
+                f"{one['latency_ms']['p50']:.1f}" if one else "-",
+                f"{one['latency_ms']['p99']:.1f}" if one else "-",
+                f"{busy['req_per_s']:.1f}" if busy else "-",
+            ]
+        )
+    return rows
 
 
 def _percentiles(run: dict[str, Any]) -> list[str]:
