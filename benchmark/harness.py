@@ -293,6 +293,16 @@ def latency_bars(axis: Any, runs_by_server: dict[str, list[dict[str, Any]]], poi
     axis.set(yscale="log", ylabel="latency ms", title="Latency: p50 (solid) and p99 (light)")
 
 
+def grouped_bars(axis: Any, groups: list[str], series: dict[str, list[float]], ylabel: str) -> None:
+    """One bar per series in each group (the servers side by side for each model or photo), one colour
+    per series."""
+    width = 0.8 / max(1, len(series))
+    for index, (name, values) in enumerate(series.items()):
+        axis.bar([i + index * width for i in range(len(groups))], values, width=width, color=f"C{index}", label=name)
+    axis.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(groups))], groups)
+    axis.set(ylabel=ylabel)
+
+
 def save_figure(figure: Any, axes: list[Any], title: str, path: Path) -> None:
     """Grid and legend on every axis, the title, then the PNG at `path`; the figure is closed."""
     import matplotlib.pyplot as plt

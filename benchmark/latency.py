@@ -36,6 +36,7 @@ from bench import baseline_command, bind
 from ceiling import worktree
 from harness import (
     ROOT,
+    grouped_bars,
     log,
     markdown_table,
     platform_name,
@@ -198,18 +199,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     models = list(results["models"])
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     servers = list(results["models"][models[0]])
-    width = 0.8 / len(servers)
-    for index, name in enumerate(servers):
-        xs = [i + index * width for i in range(len(models))]
-        p50 = [results["models"][m][name]["p50_ms_1"] for m in models]
-        rate = [results["models"][m][name]["req_per_s_100"] for m in models]
-        axes[0].bar(xs, p50, width=width, color=f"C{index}", label=name)
-        axes[1].bar(xs, rate, width=width, color=f"C{index}", label=name)
-    for axis, label in ((axes[0], "p50 ms at 1 connection (lower is better)"), (axes[1], "req/s at 100 connections")):
-        axis.set_xticks([i + width * (len(servers) - 1) / 2 for i in range(len(models))], models)
-        axis.set(ylabel=label)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, key, label in (
+        (axes[0], "p50_ms_1", "p50 ms at 1 connection (lower is better)"),
+        (axes[1], "req_per_s_100", "req/s at 100 connections"),
+    ):
+        series = {name: [results["models"][m][name][key] for m in models] for name in servers}
+        grouped_bars(axis, models, series, label)
     save_figure(figure, list(axes), f"Both ends, this tree against {results['base']} ({results['platform']})", path)
 
 

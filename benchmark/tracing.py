@@ -34,6 +34,7 @@ from ceiling import PHOTO, make_tiny_photo, model_for, near_free_model, worktree
 from harness import (
     ROOT,
     cpu_per_request,
+    grouped_bars,
     log,
     markdown_table,
     platform_name,
@@ -179,15 +180,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
     servers = list(results["servers"])
     photos = list(results["servers"][servers[0]])
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    width = 0.8 / len(servers)
-    for index, name in enumerate(servers):
-        xs = [i + index * width for i in range(len(photos))]
-        runs = [results["servers"][name][photo] for photo in photos]
-        axes[0].bar(xs, [run["req_per_s"] for run in runs], width=width, color=f"C{index}", label=name)
-        axes[1].bar(xs, [run["cpu_ms_per_request"] for run in runs], width=width, color=f"C{index}", label=name)
-    for axis, label in ((axes[0], "req/s at 100 connections"), (axes[1], "server CPU ms per request")):
-        axis.set_xticks([i + width * (len(servers) - 1) / 2 for i in range(len(photos))], photos)
-        axis.set(ylabel=label)
+    for axis, key, label in (
+        (axes[0], "req_per_s", "req/s at 100 connections"),
+        (axes[1], "cpu_ms_per_request", "server CPU ms per request"),
+    ):
+        series = {name: [results["servers"][name][photo][key] for photo in photos] for name in servers}
+        grouped_bars(axis, photos, series, label)
     save_figure(figure, list(axes), f"What tracing costs, near-free model ({results['platform']})", path)
 
 

@@ -21,7 +21,6 @@ import shutil
 import tempfile
 import weakref
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +28,9 @@ import torch
 
 from torchrest.backends import torch_backend
 from torchrest.backends.formats import CompiledFor
-from torchrest.backends.inputs import FLOAT_NCHW, UINT8_NHWC, float_nchw, in_fixed_batches
+from torchrest.backends.inputs import FLOAT_NCHW, UINT8_NHWC, float_nchw
 from torchrest.backends.kind import BackendKind
-from torchrest.backends.torch_backend import with_threads
+from torchrest.backends.torch_backend import OnTorchDevice
 from torchrest.errors import ModelLoadError
 
 log = logging.getLogger("torchrest.backends")
@@ -46,7 +45,7 @@ _capsule.restype = ctypes.py_object
 _capsule.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
 
 
-class AOTIBackend:
+class AOTIBackend(OnTorchDevice):
     def __init__(
         self,
         path: Path,
@@ -84,35 +83,11 @@ class AOTIBackend:
             raise ModelLoadError(f"{path} takes {count.value} inputs; torchrest feeds a classifier one batch of images")
         self._lib.AOTInductorModelContainerGetNumOutputs(self._container, ctypes.byref(count))
         self._outputs = count.value
-        self.batch = batch  # 0: any batch size (a dynamic batch dimension)
-
-    def prepare_thread(self) -> None:
-        if self.on_cuda:
-            index = torch.device(self.device).index
-            torch.cuda.set_device(torch.cuda.current_device() if index is None else index)
-        else:
-            torch.set_num_threads(self.threads)  # the package's OpenMP loops read the calling thread's count
-
-    def input_buffer(self, max_batch_size: int, size: int) -> np.ndarray:
-        shape = (max_batch_size, size, size, 3)
-        if self.on_cuda:
-            return torch.empty(shape, dtype=torch.uint8).pin_memory().numpy()
-        return np.empty(shape, dtype=np.uint8)
-
-    def alone(self, threads: int) -> Callable[[np.ndarray], np.ndarray] | None:
-        """The package's OpenMP loops on `threads` threads for the call (CPU)."""
-        return None if self.on_cuda or threads <= self.threads else with_threads(self.run, threads, self.threads)
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        if self.batch:
-            return in_fixed_batches(self._run, batch, self.batch)
-        return self._run(batch)
+        self.batch = batch  # 0: any batch size (a dynamic batch dimension); else chunks of it
 
     @torch.inference_mode()
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        pixels = torch.from_numpy(batch)
-        if self.on_cuda:
-            pixels = pixels.to(self.device, non_blocking=True)
+        pixels = self._on_device(batch)
         if self.pixels == FLOAT_NCHW:
             pixels = float_nchw(pixels)
         (handle,) = torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors([pixels.contiguous()])

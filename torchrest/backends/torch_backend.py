@@ -40,7 +40,51 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-class TorchBackend:
+class OnTorchDevice:
+    """What the backends that run torch tensors on a device share (TorchBackend, AOTIBackend): the
+    inference thread's device or intra-op pool, a (page-locked, on CUDA) batch buffer, and a lone batch's
+    wider pool."""
+
+    device: str
+    threads: int
+    on_cuda: bool
+    batch: int = 0  # 0: any batch size; else the model takes exactly this many images
+    buckets: tuple[int, ...] = ()  # else: batches are padded up to one of these sizes
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        if self.batch:
+            return in_fixed_batches(self._run, batch, self.batch)
+        if self.buckets:
+            size = next((bucket for bucket in self.buckets if bucket >= len(batch)), self.buckets[-1])
+            return in_fixed_batches(self._run, batch, size)
+        return self._run(batch)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _on_device(self, batch: np.ndarray) -> torch.Tensor:
+        pixels = torch.from_numpy(batch)
+        return pixels.to(self.device, non_blocking=True) if self.on_cuda else pixels
+
+    def prepare_thread(self) -> None:
+        if self.on_cuda:
+            index = torch.device(self.device).index  # None for plain "cuda": the current GPU
+            torch.cuda.set_device(torch.cuda.current_device() if index is None else index)
+        else:
+            torch.set_num_threads(self.threads)  # torch's and a compiled package's OpenMP loops read it
+
+    def input_buffer(self, max_batch_size: int, size: int) -> np.ndarray:
+        shape = (max_batch_size, size, size, 3)
+        if self.on_cuda:
+            return torch.empty(shape, dtype=torch.uint8).pin_memory().numpy()
+        return np.empty(shape, dtype=np.uint8)
+
+    def alone(self, threads: int) -> Callable[[np.ndarray], np.ndarray] | None:
+        """`run` with this thread's intra-op pool widened to `threads` for the call (CPU)."""
+        return None if self.on_cuda or threads <= self.threads else with_threads(self.run, threads, self.threads)
+
+
+class TorchBackend(OnTorchDevice):
     def __init__(
         self,
         module: nn.Module,
@@ -55,8 +99,8 @@ class TorchBackend:
         buckets: tuple[int, ...] = (),
     ) -> None:
         self.name = name
-        self.batch = batch  # 0: any batch size; else the module takes exactly this many images
-        self.buckets = tuple(sorted(buckets))  # with compile_mode: batches are padded up to one of these
+        self.batch = batch
+        self.buckets = tuple(sorted(buckets))  # with compile_mode
         self.device = device
         self.threads = threads
         self.on_cuda = device.startswith("cuda")
@@ -72,37 +116,9 @@ class TorchBackend:
             module = torch.compile(module, mode=compile_mode, dynamic=False, fullgraph=True)  # type: ignore[assignment]
         self.module = module
 
-    def prepare_thread(self) -> None:
-        if self.on_cuda:
-            index = torch.device(self.device).index  # None for plain "cuda": the current GPU
-            torch.cuda.set_device(torch.cuda.current_device() if index is None else index)
-        else:
-            torch.set_num_threads(self.threads)
-
-    def input_buffer(self, max_batch_size: int, size: int) -> np.ndarray:
-        shape = (max_batch_size, size, size, 3)
-        if self.on_cuda:
-            return torch.empty(shape, dtype=torch.uint8).pin_memory().numpy()
-        return np.empty(shape, dtype=np.uint8)
-
-    def alone(self, threads: int) -> Callable[[np.ndarray], np.ndarray] | None:
-        """The same module with the intra-op pool widened to `threads` for the call (CPU)."""
-        return None if self.on_cuda or threads <= self.threads else with_threads(self.run, threads, self.threads)
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        if self.batch:
-            return in_fixed_batches(self._run, batch, self.batch)
-        if self.buckets:
-            size = next((bucket for bucket in self.buckets if bucket >= len(batch)), self.buckets[-1])
-            return in_fixed_batches(self._run, batch, size)
-        return self._run(batch)
-
     @torch.inference_mode()
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        pixels = torch.from_numpy(batch)
-        if self.on_cuda:
-            pixels = pixels.to(self.device, non_blocking=True)
-        logits = self.module(pixels)
+        logits = self.module(self._on_device(batch))
         return logits.float().cpu().numpy()
 
 
