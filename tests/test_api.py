@@ -12,7 +12,16 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import CAT_LABELS, PHOTOS, Server, metric_value, running_server
+from tests.conftest import (
+    CAT_LABELS,
+    PHOTOS,
+    TINY_LABELS,
+    Server,
+    Tiny,
+    metric_value,
+    running_server,
+    write_model_folder,
+)
 
 
 def classify(server: Server, image: bytes, **params: object) -> httpx.Response:
@@ -160,3 +169,29 @@ def test_default_model_is_converted_once_and_answers_as_torch_eager(server: Serv
                 assert mine["confidence"] == pytest.approx(theirs["confidence"], abs=1e-4), name
     with running_server(tmp_path) as again:  # a second start reads the cached file
         assert "the converted form from" in again.log()
+
+
+def test_a_lone_request_gets_every_core_and_the_metrics_say_so(tmp_path: Path) -> None:
+    """Two instances of one thread each: requests one at a time run on both threads (all_cores); a burst
+    runs side by side on each instance's own (own_threads)."""
+    write_model_folder(tmp_path / "repository", "tiny", Tiny(0.0), TINY_LABELS)
+    args = ("--model-repository", str(tmp_path / "repository"), "--instances", "2", "--threads", "2")
+    with running_server(tmp_path, *args, "--max-batch-size", "1") as served:
+        for _ in range(10):
+            assert classify(served, PHOTOS["cat"]).status_code == 200
+        lone = metric_value(served.metrics(), "torchrest_batches_total", model="tiny", cores="all_cores")
+        assert lone >= 10
+
+        async def burst() -> list[int]:
+            async with httpx.AsyncClient(base_url=served.url, timeout=60) as client:
+                replies = await asyncio.gather(
+                    *(
+                        client.post("/classify", content=PHOTOS["cat"], headers={"content-type": "image/jpeg"})
+                        for _ in range(40)
+                    )
+                )
+            return [reply.status_code for reply in replies]
+
+        assert asyncio.run(burst()) == [200] * 40
+        shared = metric_value(served.metrics(), "torchrest_batches_total", model="tiny", cores="own_threads")
+        assert shared > 0

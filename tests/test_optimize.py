@@ -95,6 +95,10 @@ def test_served_layouts_are_measured_and_the_best_written_to_config(int8_reposit
     assert len(chosen) == 1 and chosen[0]["candidate"] == "openvino-int8"
     assert config["layout"] == {key: chosen[0][key] for key in ("instances", "threads", "max_batch_size")}
     assert config["objective"] == "throughput" and config["best_batch_size"] == chosen[0]["max_batch_size"]
+    # both ends: batch-1 on every core, and the served layout's lone request and img/s
+    assert config["measured"]["lone_request_p50_ms"] == pytest.approx(chosen[0]["p50_ms"], abs=0.01)
+    assert config["measured"]["throughput"] == pytest.approx(chosen[0]["throughput"], abs=0.1)
+    assert config["measured"]["batch1_ms_all_cores"] > 0
     assert "Served layouts" in (folder / "report.md").read_text()
 
 
