@@ -32,8 +32,10 @@ TORCHSCRIPT_DEPRECATION = "`torch.jit."
 os.environ["PYTHONWARNINGS"] = ",".join(
     filter(None, [os.environ.get("PYTHONWARNINGS"), f"error:{TORCHSCRIPT_DEPRECATION}:DeprecationWarning"])
 )
-# the default model's converted form (torchrest.models.converted): made once per run, read by later starts
+# the default model's converted form (torchrest.models.converted): made once per run, read by later starts;
+# the user's own cache (~/.cache/torchrest) is kept out of it, so that a run starts as a fresh machine does
 os.environ["TORCHREST_CACHE_DIR"] = tempfile.mkdtemp(prefix="torchrest-test-cache-")
+os.environ["XDG_CACHE_HOME"] = os.environ["TORCHREST_CACHE_DIR"]
 
 with warnings.catch_warnings():  # torch's own: torch.utils.mkldnn declares TorchScript methods when imported
     warnings.simplefilter("ignore", DeprecationWarning)  # (by Inductor, which the AOTInductor tests compile with)
