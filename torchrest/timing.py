@@ -55,8 +55,8 @@ class StageTimes:
         self.inference_s = max(self.inference_s, ran_s - decoded_s)
         self.ran_s = max(self.ran_s, ran_s)
         if self.marks is not None:
-            self.marks += [("queue wait", enqueued_s, started_s), ("decode", started_s, decoded_s)]
-            self.marks.append(("inference", decoded_s, ran_s))
+            stages = (("queue wait", enqueued_s, started_s), ("decode", started_s, decoded_s))
+            self.marks += (*stages, ("inference", decoded_s, ran_s))
 
     def mark(self, stage: str, start_s: float, end_s: float) -> None:
         if self.marks is not None:

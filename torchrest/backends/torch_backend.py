@@ -154,8 +154,7 @@ def open_torch(path: Path, *, device: str, threads: int, options: dict[str, str]
     if file_format(path) == TORCHSCRIPT:
         module, batch = load_torchscript(path), 0  # optimize's legacy artifacts took uint8 NHWC themselves
     else:
-        program, pixels, batch, _ = load_exported(path)
-        module = Uint8Classifier(program) if pixels == FLOAT_NCHW else program  # a user's network: the stem first
+        module, batch, _ = load_exported(path)
     return TorchBackend(
         module,
         device=device,
@@ -169,9 +168,10 @@ def open_torch(path: Path, *, device: str, threads: int, options: dict[str, str]
     )
 
 
-def load_exported(path: Path) -> tuple[nn.Module, str, int, int]:
-    """A torch.export program as a module, what its input is (UINT8_NHWC: torchrest's stem is inside;
-    FLOAT_NCHW: a user's network), its batch size and its image side (each 0 when dynamic)."""
+def load_exported(path: Path) -> tuple[nn.Module, int, int]:
+    """A torch.export program as a module that takes uint8 NHWC (a user's network, taking float NCHW, gets
+    torchrest's stem in front of it; a program with the stem inside is taken as it is), its batch size and
+    its image side (each 0 when dynamic)."""
     if file_format(path) != EXPORTED:
         raise ModelLoadError(f"{path} is not a torch.export program")
     try:
@@ -190,7 +190,8 @@ def load_exported(path: Path) -> tuple[nn.Module, str, int, int]:
     batch = 0 if isinstance(shape[0], torch.SymInt) else int(shape[0])
     height = shape[1] if pixels == UINT8_NHWC else shape[2]
     side = 0 if isinstance(height, torch.SymInt) else int(height)
-    return program.module(), pixels, batch, side
+    module = program.module()
+    return (Uint8Classifier(module) if pixels == FLOAT_NCHW else module), batch, side
 
 
 def load_torchscript(path: Path) -> nn.Module:

@@ -334,7 +334,7 @@ class ModelRuntime(Admits):
         size = len(batch)
         if not size:
             return
-        lent = self._claim_cores(alone is not None)
+        lent = self._claim_cores() if alone is not None else False  # without a wider path, nothing to share
         try:
             logits = alone(buffer[:size]) if lent and alone is not None else backend.run(buffer[:size])
             ran = time.monotonic()
@@ -351,7 +351,8 @@ class ModelRuntime(Admits):
             self.loop.call_soon_threadsafe(_fail, batch, error)
             return
         finally:
-            self._release_cores(lent)
+            if alone is not None:
+                self._release_cores(lent)
         (self._on_all_cores if lent or len(self.instances) == 1 else self._on_own_threads).inc()
         finished = time.monotonic()
         # the time this batch held the instance, from when it could start: the previous answer (busy) or
@@ -383,13 +384,13 @@ class ModelRuntime(Admits):
             if links:
                 tracing.batch(self.name, self.model.version, len(batch), links, start_s, end_s, error)
 
-    def _claim_cores(self, can_lend: bool) -> bool:
+    def _claim_cores(self) -> bool:
         """Before a batch enters the model: wait while a lone batch has every core; then take every core
         when this batch is alone (no other in the model, none queued). True when it has them."""
         with self._cores:
             while self._lent:
                 self._cores.wait()
-            self._lent = can_lend and self._running == 0 and not len(self.queue)
+            self._lent = self._running == 0 and not len(self.queue)
             self._running += 1
             return self._lent
 

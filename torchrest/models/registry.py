@@ -22,7 +22,7 @@ from torch import nn
 from torchrest.backends import Backend, open_backend
 from torchrest.backends.aoti_backend import KIND as AOTI_KIND
 from torchrest.backends.formats import AOTI, EXPORTED, TORCHSCRIPT, TORCHSCRIPT_DEPRECATED, file_format
-from torchrest.backends.inputs import FLOAT_NCHW, UINT8_NHWC, Uint8Classifier
+from torchrest.backends.inputs import FLOAT_NCHW, Uint8Classifier
 from torchrest.backends.ort_backend import KIND as ONNXRUNTIME_KIND
 from torchrest.backends.torch_backend import eval_mode, load_exported, load_torchscript
 from torchrest.config import InputSpec, ModelSource
@@ -68,10 +68,9 @@ def _load_file(path: Path, labels: list[str], spec: InputSpec) -> LoadedModel:
     module: nn.Module | None = None
     opener = None
     if form == EXPORTED:
-        program, pixels, batch, side = load_exported(path)
+        module, batch, side = load_exported(path)
         if side and side != spec.crop_size:
             raise ModelLoadError(f"{path} takes {side}x{side} images: serve it with --input-size {side}")
-        module = program if pixels == UINT8_NHWC else Uint8Classifier(program)
         if batch:
             metadata["batch"] = batch  # exported without a dynamic batch dimension: run in chunks of it
     elif form == TORCHSCRIPT:
