@@ -30,10 +30,10 @@ from ceiling import near_free_model
 from harness import ROOT, cpu_seconds_by_process, log, platform_name, write_results
 
 from torchrest.config import ServerConfig
+from torchrest.engine.build import build_manager, configure_torch
 from torchrest.engine.service import run_engine
 from torchrest.frontend.remote import RemoteModels
 from torchrest.metrics import Metrics
-from torchrest.server import configure_torch, model_manager
 from torchrest.slots import SlotFile, slot_bytes_for
 
 
@@ -55,7 +55,7 @@ async def drive(infer: Any, images: int, in_flight: int) -> float:
 
 def in_process(config: ServerConfig, images: int, in_flight: int) -> dict[str, float]:
     async def run() -> tuple[float, float, float]:
-        models = model_manager(config, Metrics(), "cpu")
+        models = build_manager(config, Metrics(), "cpu")
         name = next(iter(models.entries))
         await models.load(name)
         runtime = models.runtime(name)
@@ -84,7 +84,7 @@ def across_processes(config: ServerConfig, images: int, in_flight: int) -> dict[
 
     async def run() -> tuple[float, float, float, float]:
         models = RemoteModels(folder / "engine.sock", 0, slots, config.max_image_pixels, Metrics())
-        await models.connect()
+        await models.open(lambda: None)
         while models.not_ready_reason() is not None:
             await asyncio.sleep(0.05)
         runtime = models.runtime(None)
@@ -95,7 +95,7 @@ def across_processes(config: ServerConfig, images: int, in_flight: int) -> dict[
         # this process's figure takes in its children: the engine is one of them
         here_s = sum(cpu_seconds_by_process(os.getpid()).values()) - sum(here.values()) - there_s
         batch = await images_per_batch(models)
-        await models.stop()
+        await models.close()
         return seconds, here_s, there_s, batch
 
     try:

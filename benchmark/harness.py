@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from torchrest.config import ServerConfig  # noqa: E402
+from torchrest.engine.build import configure_torch  # noqa: E402
 from torchrest.models.registry import load_model  # noqa: E402
 from torchrest.models.repository import load_from_repository  # noqa: E402
 from torchrest.preprocess import decode_image  # noqa: E402
-from torchrest.server import configure_torch  # noqa: E402
 
 WRK_DIR = ROOT / "benchmark" / "wrk"
 READY_TIMEOUT_S = 300

@@ -27,6 +27,8 @@ from tests.conftest import (
     write_repository,
 )
 from tests.test_grpc import clients
+from tests.test_priority import thread_nice_values
+from torchrest.config import InputSpec
 
 pytestmark = pytest.mark.slow
 SHM = Path("/dev/shm")
@@ -125,6 +127,62 @@ def test_pixels_and_tensors_cross_as_images_do(workers: tuple[Server, int]) -> N
         request.set_data_from_numpy(batch)
         result = client.infer("lite0", [request], outputs=[http_client.InferRequestedOutput("labels")])
         assert result.as_numpy("labels")[0][0].decode() == "Egyptian cat", name
+
+
+def test_front_ends_run_at_the_engines_priority(workers: tuple[Server, int]) -> None:
+    """--event-loop-nice lowers the one-process server's loop only: a front-end's loop is also its decoder and
+    the engine's feeder, and runs apart from the model's threads (torchrest/frontend/process.py)."""
+    served, _ = workers
+    assert fresh(served, "POST", "/classify", files={"image": PHOTOS["cat"]}).status_code == 200
+    for name, pid in children(served.process.pid).items():
+        assert set(thread_nice_values(pid).values()) == {0}, name
+
+
+def test_a_front_end_decodes_small_uploads_on_its_loop_and_large_ones_on_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where a front-end decodes, as torchrest/frontend/process.py says: on the event loop's thread up to
+    DECODE_OFF_LOOP_BYTES, on another thread beyond."""
+    import asyncio
+    import io
+    import threading
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from torchrest.frontend import remote
+    from torchrest.messages import EntryInfo, ModelInfo
+    from torchrest.metrics import Metrics
+    from torchrest.served import RuntimeInfo
+
+    info = ModelInfo("m", "1", ["a"], InputSpec(224, 256), True, {}, {})
+    link = SimpleNamespace(slots=None, metrics=Metrics(), max_image_pixels=10**8)
+    runtime = remote.RemoteRuntime(link, EntryInfo("m", info, "READY", "", None), RuntimeInfo("b", "cpu", 8, 1, 1))  # type: ignore[arg-type]
+    noisy = np.random.default_rng(0).integers(0, 255, (1200, 1600, 3), np.uint8)
+    large = io.BytesIO()
+    Image.fromarray(noisy).save(large, format="JPEG", quality=95)
+    assert len(PHOTOS["cat"]) <= remote.DECODE_OFF_LOOP_BYTES < len(large.getvalue())
+    threads: list[int] = []
+    decode_into = remote.decode_into
+
+    def recorded(*args: object) -> None:
+        threads.append(threading.get_ident())
+        decode_into(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(remote, "decode_into", recorded)
+
+    async def decode(data: bytes) -> np.ndarray:
+        pixels, _ = await runtime._pixels_in(data, -1)
+        assert pixels is not None
+        return pixels
+
+    async def both() -> int:
+        await decode(PHOTOS["cat"])
+        await decode(large.getvalue())
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(both())
+    assert threads[0] == loop_thread and threads[1] != loop_thread
 
 
 def test_metrics_sum_every_process(workers: tuple[Server, int]) -> None:

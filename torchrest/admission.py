@@ -2,7 +2,7 @@
 any work is done. The engine's runtime admits for real; a front-end process refuses early what the
 engine's queue, as its last Pulse showed it, cannot take in time.
 
-    handler -> with runtime.admitted(deadline) as places: ... places.add(n) ... -> released however it ends
+    handler -> with admitted(runtime, deadline) as places: ... places.add(n) ... -> released however it ends
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from typing import Protocol
 
 from torchrest.errors import QueueFull
 
@@ -66,35 +67,34 @@ class Admission:
         self.seconds_per_image = per_image if previous == 0 else previous + self.SMOOTHING * (per_image - previous)
 
 
-class Admits:
-    """`admitted()` over a runtime's `admit` and `release`: the model's runtime here, or the engine's seen
-    from a front-end process (torchrest.frontend.remote)."""
+class Bounded(Protocol):
+    """What takes places in an admission bound: a model's runtime in the engine, or the engine's runtime as a
+    front-end process sees it (torchrest.frontend.remote)."""
 
-    def admit(self, count: int = 1, deadline_s: float | None = None) -> None:
-        raise NotImplementedError
+    def admit(self, count: int = 1, deadline_s: float | None = None) -> None: ...
 
-    def release(self, count: int = 1) -> None:
-        raise NotImplementedError
-
-    @contextlib.contextmanager
-    def admitted(self, deadline_s: float | None = None, count: int = 1) -> Iterator[Admitted]:
-        """`with runtime.admitted(deadline) as places:` takes places (QueueFull, 503, when there are none or
-        the queue would keep them past the deadline) and gives them back however the request ends;
-        `places.add(n)` takes more once the request says how many."""
-        self.admit(count, deadline_s)
-        places = Admitted(self, count, deadline_s)
-        try:
-            yield places
-        finally:
-            self.release(places.count)
+    def release(self, count: int = 1) -> None: ...
 
 
-class Admitted:
+@contextlib.contextmanager
+def admitted(runtime: Bounded, deadline_s: float | None = None, count: int = 1) -> Iterator[Places]:
+    """`with admitted(runtime, deadline) as places:` takes places (QueueFull, 503, when there are none or the
+    queue would keep them past the deadline) and gives them back however the request ends;
+    `places.add(n)` takes more once the request says how many."""
+    runtime.admit(count, deadline_s)
+    places = Places(runtime, count, deadline_s)
+    try:
+        yield places
+    finally:
+        runtime.release(places.count)
+
+
+class Places:
     """The places one request holds in a model's admission bound."""
 
     __slots__ = ("runtime", "count", "deadline_s")
 
-    def __init__(self, runtime: Admits, count: int, deadline_s: float | None) -> None:
+    def __init__(self, runtime: Bounded, count: int, deadline_s: float | None) -> None:
         self.runtime = runtime
         self.count = count
         self.deadline_s = deadline_s

@@ -10,12 +10,9 @@ writes the best into the model folder's config.json; `serve` uses it, scaled to 
     batch cap  = the layout's, unless --tune-batch re-times it at start-up
 
 Every model of a repository is laid out on the whole budget, and busy models overlap on the cores: one
-model's instances leave gaps (decode, hand-offs, the serial parts of a network) that the other's fill.
-benchmark/sharing.py measures it: the two models' shares of their lone throughput sum to more than one.
-(Strict turns, each batch leasing its threads from a shared budget, were built and measured too: they
-lost that overlap, 1.05 against 1.41 with one 2-thread instance per model; results/2026-11-27/
-sharing-budget-*.md.)
-Flags the operator sets (--instances, --max-batch-size) win over config.json.
+model's instances leave gaps (decode, hand-offs, the serial parts of a network) that the other's fill
+(benchmark/sharing.py; docs/optimize.md says what else was tried). Flags the operator sets (--instances,
+--max-batch-size) win over config.json.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple, cast
 
 from torchrest.config import InputSpec
 from torchrest.errors import TorchrestError, all_errors
+from torchrest.served import RuntimeInfo
 
 LENGTH = struct.Struct("<I")
 MAX_MESSAGE_BYTES = 1 << 30  # a v2 request may carry float tensors inline; anything larger is a broken peer
@@ -66,7 +67,7 @@ class Observe(NamedTuple):
 
 class Call(NamedTuple):
     call: int
-    method: str  # a method of torchrest.engine.service.EngineCalls
+    method: str  # one of torchrest.engine.service.CALLS
     args: tuple[Any, ...]
 
 
@@ -129,17 +130,6 @@ class ModelInfo:
 
     def describe(self) -> dict[str, object]:
         return self.description
-
-
-@dataclass(frozen=True, slots=True)
-class RuntimeInfo:
-    """How a model is served now: the same fields whether it runs in this process or in the engine."""
-
-    backend: str
-    device: str
-    max_batch_size: int
-    instances: int
-    threads: int
 
 
 @dataclass(frozen=True, slots=True)

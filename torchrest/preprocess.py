@@ -8,7 +8,8 @@ The runtime hands each image to `Preprocessor.start` as it is queued (decode ahe
 thread per core, decodes while the model runs a batch; the codecs and the resize release the GIL), and
 its inference thread calls `Preprocessor.fill` when the batch runs, which copies each decoded row into
 the batch buffer (or, with --no-decode-ahead or for a lone image on an idle instance, decodes it there).
-Decoding never runs on the event loop.
+In one process decoding never runs on the event loop; a front-end process decodes into its slots itself
+(`decode_into`: torchrest.frontend.process says where).
 
 `reference_pixels` is the textbook pre-processing (Pillow: orientation, RGB, resize 256 with
 antialiasing, centre crop 224) that the fast path is held to (tests/test_fidelity.py, benchmark/ceiling.py).

@@ -14,10 +14,7 @@ loop's own thread lowered. Raising a nice value needs no privilege; lowering it 
 Priority is half of it: an eager PyTorch model releases the GIL inside each op and takes it back after,
 hundreds of times per forward, and a thread that wants the GIL back from a busy event loop waits up
 to the interpreter's switch interval (5 ms by default) each time. At 0.5 ms the model's thread gets it
-back ten times sooner. Measured on 2 cores (benchmark/overload.py, 1000 connections, EfficientNet-Lite0):
-goodput under overload 12-14% of capacity as it was, 19-24% with the event loop at nice +10, about 50%
-with the shorter switch interval too, and the 8-connection capacity and the near-free model's
-throughput no lower for it.
+back ten times sooner. What each step measured: docs/benchmarks.md (benchmark/overload.py).
 """
 
 from __future__ import annotations

@@ -36,8 +36,8 @@ from prometheus_client import multiprocess
 
 from torchrest.config import ServerConfig
 from torchrest.engine.service import run_engine
+from torchrest.frontend.listeners import bind, tls_options
 from torchrest.frontend.process import run_frontend
-from torchrest.server import bind, tls_options
 from torchrest.slots import remove_left
 
 log = logging.getLogger("torchrest.supervisor")
@@ -109,11 +109,8 @@ class Supervisor:
 
     def _start_frontend(self, index: int) -> BaseProcess:
         self.started_s[index] = time.monotonic()
-        return self._start(
-            run_frontend,
-            f"torchrest-frontend-{index}",
-            *(self.config, index, self.socket_path, os.getpid(), self.metrics_dir),
-        )
+        arguments = (self.config, index, self.socket_path, os.getpid(), self.metrics_dir)
+        return self._start(run_frontend, f"torchrest-frontend-{index}", *arguments)
 
     def _replace(self, index: int, process: BaseProcess) -> bool:
         """Start front-end `index` again; False when it keeps dying as it starts (the server should end)."""
@@ -123,7 +120,10 @@ class Supervisor:
         if self.quick_deaths[index] >= QUICK_DEATHS:
             log.error(
                 "front-end %d died %d times in a row within %.0f s of starting (last status %s); stopping",
-                *(index, QUICK_DEATHS, QUICK_DEATH_S, process.exitcode),
+                index,
+                QUICK_DEATHS,
+                QUICK_DEATH_S,
+                process.exitcode,
             )
             return False
         log.error(

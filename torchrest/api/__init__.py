@@ -1,12 +1,12 @@
 """HTTP surface: the ASGI app and its routes. One module per concern: `http` (primitives), `forms`
-(body -> image bytes), `classify` (POST /classify), `health` (/health, /metrics, /), `openapi` (/openapi.json), and
-`protocol` (uvicorn's HTTP protocol with a header deadline), `v2` (the Open Inference Protocol),
-`tensors` (its JSON and binary tensor encodings), `guards` (API key and admin token checks, declared
-on the routes) and `cors` (browser origins)."""
+(body -> image bytes), `classify` (POST /classify), `health` (/health, /metrics, /), `openapi` (/openapi.json),
+`page` (the web page: /, /web/*, with its files in static/), `protocol` (uvicorn's HTTP protocol with a header
+deadline), `v2` (the Open Inference Protocol), `tensors` (its JSON and binary tensor encodings), `guards` (API
+key and admin token checks, declared on the routes) and `cors` (browser origins)."""
 
 from __future__ import annotations
 
-from torchrest import web
+from torchrest.api import page
 from torchrest.api.app import App, AppState, Handler
 from torchrest.api.classify import classify
 from torchrest.api.guards import inference
@@ -22,10 +22,10 @@ def route_table() -> tuple[dict[str, dict[str, Handler]], dict[str, dict[str, Ha
         "/classify": {"POST": inference(classify)},
         "/health": {"GET": health},
         "/metrics": {"GET": metrics},
-        "/": {"GET": web.front_door},
-        "/web/app.js": {"GET": web.script},
-        "/web/style.css": {"GET": web.style},
-        "/web/stats": {"GET": web.stats},
+        "/": {"GET": page.front_door},
+        "/web/app.js": {"GET": page.script},
+        "/web/style.css": {"GET": page.style},
+        "/web/stats": {"GET": page.stats},
         "/openapi.json": {"GET": openapi},
     }
     return routes, templates()

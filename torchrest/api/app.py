@@ -7,7 +7,6 @@ Handlers raise `TorchrestError` subclasses; this module is the only place that t
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -28,10 +27,10 @@ from torchrest.api.http import (
     send_response,
 )
 from torchrest.config import ServerConfig
-from torchrest.engine.manager import ModelManager
 from torchrest.errors import MethodNotAllowed, ModelError, NotFound, TorchrestError
 from torchrest.logs import access
 from torchrest.metrics import Metrics
+from torchrest.served import ServedModels
 from torchrest.tracing import current as current_tracing
 
 log = logging.getLogger("torchrest.api")
@@ -43,20 +42,18 @@ CLIENT_CLOSED = 499  # nginx's status for "client closed request", used in metri
 
 @dataclass(slots=True)
 class AppState:
-    """What the handlers share; `server.py` fills it."""
+    """What the handlers share; torchrest.frontend.listeners fills it."""
 
     config: ServerConfig
     metrics: Metrics
-    models: ModelManager
+    models: ServedModels
     access: AccessControl = field(default_factory=AccessControl)
-    load_error: str | None = None
     startup: Hook | None = None
     shutdown: Hook | None = None
-    loading: asyncio.Task[None] | None = None  # the start-up load, held so that it is not collected
 
     def not_ready_reason(self) -> str | None:
         """Why the server is not ready (/health, /v2/health/ready), or None when it is."""
-        return self.load_error or self.models.not_ready_reason()
+        return self.models.not_ready_reason()
 
 
 class App:

@@ -15,16 +15,15 @@ import numpy as np
 
 from torchrest.api.tensors import InferRequest, Output
 from torchrest.backends import BACKENDS
-from torchrest.engine.manager import ModelEntry
-from torchrest.engine.runtime import ModelRuntime
 from torchrest.errors import BadRequest
 from torchrest.postprocess import label, top_indices
+from torchrest.served import ServedEntry, ServedRuntime
 from torchrest.timing import StageTimes
 
 DEFAULT_OUTPUTS = ("labels", "scores")
 
 
-def metadata(entry: ModelEntry) -> dict[str, Any]:
+def metadata(entry: ServedEntry) -> dict[str, Any]:
     """Model metadata: inputs and outputs with name, datatype and shape (-1: any size)."""
     model = entry.model
     side = model.input_spec.crop_size
@@ -45,12 +44,12 @@ def metadata(entry: ModelEntry) -> dict[str, Any]:
     }
 
 
-def platform(entry: ModelEntry) -> str:
+def platform(entry: ServedEntry) -> str:
     backend = str(entry.model.metadata.get("backend", "torch"))
     return BACKENDS[backend].platform if backend in BACKENDS else backend
 
 
-def images_of(parsed: InferRequest, runtime: ModelRuntime) -> list[bytes | np.ndarray]:
+def images_of(parsed: InferRequest, runtime: ServedRuntime) -> list[bytes | np.ndarray]:
     """The request's one input -> one item per image: encoded bytes, or a pixel/tensor array."""
     if len(parsed.inputs) != 1:
         raise BadRequest(f"send exactly one input (image, pixels or tensor), got {len(parsed.inputs)}")
@@ -82,7 +81,7 @@ def images_of(parsed: InferRequest, runtime: ModelRuntime) -> list[bytes | np.nd
 
 
 async def rows_of(
-    runtime: ModelRuntime,
+    runtime: ServedRuntime,
     images: list[bytes | np.ndarray],
     deadline_s: float,
     request_id: str,

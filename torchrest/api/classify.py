@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+from torchrest.admission import admitted
 from torchrest.api.app import AppState
 from torchrest.api.forms import read_image
 from torchrest.api.http import Request, Response, json_response
@@ -28,11 +29,11 @@ async def classify(request: Request, state: AppState) -> Response:
     config = state.config
     deadline = deadline_s(request, config.timeout_ms)
     times = request.times
-    with runtime.admitted(deadline):
-        admitted = time.monotonic()
-        times.mark("admission", request.started_s, admitted)
+    with admitted(runtime, deadline):
+        admitted_s = time.monotonic()
+        times.mark("admission", request.started_s, admitted_s)
         data = await in_time(read_image(request, config.max_body_bytes), config.read_timeout)
-        times.mark("body read", admitted, time.monotonic())
+        times.mark("body read", admitted_s, time.monotonic())
         answer = runtime.infer(data, deadline, request.request_id, times)
         answered = await until_disconnect(answer, request)
     predictions = top_k(answered, k, runtime.model.labels)

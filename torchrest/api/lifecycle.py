@@ -1,11 +1,11 @@
 """A request's life on the HTTP side, shared by every endpoint that runs a model (/classify, /v2 infer):
 
     deadline (server's --timeout-ms, or a shorter X-Request-Timeout-Ms)
-    -> with runtime.admitted(deadline): 503 when the bound is full or the queue would outlast the deadline
+    -> with admitted(runtime, deadline): 503 when the bound is full or the queue would outlast the deadline
     -> body read in time (408) -> the runtime's answer, unless the client leaves first (its queued jobs
     are then cancelled before the model sees them)
 
-Admission itself is the runtime's (`ModelRuntime.admitted`), so a gRPC front-end shares it too.
+Admission itself is the runtime's (torchrest.admission), so the gRPC front-end shares it too.
 """
 
 from __future__ import annotations

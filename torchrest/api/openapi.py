@@ -12,8 +12,8 @@ from torchrest import __version__
 from torchrest.api.classify import MAX_TOP_K
 from torchrest.api.http import Request, Response
 from torchrest.errors import all_errors
-from torchrest.models.naming import MODEL_NAME
-from torchrest.models.naming import VERSION as VERSION_RE
+from torchrest.served import MODEL_NAME
+from torchrest.served import VERSION as VERSION_RE
 
 JSON = "application/json"
 Schema = dict[str, Any]

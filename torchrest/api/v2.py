@@ -26,15 +26,15 @@ from typing import Any
 import numpy as np
 
 from torchrest import __version__
+from torchrest.admission import admitted
 from torchrest.api.app import AppState, Handler
 from torchrest.api.classifier_io import images_of, metadata, output_tensors, platform, rows_of
 from torchrest.api.guards import admin, inference
 from torchrest.api.http import Request, Response, json_response
 from torchrest.api.lifecycle import deadline_s, in_time, until_disconnect
 from torchrest.api.tensors import HEADER_LENGTH, encode_response, json_object, parse_request
-from torchrest.engine.manager import ModelEntry
 from torchrest.errors import BadRequest, NotReady
-from torchrest.models.naming import ModelState
+from torchrest.served import ModelState, ServedEntry
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
 PARSE_OFF_LOOP_BYTES = 256 * 1024  # a JSON header this large is parsed on a worker thread
@@ -55,7 +55,7 @@ async def ready(request: Request, state: AppState) -> Response:
     return json_response(200, {"ready": True})
 
 
-def _entry(request: Request, state: AppState) -> ModelEntry:
+def _entry(request: Request, state: AppState) -> ServedEntry:
     return state.models.entry(request.params["name"], request.params.get("version"))
 
 
@@ -118,16 +118,16 @@ async def infer(request: Request, state: AppState) -> Response:
     config = state.config
     deadline = deadline_s(request, config.timeout_ms)
     times = request.times
-    with runtime.admitted(deadline) as places:  # one place first: a full queue is refused before the body is read
-        admitted = time.monotonic()
-        times.mark("admission", request.started_s, admitted)
+    with admitted(runtime, deadline) as places:  # one place first: a full queue is refused before the body is read
+        admitted_s = time.monotonic()
+        times.mark("admission", request.started_s, admitted_s)
         body = await in_time(request.body(config.max_body_bytes), config.read_timeout)
         header_length = request.headers.get(HEADER_LENGTH)
         if len(body) > PARSE_OFF_LOOP_BYTES and header_length is None:
             parsed = await asyncio.to_thread(parse_request, body, header_length)
         else:
             parsed = parse_request(body, header_length)
-        times.mark("body read", admitted, time.monotonic())
+        times.mark("body read", admitted_s, time.monotonic())
         images = images_of(parsed, runtime)
         places.add(len(images) - 1)
         rows = await until_disconnect(rows_of(runtime, images, deadline, request.request_id, times), request)

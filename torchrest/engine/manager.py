@@ -24,18 +24,9 @@ from pathlib import Path
 from torchrest.engine.runtime import ModelRuntime
 from torchrest.errors import LoadFailed, ModelLoadError, StartupError
 from torchrest.models.common import LoadedModel
-from torchrest.models.naming import (
-    LOADING,
-    READY,
-    UNAVAILABLE,
-    UNLOADING,
-    ModelState,
-    check_model_name,
-    look_up,
-    serving_runtime,
-)
 from torchrest.models.repository import ModelRepository, load_model_folder
 from torchrest.priority import started_pool
+from torchrest.served import LOADING, READY, UNAVAILABLE, UNLOADING, ModelState, check_model_name, look_up, serving
 
 log = logging.getLogger("torchrest.models")
 
@@ -75,6 +66,8 @@ class ModelManager:
         self.drain_timeout_s = drain_timeout_s
         self.served_name = served_name
         self._locks: dict[str, asyncio.Lock] = {}
+        self.load_error: str | None = None  # why the start-up load failed (the server then ends)
+        self._loading: asyncio.Task[None] | None = None
         # loads run here: the threads a runtime starts keep this thread's priority (torchrest.priority)
         self._loader = started_pool(1, "load")
 
@@ -118,10 +111,13 @@ class ModelManager:
 
     def runtime(self, name: str | None, version: str | None = None) -> ModelRuntime:
         """The runtime that serves a request for `name`; 503 while it is not ready."""
-        return serving_runtime(self.entry(name, version))
+        entry = self.entry(name, version)
+        return serving(entry, entry.runtime)
 
     def not_ready_reason(self) -> str | None:
         """None when every model meant to serve does and all its instances run (for /health)."""
+        if self.load_error is not None:
+            return self.load_error
         for entry in self.entries.values():
             if entry.state == LOADING and entry.runtime is None:
                 return f"model {entry.name} is loading"
@@ -153,6 +149,37 @@ class ModelManager:
         ]
 
     # -- life cycle -----------------------------------------------------------------------------------
+    async def load_all(self, after_each: Callable[[], None] = lambda: None) -> bool:
+        """Load every model (start-up), calling `after_each` after each; the first failure stops it and is
+        kept in `load_error`. True when every model loaded."""
+        for name in list(self.entries):
+            try:
+                entry = await self.load(name)
+            except LoadFailed as exc:
+                self.load_error = exc.message
+                after_each()
+                return False
+            if not entry.model.pretrained:
+                log.warning("model %s has RANDOM WEIGHTS: benchmark only", entry.model.name)
+            after_each()
+        return True
+
+    async def open(self, failed: Callable[[], None]) -> None:
+        """One process: load every model once the ports are open (/health says 503 meanwhile); a failure
+        ends the server."""
+
+        async def load() -> None:
+            if not await self.load_all():
+                failed()
+
+        self._loading = asyncio.create_task(load())
+
+    async def close(self) -> None:
+        await self.stop()
+
+    def exit_status(self) -> int:
+        return 1 if self.load_error else 0
+
     async def load(self, name: str) -> ModelEntry:
         """Load (or reload) `name`, swap it in, drain what served before. Raises LoadFailed, NotFound."""
         check_model_name(name)

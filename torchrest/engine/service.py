@@ -25,9 +25,11 @@ import uvloop
 
 from torchrest import tracing
 from torchrest.config import ServerConfig
+from torchrest.engine.build import build_manager, configure_process
 from torchrest.engine.manager import ModelEntry, ModelManager
 from torchrest.engine.runtime import ModelRuntime
-from torchrest.errors import LoadFailed, TorchrestError
+from torchrest.engine.stats import write_queue_gauges
+from torchrest.errors import TorchrestError
 from torchrest.messages import (
     Answered,
     Call,
@@ -47,9 +49,7 @@ from torchrest.messages import (
 from torchrest.metrics import Metrics
 from torchrest.models.common import LoadedModel
 from torchrest.postprocess import Answer
-from torchrest.priority import hand_off_gil_quickly
 from torchrest.processes import child_process_setup
-from torchrest.server import configure_torch, model_manager
 from torchrest.slots import SlotFile
 from torchrest.timing import StageTimes
 
@@ -65,7 +65,6 @@ class Engine:
         self.models = models
         self.metrics = metrics
         self.links: set[FrontEndLink] = set()
-        self.load_error: str | None = None
         self._generation = 0
         self._published: Any = None
         self._infos: dict[int, ModelInfo] = {}
@@ -79,33 +78,18 @@ class Engine:
         loop.add_signal_handler(signal.SIGTERM, stopping.set)
         server = await loop.create_unix_server(lambda: FrontEndLink(self), str(socket_path))
         pulses = asyncio.create_task(self._pulse(stopping))
-        loading = asyncio.create_task(self._load_all())
+        loading = asyncio.create_task(self.models.load_all(after_each=self.publish))
         await asyncio.wait({loading, asyncio.create_task(stopping.wait())}, return_when=asyncio.FIRST_COMPLETED)
-        if self.load_error is None:
+        if self.models.load_error is None:
             await stopping.wait()
         server.close()
         pulses.cancel()
         for link in list(self.links):
             link.abort("the engine is stopping")
         await self.models.stop()
-        return 1 if self.load_error else 0
-
-    async def _load_all(self) -> None:
-        for name in list(self.models.entries):
-            try:
-                entry = await self.models.load(name)
-            except LoadFailed as exc:
-                self.load_error = exc.message
-                self.publish()
-                return
-            if not entry.model.pretrained:
-                log.warning("model %s has RANDOM WEIGHTS: benchmark only", entry.model.name)
-            self.publish()
+        return self.models.exit_status()
 
     # -- what the front-ends are told ----------------------------------------------------------------
-    def not_ready_reason(self) -> str | None:
-        return self.load_error or self.models.not_ready_reason()
-
     def snapshot(self) -> Snapshot:
         entries = [
             EntryInfo(
@@ -118,11 +102,15 @@ class Engine:
             )
             for e in self.models.entries.values()
         ]
-        return Snapshot(self.models.default, entries, self.not_ready_reason(), self._generation)
+        return Snapshot(self.models.default, entries, self.models.not_ready_reason(), self._generation)
 
     def publish(self) -> None:
         """Send a Snapshot to every front-end if anything in it changed since the last one."""
-        key = (self.not_ready_reason(), self.models.default, tuple(_entry_key(e) for e in self.models.entries.values()))
+        key = (
+            self.models.not_ready_reason(),
+            self.models.default,
+            tuple(_entry_key(e) for e in self.models.entries.values()),
+        )
         if key == self._published:
             return
         self._published = key
@@ -134,12 +122,9 @@ class Engine:
     async def _pulse(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             self.publish()
-            queues = {
-                e.name: (e.runtime.admission.in_flight, e.runtime.admission.seconds_per_image)
-                for e in self.models.entries.values()
-                if e.runtime is not None
-            }
-            self.metrics.sample(self.models)
+            runtimes = [e.runtime for e in self.models.entries.values() if e.runtime is not None]
+            queues = {r.name: (r.admission.in_flight, r.admission.seconds_per_image) for r in runtimes}
+            write_queue_gauges(self.metrics, ((r.name, len(r.queue), r.admission.in_flight) for r in runtimes))
             pulse = Pulse(queues)
             for link in self.links:
                 link.send(pulse)
@@ -267,12 +252,8 @@ class FrontEndLink(Connection):
             self.slots.answer(message.slot, classes)[:] = answer.probabilities
         else:
             inline = answer.probabilities
-        self.send(
-            Answered(
-                *(message.call, answer.best, classes, inline),
-                *(times.queue_s, times.decode_s, times.inference_s, times.ran_s),
-            )
-        )
+        stages = (times.queue_s, times.decode_s, times.inference_s, times.ran_s)
+        self.send(Answered(message.call, answer.best, classes, inline, *stages))
 
     async def _call(self, message: Call) -> None:
         try:
@@ -287,10 +268,9 @@ def run_engine(config: ServerConfig, device: str, socket_path: Path, metrics_dir
     """The engine process's main (multiprocessing spawns it): exits 0 when stopped, 1 when a model fails
     to load (the supervisor then stops the server, as one process would)."""
     child_process_setup(config, "engine", "torchrest-eng")
-    configure_torch(config)
-    hand_off_gil_quickly()
+    configure_process(config)
     metrics = Metrics(shared_dir=str(metrics_dir))
-    models = model_manager(config, metrics, device)
+    models = build_manager(config, metrics, device)
     tracing.configure(config.tracing, "engine")
     try:
         status = uvloop.run(Engine(config, models, metrics).run(socket_path))

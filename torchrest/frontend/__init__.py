@@ -1,3 +1,3 @@
 """What each front-end process runs: the HTTP and gRPC front-ends (torchrest.api, torchrest.grpc,
-torchrest.web), decode into a shared-memory slot, and the engine's models as seen through the link to the
+the web page), decode into a shared-memory slot, and the engine's models as seen through the link to the
 engine process (`remote`). `process` starts one."""

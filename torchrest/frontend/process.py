@@ -4,6 +4,11 @@ into its slots, and the answers; the models are the engine's (torchrest.frontend
     supervisor --spawn--> run_frontend(index): bind the ports with SO_REUSEPORT (the kernel spreads new
     connections over the front-ends by a hash), create the slots, connect to the engine, serve until
     SIGTERM, drain, unlink the slots
+
+Where a front-end decodes: on its event loop for uploads up to DECODE_OFF_LOOP_BYTES (a thread hop costs
+more than a small image's decode, and the loop has no model to give way to), on a thread beyond that.
+--event-loop-nice does not apply here: a front-end's loop is also its decoder and the engine's only
+feeder, and it runs in a process of its own, apart from the model's threads.
 """
 
 from __future__ import annotations
@@ -14,13 +19,11 @@ from pathlib import Path
 import torch
 
 from torchrest import tracing
-from torchrest.access import AccessControl
-from torchrest.api import AppState
 from torchrest.config import ServerConfig
+from torchrest.frontend import listeners
 from torchrest.frontend.remote import RemoteModels
 from torchrest.metrics import Metrics
 from torchrest.processes import child_process_setup
-from torchrest.server import _grpc_listener, bind, http_server, log_access, tls_options
 from torchrest.slots import SlotFile, slot_bytes_for
 
 log = logging.getLogger("torchrest.frontend")
@@ -38,28 +41,9 @@ def run_frontend(config: ServerConfig, index: int, socket_path: Path, server_pid
     slots = SlotFile.create_fitting(server_pid, index, SLOT_COUNTS, slot_bytes_for(SLOT_CROP))
     try:
         models = RemoteModels(socket_path, index, slots, config.max_image_pixels, metrics)
-        state = AppState(config=config, metrics=metrics, models=models, access=AccessControl.from_config(config))  # type: ignore[arg-type]
-        sockets = [bind(config.host, config.port, reuse_port=True)]
-        if config.metrics_port:
-            sockets.append(bind(config.host, config.metrics_port, reuse_port=True))
-        grpc_listener = _grpc_listener(state) if config.grpc_port else None
-        server = http_server(state, tls_options(config), grpc_listener)
-
-        async def start() -> None:
-            await models.connect()
-            if grpc_listener is not None:
-                await grpc_listener.start()
-
-        async def stop() -> None:
-            if grpc_listener is not None:
-                await grpc_listener.stopped(config.drain_timeout)
-            await models.stop()
-
-        state.startup, state.shutdown = start, stop
-        if index == 0:
-            log_access(state)
+        sockets = listeners.bind_all(config, reuse_port=True)
         tracing.configure(config.tracing, f"front-end {index}")
-        server.run(sockets=sockets)
+        listeners.serve(sockets, config, metrics, models, loop_nice=0, announce=index == 0)
     finally:
         tracing.shutdown()
         if slots is not None:

@@ -1,7 +1,7 @@
-"""The engine's models as a front-end process sees them: the surface the API and gRPC handlers use
-(torchrest.engine.manager.ModelManager's and torchrest.engine.runtime.ModelRuntime's), over the link to the engine.
+"""The engine's models as a front-end process sees them: what the handlers may ask (torchrest.served), over
+the link to the engine.
 
-    handler -> RemoteModels.runtime(name) -> RemoteRuntime.admitted (the engine's last Pulse: 503 before
+    handler -> RemoteModels.runtime(name) -> admitted(RemoteRuntime) (the engine's last Pulse: 503 before
     the body is read) -> infer: decode into a slot (torchrest.slots), Infer --> engine ... Answered -> the
     row read from the slot -> Answer
 
@@ -19,13 +19,14 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from torchrest.admission import Admission, Admits
+from torchrest.admission import Admission
 from torchrest.errors import NotReady, QueueFull
 from torchrest.messages import (
     Answered,
@@ -40,13 +41,12 @@ from torchrest.messages import (
     Observe,
     Pulse,
     Returned,
-    RuntimeInfo,
     Snapshot,
 )
 from torchrest.metrics import Metrics
-from torchrest.models.naming import check_model_name, look_up, serving_runtime
 from torchrest.postprocess import Answer
 from torchrest.preprocess import decode_into
+from torchrest.served import RuntimeInfo, check_model_name, look_up, serving
 from torchrest.slots import SlotFile
 from torchrest.timing import StageTimes
 
@@ -71,7 +71,14 @@ class RemoteEntry:
         return self.model.version
 
 
-class RemoteRuntime(Admits):
+class Arrived(NamedTuple):
+    """An Answered message and its answer row (read out of the slot as the message arrived)."""
+
+    message: Answered
+    row: np.ndarray
+
+
+class RemoteRuntime:
     """One engine model's runtime, from a front-end: admission, infer, and the figures it reports."""
 
     def __init__(self, link: EngineLink, entry: EntryInfo, info: RuntimeInfo) -> None:
@@ -125,19 +132,20 @@ class RemoteRuntime(Admits):
         if times is not None:
             times.mark("decode (front-end)", decoding, decoding + decode_s)
         trace = times.link if times is not None else None
-        message = await link.request(
+        arrived = await link.request(
             lambda call: Infer(
                 call, self.name, self.model.version, slot, self._shape, inline, deadline_s, request_id, trace
             ),
             slot,
         )
-        assert isinstance(message, Answered)
+        assert isinstance(arrived, Arrived)
+        message = arrived.message
         if times is not None:  # the engine's stages, from when its batch ended
             decoded = message.ran_s - message.inference_s
             started = decoded - message.decode_s
             times.note(started - message.queue_s, started, decoded, message.ran_s, before_s=decode_s)
             times.model, times.version = self.name, self.model.version
-        return Answer(np.asarray(message.inline), message.best)  # the row, read out of the slot on arrival
+        return Answer(arrived.row, arrived.message.best)
 
     async def _pixels_in(self, image: bytes | np.ndarray, slot: int) -> tuple[np.ndarray | None, float]:
         """Write the image's pixels into `slot` (None back), or return them to travel inline; and the decode
@@ -158,7 +166,8 @@ class RemoteRuntime(Admits):
 
 
 class RemoteModels:
-    """ModelManager's surface for the handlers, answered from the engine's Snapshot or by a Call."""
+    """What the handlers may ask of the models (torchrest.served.ServedModels), answered from the engine's
+    Snapshot or by a Call."""
 
     def __init__(
         self, socket_path: Path, frontend: int, slots: SlotFile | None, max_image_pixels: int, metrics: Metrics
@@ -171,10 +180,11 @@ class RemoteModels:
         self._generation = -1
         self._told: asyncio.Event | None = None  # set by the first Snapshot
 
-    async def connect(self) -> None:
+    async def open(self, failed: Callable[[], None]) -> None:
         """Connect to the engine (it may still be starting) and wait for its first Snapshot, so that this
         front-end opens its ports knowing what the engine has; the handlers answer 503 until a Snapshot says
-        the models are ready."""
+        the models are ready. (Whether the engine's models loaded is the supervisor's to act on: `failed`
+        is not called.)"""
         loop = asyncio.get_running_loop()
         self._told = asyncio.Event()
         deadline = loop.time() + CONNECT_TIMEOUT_S
@@ -191,8 +201,11 @@ class RemoteModels:
             self.link.send(Hello(self.link.frontend, os.getpid(), str(slots.path), slots.count, slots.slot_bytes))
         await asyncio.wait_for(self._told.wait(), max(1.0, deadline - loop.time()))
 
-    async def stop(self) -> None:
+    async def close(self) -> None:
         self.link.close()
+
+    def exit_status(self) -> int:
+        return 0
 
     # -- the engine's word -----------------------------------------------------------------------------
     def update(self, snapshot: Snapshot) -> None:
@@ -231,8 +244,8 @@ class RemoteModels:
         return look_up(self.entries, name, version, self.default)
 
     def runtime(self, name: str | None, version: str | None = None) -> RemoteRuntime:
-        runtime: RemoteRuntime = serving_runtime(self.entry(name, version))
-        return runtime
+        entry = self.entry(name, version)
+        return serving(entry, entry.runtime)
 
     def not_ready_reason(self) -> str | None:
         return self._not_ready
@@ -311,6 +324,7 @@ class EngineLink(Connection):
         return await self.request(lambda call: Call(call, method, args))
 
     def _answer_of(self, message: Answered, slot: int) -> np.ndarray:
+        """The answer's row: as it came in the message, or copied out of its slot."""
         if message.inline is not None:
             return np.asarray(message.inline)
         assert self.slots is not None
@@ -361,11 +375,9 @@ class EngineLink(Connection):
             self.release(slot)
             return
         if isinstance(message, Answered):
-            if slot >= 0:
-                # read the row before the slot can be taken again
-                message = message._replace(inline=self._answer_of(message, slot))
-                self.release(slot)
-            future.set_result(message)
+            row = self._answer_of(message, slot)  # read before the slot can be taken again
+            self.release(slot)
+            future.set_result(Arrived(message, row))
         elif isinstance(message, Failed):
             self.release(slot)
             future.set_exception(message.error.rebuilt())

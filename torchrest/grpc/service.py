@@ -22,13 +22,14 @@ import grpc
 import numpy as np
 
 from torchrest import __version__
+from torchrest.admission import admitted
 from torchrest.api.app import AppState
 from torchrest.api.classifier_io import images_of, metadata, output_tensors, platform, rows_of
 from torchrest.api.tensors import InferRequest, Output, binary_elements, checked_header, checked_tensor, encode_binary
 from torchrest.errors import BadRequest, NotReady, TorchrestError
 from torchrest.grpc import inference_pb2 as pb
 from torchrest.grpc import inference_pb2_grpc as pb_grpc
-from torchrest.models.naming import ModelState
+from torchrest.served import ModelState
 from torchrest.timing import StageTimes
 from torchrest.tracing import current as current_tracing
 
@@ -179,7 +180,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         remaining = context.time_remaining()
         deadline = started + (timeout_s if remaining is None else min(timeout_s, remaining))
         times = call_times.get()
-        with runtime.admitted(deadline) as places:
+        with admitted(runtime, deadline) as places:
             times.mark("admission", started, time.monotonic())
             parsed = infer_request(request)
             images = images_of(parsed, runtime)

@@ -21,7 +21,10 @@ from torchrest.api.http import Request, Response, json_response
 
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
 STATIC = {
-    name: (resources.files(__package__).joinpath("static", name).read_bytes(), CONTENT_TYPES["." + name.split(".")[-1]])
+    name: (
+        resources.files("torchrest.api").joinpath("static", name).read_bytes(),
+        CONTENT_TYPES["." + name.split(".")[-1]],
+    )
     for name in ("index.html", "app.js", "style.css")
 }
 # the files change only with the package: browsers may keep them a while
