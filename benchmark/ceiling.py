@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from bench import baseline_command, bind, make_large_photo
 from harness import ROOT, cpu_per_request, log, platform_name, serving_process, torchrest_command, write_results, wrk
@@ -382,8 +383,12 @@ def preprocessing_fidelity_report() -> dict[str, Any]:
     backend.prepare_thread()
     photos = [path.read_bytes() for path in PHOTOS]
     spec = InputSpec(224, 256)
-    on_photos = preprocessing_fidelity(backend.run, photos, spec)
-    on_views = preprocessing_fidelity(backend.run, encoded_views(photos, FIDELITY_VIEWS, seed=7), spec)
+
+    def logits(batch: np.ndarray) -> np.ndarray:
+        return backend.run(batch)[0]
+
+    on_photos = preprocessing_fidelity(logits, photos, spec)
+    on_views = preprocessing_fidelity(logits, encoded_views(photos, FIDELITY_VIEWS, seed=7), spec)
     return {"model": "efficientnet_lite0", "photos": on_photos.to_dict(), "views": on_views.to_dict()}
 
 

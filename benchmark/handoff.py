@@ -34,7 +34,7 @@ from torchrest.engine.build import build_manager, configure_torch
 from torchrest.engine.service import run_engine
 from torchrest.frontend.remote import RemoteModels
 from torchrest.metrics import Metrics
-from torchrest.slots import SlotFile, slot_bytes_for
+from torchrest.slots import SlotPools
 
 
 async def drive(infer: Any, images: int, in_flight: int) -> float:
@@ -80,7 +80,7 @@ def across_processes(config: ServerConfig, images: int, in_flight: int) -> dict[
     engine.start()
     assert engine.pid is not None
     engine_pid = engine.pid
-    slots = SlotFile.create(os.getpid(), 0, 64, slot_bytes_for(256))
+    slots = SlotPools(os.getpid(), 0)
 
     async def run() -> tuple[float, float, float, float]:
         models = RemoteModels(folder / "engine.sock", 0, slots, config.max_image_pixels, Metrics())

@@ -54,7 +54,7 @@ def offline(
     backend = model.open_backend(device, config.threads_per_instance)
     backend.prepare_thread()
     spec, limit = model.input_spec, config.max_image_pixels
-    buffer = backend.input_buffer(max(batch_sizes), spec.crop_size)
+    buffer = backend.input_buffer(max(batch_sizes), spec.size)
     per_batch: dict[int, float] = {}
     latencies_ms: list[float] = []
     for size in batch_sizes:

@@ -280,6 +280,43 @@ def answers(address: str, model: str) -> dict[str, Any]:
     return out
 
 
+def tasks(address: str, argument: str) -> dict[str, Any]:
+    """The constructed models of tests/task_models.py through tritonclient.grpc: a detector, a segmenter and an
+    encoder, on the photo with shapes (EXIF-turned), their outputs as the protocol gives them."""
+    import tritonclient.grpc as grpcclient
+
+    from tests.task_models import photo_with_shapes
+
+    photo, _ = photo_with_shapes((900, 600), SHAPES, orientation=6)
+    client = grpcclient.InferenceServerClient(address)
+
+    def infer(model: str, outputs: list[str], **parameters: Any) -> Any:
+        request = grpcclient.InferInput("image", [1], "BYTES")
+        request.set_data_from_numpy(np.array([photo], dtype=np.object_))
+        wanted = [grpcclient.InferRequestedOutput(name) for name in outputs]
+        return client.infer(model, [request], outputs=wanted, parameters=parameters or None)
+
+    detected = infer("shapes", ["num_detections", "boxes", "scores", "classes", "labels"], score_threshold=0.5)
+    segmented = infer("regions", ["mask"])
+    embedded = infer("colour", ["embedding"])
+    config = client.get_model_config("shapes", as_json=True)["config"]
+    return {
+        "num_detections": detected.as_numpy("num_detections").tolist(),
+        "boxes": detected.as_numpy("boxes").tolist(),
+        "scores": detected.as_numpy("scores").tolist(),
+        "classes": detected.as_numpy("classes").tolist(),
+        "labels": [label.decode() for label in detected.as_numpy("labels").reshape(-1)],
+        "mask_shape": list(segmented.as_numpy("mask").shape),
+        "mask_classes": sorted(np.unique(segmented.as_numpy("mask")).tolist()),
+        "embedding_shape": list(embedded.as_numpy("embedding").shape),
+        "tasks": config["parameters"]["tasks"]["string_value"],
+        "outputs": [output["name"] for output in client.get_model_metadata("shapes", as_json=True)["outputs"]],
+    }
+
+
+SHAPES = {"red": (100, 80, 340, 260), "green": (420, 300, 600, 520), "blue": (700, 60, 860, 200)}
+
+
 def traced(address: str, traceparent: str) -> dict[str, Any]:
     """One ModelInfer of cat.jpg on the repository's lite0 with the caller's `traceparent` in its metadata."""
     import tritonclient.grpc as grpcclient
@@ -297,4 +334,5 @@ if __name__ == "__main__":
     scenario, address, token = sys.argv[1], sys.argv[2], (sys.argv[3] if len(sys.argv) > 3 else "")
     scenarios = {"triton": triton, "kserve": kserve, "fuzz": fuzz, "protocol": protocol, "answers": answers}
     scenarios["traced"] = traced
+    scenarios["tasks"] = tasks
     print(json.dumps(scenarios[scenario](address, token)))

@@ -123,7 +123,17 @@ def traced(
     receiver = Receiver()
     grpc_port = free_port()
     args = ("--model-repository", str(repository), "--default-model", "lite0", "--tracing", "--log-format", "json")
-    more = ("--grpc-port", str(grpc_port), "--workers", str(request.param), "--max-wait-ms", "300")
+    # batches of up to 8 that wait 300 ms for company (the cap timed at start-up can be 1 on a small CPU)
+    more = (
+        "--grpc-port",
+        str(grpc_port),
+        "--workers",
+        str(request.param),
+        "--max-wait-ms",
+        "300",
+        "--max-batch-size",
+        "8",
+    )
     with running_server(tmp_path_factory.mktemp("traced"), *args, *more, env=tracing_env(receiver.endpoint)) as s:
         yield s, receiver, grpc_port
     receiver.close()

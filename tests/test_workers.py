@@ -112,8 +112,8 @@ def test_pixels_and_tensors_cross_as_images_do(workers: tuple[Server, int]) -> N
     """uint8 pixels travel in a slot, float tensors inline: both give the encoded photo's answer."""
     import tritonclient.http as http_client
 
-    from torchrest.config import InputSpec
-    from torchrest.preprocess import IMAGENET_MEAN, IMAGENET_STD, decode_image
+    from torchrest.config import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+    from torchrest.preprocess import decode_image
 
     served, _ = workers
     pixels = decode_image(PHOTOS["cat"], InputSpec(224, 256), 10**8)

@@ -14,11 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from torchrest.cores import available_cores
+from torchrest.errors import ModelLoadError
+from torchrest.tasks import task_named, task_names
 
 ENV_PREFIX = "TORCHREST_"
-# every model normalises its uint8 input with these (torchvision's ImageNet statistics)
+# a model's uint8 input normalised with torchvision's ImageNet statistics ("imagenet"), or pixels / 255 ("unit")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET, UNIT = "imagenet", "unit"
+NORMALIZATIONS = {IMAGENET: (IMAGENET_MEAN, IMAGENET_STD), UNIT: ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}
+# how an image is fitted to the model's input (torchrest.resize)
+CROP, LETTERBOX, STRETCH = "crop", "letterbox", "stretch"
+RESIZES = (CROP, LETTERBOX, STRETCH)
+LETTERBOX_FILL = 114  # the grey Ultralytics pads with
 
 
 def option(default: Any, help: str, *, flag: str | None = None) -> Any:
@@ -28,14 +36,71 @@ def option(default: Any, help: str, *, flag: str | None = None) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class InputSpec:
-    """How a model wants its pixels: resize the shorter side, centre-crop a square, uint8 RGB."""
+    """How a model wants its pixels: its input's size (a square `crop_size`, or `height` x `width`), how an
+    image is fitted to it (crop: the shorter side resized to `resize_size`, then the centre; letterbox: the
+    whole image, padded with `fill`; stretch), and how its uint8 RGB pixels are normalised."""
 
     crop_size: int = 224
     resize_size: int = 256
+    height: int = 0  # with width: a non-square input (0: crop_size)
+    width: int = 0
+    resize: str = CROP
+    normalize: str = IMAGENET
+    fill: int = LETTERBOX_FILL
 
     @property
-    def crop_fraction(self) -> float:
-        return self.crop_size / self.resize_size
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the model's input."""
+        return (self.height or self.crop_size, self.width or self.crop_size)
+
+    @property
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return NORMALIZATIONS[self.normalize]
+
+    def check(self) -> None:
+        """ValueError with a one-line reason for a spec no image can be fitted to."""
+        height, width = self.size
+        if min(height, width) < 1 or max(height, width) > 8192:
+            raise ValueError(f"the input size must be 1 to 8192 pixels a side, got {height}x{width}")
+        if self.resize not in RESIZES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZES)}, got {self.resize!r}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
+        if self.resize == CROP and self.resize_size < max(height, width):
+            raise ValueError(f"the crop's resize size ({self.resize_size}) must be at least the input's side")
+        if not 0 <= self.fill <= 255:
+            raise ValueError(f"the letterbox fill must be a grey level from 0 to 255, got {self.fill}")
+
+
+def input_size(text: str | int | list[int]) -> tuple[int, int]:
+    """640, "640", "480x640" or [480, 640] -> (height, width); ValueError otherwise."""
+    if isinstance(text, list) and len(text) == 2 and all(isinstance(side, int) for side in text):
+        return text[0], text[1]
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text, text
+    parts = str(text).lower().replace(" ", "").split("x")
+    if len(parts) in (1, 2) and all(part.isdigit() for part in parts):
+        return int(parts[0]), int(parts[-1])
+    raise ValueError(f"input size must be N (square) or HEIGHTxWIDTH, got {text!r}")
+
+
+def input_spec(
+    size: tuple[int, int], resize_size: int, resize: str, normalize: str, fill: int = LETTERBOX_FILL
+) -> InputSpec:
+    """A checked InputSpec (ValueError otherwise); resize_size 0: 8/7 of the input's longer side (224 -> 256)."""
+    height, width = size
+    square = height == width
+    spec = InputSpec(
+        crop_size=height if square else max(height, width),
+        resize_size=resize_size or max(height, width) * 8 // 7,
+        height=0 if square else height,
+        width=0 if square else width,
+        resize=resize,
+        normalize=normalize,
+        fill=fill,
+    )
+    spec.check()
+    return spec
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,12 +110,26 @@ class ModelSource:
     model: str | None = option("efficientnet_lite0", "built-in model name or model file (.pt2, ONNX, TorchScript)")
     weights: Path | None = option(None, "state-dict file for a built-in model (torchvision keys for resnet18)")
     labels: Path | None = option(None, "class names, one per line (or a JSON list); default ImageNet-1k")
-    input_size: int = option(224, "crop size fed to a model file")
-    resize_size: int = option(256, "shorter-side resize before the centre crop, for a model file")
+    task: str = option(
+        "classify",
+        "what a model file is for: classify, detect, segment or embed (or several, comma-separated, reading its "
+        "outputs in order, e.g. classify,embed)",
+    )
+    input_size: str = option("224", "a model file's input: N (square) or HEIGHTxWIDTH, e.g. 640 or 480x640")
+    resize: str = option(
+        "",
+        "how images are fitted to a model file's input: crop (the shorter side resized, then the centre), "
+        "letterbox (all of it, aspect kept, padded with grey 114) or stretch (default: crop to classify or "
+        "embed, letterbox to detect or segment)",
+    )
+    resize_size: int = option(0, "crop: the shorter side before the centre crop (0: 8/7 of the input, 224 -> 256)")
+    normalize: str = option("imagenet", "a model file's input: imagenet (mean and std) or unit (pixels / 255)")
 
     @property
     def input_spec(self) -> InputSpec:
-        return InputSpec(crop_size=self.input_size, resize_size=self.resize_size)
+        """The model file's input, as the flags say (ValueError with a one-line reason)."""
+        resize = self.resize or task_named(task_names(self.task)[0]).resize
+        return input_spec(input_size(self.input_size), self.resize_size, resize, self.normalize)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +234,7 @@ class ServerConfig(ModelSource):
 
     def validate(self) -> None:
         """Raise ValueError with a one-line reason for values no server can run with."""
-        positive = ("port", "max_queue", "timeout_ms", "input_size")
+        positive = ("port", "max_queue", "timeout_ms")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"--log-format must be text or json, got {self.log_format!r}")
         if self.backend not in ("auto", "eager"):
@@ -177,8 +256,12 @@ class ServerConfig(ModelSource):
             raise ValueError("--instances and --max-batch-size cannot be negative (0: the model's config.json layout)")
         if self.max_body_mb <= 0 or self.max_image_megapixels <= 0 or self.read_timeout <= 0:
             raise ValueError("--max-body-mb, --max-image-megapixels and --read-timeout must be positive")
-        if self.resize_size < self.input_size:
-            raise ValueError("--resize-size must be at least --input-size")
+        if self.resize_size < 0:
+            raise ValueError("--resize-size cannot be negative (0: 8/7 of the input)")
+        try:
+            self.input_spec  # noqa: B018 - the model file's input, checked once here
+        except (ValueError, ModelLoadError) as exc:
+            raise ValueError(f"--task, --input-size, --resize or --normalize: {exc}") from None
         if not 0 <= self.metrics_port <= 65535 or (self.metrics_port and self.metrics_port == self.port):
             raise ValueError("--metrics-port must be 0 or a port other than --port")
         if not 0 <= self.grpc_port <= 65535 or (self.grpc_port and self.grpc_port in (self.port, self.metrics_port)):
@@ -256,21 +339,32 @@ class OptimizeConfig(ModelSource):
             raise ValueError("--threads cannot be negative")
         if self.objective not in ("throughput", "latency"):
             raise ValueError(f"--objective must be throughput or latency, got {self.objective!r}")
+        if task_names(self.task)[0] != "classify":
+            raise ValueError(
+                "optimize measures classifiers (--task classify); its fidelity gate knows no other task yet"
+            )
 
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
     """What a model folder's config.json holds: how to load its artifact and how to feed it.
 
-    The artifact takes (N, crop, crop, 3) uint8 and returns (N, classes) logits, normalisation inside.
+    optimize's artifacts take (N, crop, crop, 3) uint8 and return (N, classes) logits, normalisation inside;
+    a folder written by hand may hold a network that takes (N, 3, H, W) float (normalised as `normalize`
+    says) and serves any task (`task`: its outputs are checked against it when it loads).
     """
 
     name: str
     backend: str  # a key of torchrest.backends.BACKENDS (its BackendKind.name)
     artifact: str  # relative to the model folder
     precision: str = "fp32"  # fp32, bf16, fp16, int8
-    crop_size: int = 224
-    resize_size: int = 256
+    crop_size: int = 224  # the square input (input_size, when given, says otherwise)
+    resize_size: int = 0  # crop: the shorter side before the centre crop (0: 8/7 of the input's side)
+    task: str = "classify"  # or detect, segment, embed; several comma-separated read the outputs in order
+    input_size: int | str | list[int] | None = None  # 640, "480x640" or [480, 640]
+    resize: str = ""  # crop, letterbox or stretch (default: the first task's)
+    normalize: str = IMAGENET  # or unit: what a float network expects (artifacts with a uint8 input ignore it)
+    fill: int = LETTERBOX_FILL
     labels: str = "labels.txt"  # relative to the model folder
     candidate: str = ""  # the optimize candidate that produced it
     batch_sizes: tuple[int, ...] = ()  # the sizes optimize measured
@@ -286,7 +380,13 @@ class ModelConfig:
 
     @property
     def input_spec(self) -> InputSpec:
-        return InputSpec(crop_size=self.crop_size, resize_size=self.resize_size)
+        """ValueError with a one-line reason when the fields do not make one."""
+        size = input_size(self.input_size) if self.input_size is not None else (self.crop_size, self.crop_size)
+        try:
+            resize = self.resize or task_named(task_names(self.task)[0]).resize
+        except ModelLoadError as exc:
+            raise ValueError(str(exc)) from None
+        return input_spec(size, self.resize_size, resize, self.normalize, self.fill)
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")

@@ -29,6 +29,13 @@ class BadRequest(TorchrestError):
     code = "invalid_parameter"
 
 
+class TaskNotServed(TorchrestError):
+    """The model does not do what the endpoint asks (`/detect` of a classifier): the message names its tasks."""
+
+    status = 400
+    code = "task_not_served"
+
+
 class MissingImage(TorchrestError):
     """No `image` field in the form, or an empty body."""
 
@@ -109,6 +116,13 @@ class ImageTooLarge(TorchrestError):
     code = "image_too_large"
 
 
+class AnswerTooLarge(TorchrestError):
+    """The answer would be over `--max-body-mb` (a segmentation mask of a very large image); send a smaller image."""
+
+    status = 413
+    code = "answer_too_large"
+
+
 class UnsupportedMediaType(TorchrestError):
     """The content type is neither `multipart/form-data` nor `image/*` (or `application/octet-stream`)."""
 
@@ -121,6 +135,13 @@ class ModelError(TorchrestError):
 
     status = 500
     code = "model_error"
+
+
+class InvalidModelOutput(ModelError):
+    """The model's output for this image holds NaN or infinite values; the batch's other images are answered."""
+
+    status = 500
+    code = "invalid_model_output"
 
 
 class NotReady(TorchrestError):

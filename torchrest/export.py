@@ -27,7 +27,7 @@ from torchrest.errors import first_line
 
 ONNX_OPSET = 18
 MAX_BATCH = 1024  # the exported programs' dynamic batch dimension: 1 to this
-ONNX_NAMES: dict[str, Any] = {"input_names": ["pixels"], "output_names": ["logits"], "opset_version": ONNX_OPSET}
+ONNX_NAMES: dict[str, Any] = {"input_names": ["pixels"], "opset_version": ONNX_OPSET}
 
 
 def export_program(module: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
@@ -37,11 +37,14 @@ def export_program(module: nn.Module, example: torch.Tensor) -> torch.export.Exp
         return torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
 
 
-def to_onnx(program: torch.export.ExportedProgram, example: torch.Tensor, path: Path) -> Path:
+def to_onnx(
+    program: torch.export.ExportedProgram, example: torch.Tensor, path: Path, outputs: list[str] | None = None
+) -> Path:
     """The program as one ONNX file (weights inside: quantization tools copy the file alone), its batch
-    dimension dynamic, by the dynamo exporter."""
+    dimension dynamic, by the dynamo exporter; its outputs named `outputs` (default: one, "logits")."""
+    names = {**ONNX_NAMES, "output_names": outputs or ["logits"]}
     with torch.no_grad(), quiet():
-        torch.onnx.export(program, (example,), str(path), dynamo=True, optimize=True, external_data=False, **ONNX_NAMES)
+        torch.onnx.export(program, (example,), str(path), dynamo=True, optimize=True, external_data=False, **names)
     return path
 
 

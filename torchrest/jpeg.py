@@ -1,7 +1,7 @@
 """The JPEG fast path: libjpeg-turbo (through simplejpeg) decodes straight to RGB, scaled in the DCT.
 
     JPEG bytes (+ size and EXIF orientation from the header Pillow already read)
-        -> power-of-two DCT-scaled decode, shorter side still >= twice the resize target -> (H, W, 3) uint8
+        -> power-of-two DCT-scaled decode, each side still >= twice the size it is resized to -> (H, W, 3) uint8
         -> EXIF orientation as a numpy view (no copy when there is nothing to rotate)
 
 Most photos a classifier receives are baseline or progressive YCbCr JPEGs, and this path decodes them
@@ -20,10 +20,11 @@ import simplejpeg
 DECODABLE_MODES = frozenset({"RGB", "L"})
 
 
-def decode(data: bytes, width: int, height: int, resize_to: int) -> np.ndarray | None:
-    """(H, W, 3) uint8 RGB, scaled by 1/2, 1/4 or 1/8 in the DCT while the shorter side stays >= twice
-    `resize_to`; None when libjpeg-turbo refuses the data (the caller falls back to Pillow)."""
-    factor = dct_factor(min(width, height), resize_to)
+def decode(data: bytes, width: int, height: int, target: tuple[int, int]) -> np.ndarray | None:
+    """(H, W, 3) uint8 RGB, scaled by 1/2, 1/4 or 1/8 in the DCT while each side stays >= twice the size
+    it is resized to (`target`: width, height, as stored); None when libjpeg-turbo refuses the data (the
+    caller falls back to Pillow)."""
+    factor = dct_factor(width, height, target)
     try:
         return simplejpeg.decode_jpeg(
             data,
@@ -36,16 +37,14 @@ def decode(data: bytes, width: int, height: int, resize_to: int) -> np.ndarray |
         return None
 
 
-def dct_factor(shorter_side: int, resize_to: int) -> int:
-    """The largest of 1, 2, 4, 8 that keeps the decoded shorter side >= 2 x `resize_to`.
+def dct_factor(width: int, height: int, target: tuple[int, int]) -> int:
+    """The largest of 1, 2, 4, 8 that keeps each decoded side >= twice its `target` (width, height).
 
-    The DCT's scaling is a cruder low-pass than the antialiased resize that follows. Scaled down to just
-    above the resize target, it moved EfficientNet-Lite0's top-1 class on 1.7% of 300 random views (the
-    reference resizes from full resolution); with the 2x margin the resize does the filtering and the
-    answers match the reference as closely as without DCT scaling (0.3%), while a 12 MP photo still
-    decodes at 1/4 scale."""
+    The DCT's scaling is a cruder low-pass than the antialiased resize that follows: with the 2x margin the
+    resize does the filtering, and the answers match the reference as closely as without DCT scaling, while
+    a 12 MP photo still decodes at 1/4 scale (docs/architecture.md, "Decode ahead")."""
     factor = 1
-    while factor < 8 and shorter_side // (factor * 2) >= 2 * resize_to:
+    while factor < 8 and width // (factor * 2) >= 2 * target[0] and height // (factor * 2) >= 2 * target[1]:
         factor *= 2
     return factor
 

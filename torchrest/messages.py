@@ -2,9 +2,10 @@
 `grpc/inference.proto` declares the gRPC surface), and the one connection type both sides speak.
 
     front-end                                      engine
-    Hello(frontend, slots_path, slot_count, ...)   ->
-    Infer(call, model, version, slot | pixels, deadline_s, request_id)  ->  admit, queue, batch, run
-                                                   <-  Answered(call, best, stage times)   (row in the slot)
+    Hello(frontend, pid)                           ->
+    Slots(pool, path, count)                       ->  a slot file to map (one per slot size, made on need)
+    Infer(call, model, task, options, pool, slot | pixels, deadline_s, ...)  ->  admit, queue, batch, run
+                                                   <-  Answered(call, shape, dtype, stage times) (in the slot)
                                                    <-  Failed(call, error)                 (4xx/5xx, slot free)
     Cancel(call)                                   ->  the job is dropped before the model; then Failed
     Observe(model, totals_s)                       ->  requests' total times, for /web/stats
@@ -14,9 +15,10 @@
                                                    <-  Pulse(...)      queue figures, ten times a second
 
 Decoded pixels never travel in a message: the front-end writes them once into a slot of its shared
-memory (torchrest.slots), the engine copies them once into the batch, and writes the answer's row back into
-the same slot. Messages are small tuples, pickled, each framed by its length; what one side sends within
-one turn of its event loop leaves in one write.
+memory (torchrest.slots), the engine copies them once into the batch, and writes the answer (whatever its
+task: a row of probabilities, a vector, boxes, a class map) back over the same slot. Messages are small
+tuples, pickled, each framed by its length; what one side sends within one turn of its event loop leaves
+in one write.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any, NamedTuple, cast
 from torchrest.config import InputSpec
 from torchrest.errors import TorchrestError, all_errors
 from torchrest.served import RuntimeInfo
+from torchrest.tasks import Heads
 
 LENGTH = struct.Struct("<I")
 MAX_MESSAGE_BYTES = 1 << 30  # a v2 request may carry float tensors inline; anything larger is a broken peer
@@ -39,17 +42,25 @@ MAX_MESSAGE_BYTES = 1 << 30  # a v2 request may carry float tensors inline; anyt
 class Hello(NamedTuple):
     frontend: int  # the front-end's index (0..N-1), for logs
     pid: int
-    slots_path: str  # its shared-memory file (torchrest.slots.SlotFile)
+
+
+class Slots(NamedTuple):
+    """A shared-memory file of the front-end's (torchrest.slots.SlotFile) for the engine to map."""
+
+    pool: int  # its slot size in bytes, which names it
+    path: str
     slot_count: int
-    slot_bytes: int
 
 
 class Infer(NamedTuple):
     call: int
     model: str
     version: str | None
-    slot: int  # -1: the pixels travel inline (no slot free, or a float tensor)
-    shape: tuple[int, ...]  # of the pixels in the slot: (S, S, 3) uint8
+    task: str  # what the request asks of the model
+    options: Any  # the task's options (a small tuple, or None)
+    pool: int  # the slot file the pixels are in
+    slot: int  # -1: the pixels travel inline (/dev/shm had no room, or a float tensor)
+    shape: tuple[int, ...]  # of the pixels: (h, w, 3) uint8, or a (3, h, w) float tensor inline
     inline: Any  # np.ndarray when slot == -1, else None
     deadline_s: float  # monotonic clock, which every process of the machine shares
     request_id: str
@@ -74,9 +85,10 @@ class Call(NamedTuple):
 # -- engine -> front-end ------------------------------------------------------------------------------
 class Answered(NamedTuple):
     call: int
-    best: int
-    classes: int  # the row's length, in the slot after the pixels (or `inline`)
-    inline: Any  # np.ndarray when the request had no slot, else None
+    best: int  # classify: the most probable class; else -1
+    shape: tuple[int, ...]  # the answer's array (tasks.Answer.value), written over the slot
+    dtype: str
+    inline: Any  # the array itself when it did not travel in the slot (no slot, or too large), else None
     queue_s: float
     decode_s: float
     inference_s: float
@@ -118,7 +130,8 @@ ERROR_TYPES: dict[str, type[TorchrestError]] = {kind.__name__: kind for kind in 
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
-    """What a front-end needs of a model: how to decode for it, how to name its classes, how to describe it."""
+    """What a front-end needs of a model: how to decode for it, what it is for and how its answers read, how
+    to name its classes, how to describe it."""
 
     name: str
     version: str
@@ -127,6 +140,8 @@ class ModelInfo:
     pretrained: bool
     metadata: dict[str, object]
     description: dict[str, object]
+    tasks: tuple[str, ...]
+    heads: Heads | None
 
     def describe(self) -> dict[str, object]:
         return self.description

@@ -92,6 +92,12 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
+        self.answers = Counter(
+            "torchrest_answers",
+            "Images the model answered, by task (classify, detect, segment, embed)",
+            ["model", "task"],
+            registry=r,
+        )
         self.model_errors = Counter(
             "torchrest_model_errors",
             "Batches on which the model raised",

@@ -1,8 +1,9 @@
-"""Pre-processing: encoded image bytes -> (S, S, 3) uint8 RGB pixels, written into the batch buffer.
+"""Pre-processing: encoded image bytes -> the model's input, (h, w, 3) uint8 RGB pixels written into the
+batch buffer, and the image's Geometry (where its pixels went: answers are mapped back with it).
 
     bytes -> header (format, size: bomb check; EXIF orientation)
           -> JPEG: libjpeg-turbo, DCT-scaled (torchrest.jpeg) | anything else or refused: Pillow -> RGB
-          -> resize shorter side to R, centre crop S, written once into the batch row (torchrest.resize)
+          -> fitted to the input (crop, letterbox or stretch), written once into the batch row (torchrest.resize)
 
 The runtime hands each image to `Preprocessor.start` as it is queued (decode ahead: the pool, one
 thread per core, decodes while the model runs a batch; the codecs and the resize release the GIL), and
@@ -29,10 +30,11 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
 from torchrest import jpeg
-from torchrest.config import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+from torchrest.config import InputSpec
 from torchrest.errors import ImageTooLarge, InvalidImage, TorchrestError, first_line
 from torchrest.priority import started_pool
-from torchrest.resize import crop_origin, resize_crop_into, resized_size
+from torchrest.resize import crop_origin, fit_into, resized_size, shorter_side_to
+from torchrest.tasks.base import Geometry
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 
@@ -53,30 +55,30 @@ class Preprocessor:
         pool_needed = ahead or threads > 1
         self._pool = started_pool(threads, "decode", one_torch_thread) if pool_needed else None
 
-    def start(self, image: bytes) -> Future[np.ndarray]:
+    def start(self, image: bytes) -> Future[tuple[np.ndarray, Geometry]]:
         """Decode ahead: start decoding `image` now; `fill` copies the pixels when its batch runs."""
         assert self._pool is not None, "a Preprocessor that decodes ahead has a pool"
-        return self._pool.submit(decode_image, image, self.spec, self.max_pixels)
+        return self._pool.submit(decode_fitted, image, self.spec, self.max_pixels)
 
     def fill(
-        self, images: Sequence[bytes | np.ndarray | Future[np.ndarray]], buffer: np.ndarray
-    ) -> list[TorchrestError | None]:
-        """Decode images[i] into buffer[i]; return, per image, None or the 4xx error it earned. A tensor
-        a client pre-processed is copied as it is (uint8 pixels) or quantised back to pixels (float); an
-        image decoded ahead is copied once its decode is done."""
+        self, images: Sequence[bytes | np.ndarray | Future[tuple[np.ndarray, Geometry]]], buffer: np.ndarray
+    ) -> list[TorchrestError | Geometry]:
+        """Decode images[i] into buffer[i]; return, per image, its Geometry or the 4xx error it earned. A
+        tensor a client pre-processed is copied as it is (uint8 pixels) or quantised back to pixels (float);
+        an image decoded ahead is copied once its decode is done."""
 
-        def decode_row(row: int) -> TorchrestError | None:
+        def decode_row(row: int) -> TorchrestError | Geometry:
             image = images[row]
             try:
                 if isinstance(image, Future):
-                    buffer[row] = image.result()
-                elif isinstance(image, np.ndarray):
-                    buffer[row] = image if image.dtype == np.uint8 else pixels_from_normalized(image)
-                else:
-                    decode_into(image, self.spec, self.max_pixels, buffer[row])
+                    buffer[row], geometry = image.result()
+                    return geometry
+                if isinstance(image, np.ndarray):
+                    buffer[row] = image if image.dtype == np.uint8 else pixels_from_normalized(image, self.spec)
+                    return Geometry.identity(buffer.shape[2], buffer.shape[1])
+                return decode_into(image, self.spec, self.max_pixels, buffer[row])
             except (InvalidImage, ImageTooLarge) as error:
                 return error
-            return None
 
         if self._pool is None or len(images) == 1 or self.ahead:
             return [decode_row(row) for row in range(len(images))]
@@ -94,20 +96,25 @@ def one_torch_thread() -> None:
 
 
 def decode_image(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
-    """Decode and pre-process one image into a new (S, S, 3) array. Raises InvalidImage or
+    """Decode and pre-process one image into a new (h, w, 3) array. Raises InvalidImage or
     ImageTooLarge, nothing else."""
-    out = np.empty((spec.crop_size, spec.crop_size, 3), np.uint8)
-    decode_into(data, spec, max_pixels, out)
-    return out
+    return decode_fitted(data, spec, max_pixels)[0]
 
 
-def decode_into(data: bytes, spec: InputSpec, max_pixels: int, out: np.ndarray) -> None:
-    """Decode and pre-process one image into `out` ((S, S, 3) uint8, a row of the batch buffer).
-    Raises InvalidImage or ImageTooLarge, nothing else."""
+def decode_fitted(data: bytes, spec: InputSpec, max_pixels: int) -> tuple[np.ndarray, Geometry]:
+    """`decode_image`, and where the image's pixels went."""
+    out = np.empty((*spec.size, 3), np.uint8)
+    return out, decode_into(data, spec, max_pixels, out)
+
+
+def decode_into(data: bytes, spec: InputSpec, max_pixels: int, out: np.ndarray) -> Geometry:
+    """Decode and pre-process one image into `out` ((h, w, 3) uint8, a row of the batch buffer); where its
+    pixels went. Raises InvalidImage or ImageTooLarge, nothing else."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            resize_crop_into(_decode(data, spec, max_pixels), spec, out)
+            pixels, original = _decode(data, spec, max_pixels)
+            return fit_into(pixels, spec, out, original)
     except (ImageTooLarge, InvalidImage):
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
@@ -116,19 +123,29 @@ def decode_into(data: bytes, spec: InputSpec, max_pixels: int, out: np.ndarray) 
         raise ImageTooLarge(f"image too large to decode: {first_line(exc, 200)}") from None
 
 
-def _decode(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
-    """Bytes -> upright (H, W, 3) uint8 RGB, shrunk in the DCT where that keeps the shorter side >=
-    the resize target."""
+def _decode(data: bytes, spec: InputSpec, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Bytes -> upright (H, W, 3) uint8 RGB, shrunk in the DCT where each side stays >= twice what it is
+    resized to; and the image's upright (width, height) before any shrinking."""
     image = _open_checked(data, max_pixels)
     if isinstance(image, JpegImageFile):
+        orientation = image.getexif().get(ExifTags.Base.Orientation)
+        turned = orientation in TURNED
+        width, height = (image.height, image.width) if turned else image.size
+        target_height, target_width = resized_size(spec, width, height)
+        target = (target_height, target_width) if turned else (target_width, target_height)  # as stored
         if image.mode in jpeg.DECODABLE_MODES:
-            pixels = jpeg.decode(data, image.width, image.height, spec.resize_size)
+            pixels = jpeg.decode(data, image.width, image.height, target)
             if pixels is not None:
-                return jpeg.orient(pixels, image.getexif().get(ExifTags.Base.Orientation))
-        factor = jpeg.dct_factor(min(image.size), spec.resize_size)
+                return jpeg.orient(pixels, orientation), (width, height)
+        factor = jpeg.dct_factor(image.width, image.height, target)
         if factor > 1:  # libjpeg (in Pillow) scales in the DCT too
             image.draft(image.mode, (-(-image.width // factor), -(-image.height // factor)))
-    return np.asarray(to_rgb(ImageOps.exif_transpose(image)))
+        return np.asarray(to_rgb(ImageOps.exif_transpose(image))), (width, height)
+    upright = np.asarray(to_rgb(ImageOps.exif_transpose(image)))
+    return upright, (upright.shape[1], upright.shape[0])
+
+
+TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
@@ -150,23 +167,20 @@ def reference_pixels(data: bytes, spec: InputSpec) -> np.ndarray:
     the shorter side to R (bilinear, antialiased), centre crop S. What the fast path is measured against."""
     with Image.open(io.BytesIO(data)) as opened:
         image = to_rgb(ImageOps.exif_transpose(opened))
-    height, width = resized_size(image.height, image.width, spec.resize_size)
+    height, width = shorter_side_to(image.height, image.width, spec.resize_size)
     resized = image.resize((width, height), Image.Resampling.BILINEAR)
-    top, left = crop_origin(height, width, spec.crop_size)
+    top, left = crop_origin(height, width, spec.crop_size, spec.crop_size)
     return np.asarray(resized.crop((left, top, left + spec.crop_size, top + spec.crop_size)))
 
 
-def pixels_from_normalized(tensor: np.ndarray) -> np.ndarray:
-    """(3, S, S) float, normalised with the ImageNet mean and std as the models expect -> (S, S, 3) uint8.
+def pixels_from_normalized(tensor: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """(3, h, w) float, normalised as the model expects (its mean and std, or / 255) -> (h, w, 3) uint8.
 
     The models normalise uint8 pixels themselves, so a float tensor joins the batch as the pixels it
     stands for: rounding costs at most half a grey level (0.5/255) per value."""
-    pixels = tensor.transpose(1, 2, 0) * _STD_255 + _MEAN_255
+    mean, std = spec.mean_std
+    pixels = tensor.transpose(1, 2, 0) * (np.array(std, np.float32) * 255) + np.array(mean, np.float32) * 255
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
-
-
-_MEAN_255 = np.array(IMAGENET_MEAN, np.float32) * 255
-_STD_255 = np.array(IMAGENET_STD, np.float32) * 255
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

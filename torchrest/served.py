@@ -21,7 +21,7 @@ import numpy as np
 
 from torchrest.config import InputSpec
 from torchrest.errors import BadRequest, NotFound, NotReady
-from torchrest.postprocess import Answer
+from torchrest.tasks import Answer, Heads
 from torchrest.timing import StageTimes
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -64,6 +64,16 @@ class ServedModel(Protocol):
     def input_spec(self) -> InputSpec: ...
     @property
     def metadata(self) -> Mapping[str, object]: ...
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """What it is for: the first is what a request that names no task asks of it."""
+        ...
+
+    @property
+    def heads(self) -> Heads | None:
+        """Its tasks bound to its outputs (None until it has been loaded once)."""
+        ...
+
     def describe(self) -> dict[str, object]: ...
 
 
@@ -79,9 +89,16 @@ class ServedRuntime(Protocol):
     def admit(self, count: int = 1, deadline_s: float | None = None) -> None: ...
     def release(self, count: int = 1) -> None: ...
     def infer(
-        self, image: bytes | np.ndarray, deadline_s: float, request_id: str, times: StageTimes | None = None
+        self,
+        image: bytes | np.ndarray,
+        deadline_s: float,
+        request_id: str,
+        times: StageTimes | None = None,
+        task: str = "",
+        options: object = None,
     ) -> Awaitable[Answer]:
-        """One image's answer (or its error); cancelling the wait drops the image before the model."""
+        """One image's answer to `task` (default: the model's own) with its options, or its error; cancelling
+        the wait drops the image before the model."""
         ...
 
     def observe_total(self, seconds: float) -> None:

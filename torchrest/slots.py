@@ -1,13 +1,17 @@
-"""Shared-memory slots: where a front-end's decoded pixels meet the engine's batch, and its answer row
-comes back.
+"""Shared-memory slots: where a front-end's decoded pixels meet the engine's batch, and where the answer comes
+back, whatever its size (a row of probabilities, an embedding, a list of boxes, a class map).
 
-    front-end: acquire() -> decode into pixels(slot) -> Infer(slot) ... Answered -> answer(slot) -> release
-    engine:    pixels(slot) copied once into the batch buffer; the answer's row written into answer(slot)
+    front-end: slots for the image's size -> decode into pixels(slot) -> Infer(pool, slot) ... Answered(shape,
+               dtype) -> answer(slot) copied out -> release
+    engine:    pixels(slot) copied once into the batch buffer; once the batch has run, its answer written
+               over the same slot (the pixels are in the batch by then)
 
-One file per front-end in /dev/shm (`torchrest-<server pid>-<front-end>-<nonce>`), created and unlinked by
-that front-end, mapped by the engine; the supervisor removes what a killed process left (`remove_left`).
-A plain file and mmap rather than multiprocessing.shared_memory: its resource tracker would unlink a
-segment that the engine merely attached to when the engine exits (Python 3.11 has no `track=False`).
+A front-end keeps a pool of slots per size (SlotPools): one file for each size its models' inputs need,
+made the first time it is needed, each in /dev/shm (`torchrest-<server pid>-<front-end>-<nonce>`), created
+and unlinked by that front-end and mapped by the engine (a Slots message says where); the supervisor removes
+what a killed process left (`remove_left`). A plain file and mmap rather than multiprocessing.shared_memory:
+its resource tracker would unlink a segment that the engine merely attached to when the engine exits (Python
+3.11 has no `track=False`).
 """
 
 from __future__ import annotations
@@ -25,13 +29,18 @@ log = logging.getLogger("torchrest.slots")
 
 SHM_DIR = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("/tmp")
 PREFIX = "torchrest-"
-ANSWER_BYTES = 4 * 4096  # room for 4096 float32 class probabilities after the pixels
+SMALLEST_SLOT = 256 * 1024  # a 256 x 256 image; and room for any answer to a small model
+POOL_BYTES = 32 * 1024 * 1024  # one pool's share of /dev/shm: 128 slots of 256 KiB ... 8 of 4 MiB
+MAX_SLOTS = 64  # images in flight per pool (more wait for a free slot: they are the engine's queue anyway)
+MIN_SLOTS = 4  # where /dev/shm has no room for this many, the pixels travel inline
 
 
-def slot_bytes_for(crop_size: int) -> int:
-    """A slot holds one (S, S, 3) uint8 image and its answer row, rounded up to a page."""
-    size = crop_size * crop_size * 3 + ANSWER_BYTES
-    return -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+def slot_bytes_for(nbytes: int) -> int:
+    """The slot size that holds `nbytes`: a power of two from SMALLEST_SLOT up (so few sizes, few files)."""
+    size = SMALLEST_SLOT
+    while size < nbytes:
+        size *= 2
+    return size
 
 
 class SlotFile:
@@ -64,16 +73,16 @@ class SlotFile:
         return cls(path, count, slot_bytes, create=True)
 
     @classmethod
-    def create_fitting(
-        cls, server_pid: int, frontend: int, counts: tuple[int, ...], slot_bytes: int
-    ) -> SlotFile | None:
-        """The first of `counts` slots that shared memory has room for (a container's /dev/shm is often
-        64 MiB), or None: the pixels then travel inline, one copy more."""
-        for count in counts:
+    def create_fitting(cls, server_pid: int, frontend: int, slot_bytes: int) -> SlotFile | None:
+        """As many slots of `slot_bytes` as a pool's share allows (at most MAX_SLOTS), fewer where /dev/shm has
+        less room (a container's is often 64 MiB), or None: the pixels then travel inline, one copy more."""
+        count = max(MIN_SLOTS, min(MAX_SLOTS, POOL_BYTES // slot_bytes))
+        while count >= MIN_SLOTS:
             try:
                 return cls.create(server_pid, frontend, count, slot_bytes)
             except OSError as exc:
                 log.warning("no room for %d slots of %d KiB in %s: %s", count, slot_bytes // 1024, SHM_DIR, exc)
+                count //= 2
         return None
 
     @classmethod
@@ -82,7 +91,7 @@ class SlotFile:
 
     # the owner's side: which slots are free
     def acquire(self) -> int:
-        """A free slot, or -1 when every slot is taken (the caller then sends its pixels inline)."""
+        """A free slot, or -1 when every slot is taken."""
         return self._free.pop() if self._free else -1
 
     def release(self, slot: int) -> None:
@@ -90,14 +99,20 @@ class SlotFile:
 
     # both sides
     def pixels(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
-        size = math.prod(shape)
-        return self._array[slot, :size].reshape(shape)
+        return self._array[slot, : math.prod(shape)].reshape(shape)
 
-    def answer(self, slot: int, classes: int) -> np.ndarray:
-        return self._array[slot, self.slot_bytes - ANSWER_BYTES :].view(np.float32)[:classes]
+    def put(self, slot: int, answer: np.ndarray) -> bool:
+        """Write `answer` over the slot (its pixels are in the batch by now); False when it does not fit."""
+        if answer.nbytes > self.slot_bytes:
+            return False
+        self._array[slot, : answer.nbytes] = np.ascontiguousarray(answer).reshape(-1).view(np.uint8)
+        return True
 
-    def fits(self, shape: tuple[int, ...], classes: int = 0) -> bool:
-        return math.prod(shape) <= self.slot_bytes - ANSWER_BYTES and classes * 4 <= ANSWER_BYTES
+    def answer(self, slot: int, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        """A copy of the answer the engine wrote over `slot`."""
+        kind = np.dtype(dtype)
+        nbytes = math.prod(shape) * kind.itemsize
+        return self._array[slot, :nbytes].view(kind).reshape(shape).copy()
 
     def close(self) -> None:
         del self._array
@@ -107,6 +122,30 @@ class SlotFile:
             pass
         if self.owner:
             self.path.unlink(missing_ok=True)
+
+
+class SlotPools:
+    """A front-end's slot files, one per slot size, each made the first time an image of its size comes."""
+
+    def __init__(self, server_pid: int, frontend: int) -> None:
+        self.server_pid = server_pid
+        self.frontend = frontend
+        self.files: dict[int, SlotFile | None] = {}  # slot size -> its file (None: /dev/shm had no room)
+
+    def for_pixels(self, nbytes: int) -> tuple[int, SlotFile | None, bool]:
+        """The pool (its slot size, its file or None) for images of `nbytes`, and whether it is new (the
+        engine has to be told where it is)."""
+        size = slot_bytes_for(nbytes)
+        if size in self.files:
+            return size, self.files[size], False
+        self.files[size] = SlotFile.create_fitting(self.server_pid, self.frontend, size)
+        return size, self.files[size], self.files[size] is not None
+
+    def close(self) -> None:
+        for slots in self.files.values():
+            if slots is not None:
+                slots.close()
+        self.files.clear()
 
 
 def remove_left(server_pid: int, frontend: int | None = None) -> list[Path]:

@@ -16,7 +16,7 @@ import numpy as np
 
 MIN_CALLS = 3
 
-Run = Callable[[np.ndarray], np.ndarray]
+Run = Callable[[np.ndarray], object]  # a model's call: a batch in, whatever it gives
 
 
 def median_call_s(run: Run, batch: np.ndarray, seconds: float, min_calls: int = MIN_CALLS) -> float:
@@ -36,7 +36,7 @@ class StageTimes:
     and the decode and model run of the batches they were in (seconds). With tracing on, also `marks`,
     each stage's start and end on the monotonic clock (which every process of the machine shares), for
     the request span's children; `link`, the request span's identity, for the batch spans to link to;
-    and the model that answered."""
+    and the model that answered, and for which task."""
 
     queue_s: float = 0.0
     decode_s: float = 0.0
@@ -46,6 +46,7 @@ class StageTimes:
     link: Any = None  # torchrest.tracing.Carried
     model: str = ""
     version: str = ""
+    task: str = ""
 
     def note(self, enqueued_s: float, started_s: float, decoded_s: float, ran_s: float, before_s: float = 0.0) -> None:
         """One image's batch: when the image was queued, its batch taken, decoded and run (monotonic);

@@ -1,16 +1,17 @@
-"""HTTP surface: the ASGI app and its routes. One module per concern: `http` (primitives), `forms`
-(body -> image bytes), `classify` (POST /classify), `health` (/health, /metrics, /), `openapi` (/openapi.json),
-`page` (the web page: /, /web/*, with its files in static/), `protocol` (uvicorn's HTTP protocol with a header
-deadline), `v2` (the Open Inference Protocol), `tensors` (its JSON and binary tensor encodings), `guards` (API
-key and admin token checks, declared on the routes) and `cors` (browser origins)."""
+"""HTTP surface: the ASGI app and its routes. One module per concern: `http` (primitives), `forms` (body ->
+image bytes), `image` (POST /classify, /detect, /segment, /embed: the tasks' routes), `health` (/health,
+/metrics, /), `openapi` (/openapi.json), `page` (the web page: /, /web/*, with its files in static/),
+`protocol` (uvicorn's HTTP protocol with a header deadline), `v2` (the Open Inference Protocol), `tensors`
+(its JSON and binary tensor encodings), `guards` (API key and admin token checks, declared on the routes)
+and `cors` (browser origins)."""
 
 from __future__ import annotations
 
 from torchrest.api import page
 from torchrest.api.app import App, AppState, Handler
-from torchrest.api.classify import classify
 from torchrest.api.guards import inference
 from torchrest.api.health import health, metrics
+from torchrest.api.image import ENDPOINTS
 from torchrest.api.openapi import openapi
 from torchrest.api.v2 import templates
 
@@ -19,7 +20,7 @@ def route_table() -> tuple[dict[str, dict[str, Handler]], dict[str, dict[str, Ha
     """Every route the server has, in one place: exact paths, and the /v2 templates. (A test keeps
     /openapi.json in step with it.)"""
     routes: dict[str, dict[str, Handler]] = {
-        "/classify": {"POST": inference(classify)},
+        **{route: {"POST": inference(handler)} for route, handler in ENDPOINTS.items()},
         "/health": {"GET": health},
         "/metrics": {"GET": metrics},
         "/": {"GET": page.front_door},

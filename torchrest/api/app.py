@@ -201,6 +201,7 @@ def log_request(
         "request_id": request.request_id,
         "route": route,
         "model": request.times.model or None,
+        "task": request.times.task or None,
         "status": status,
         "code": code or None,
         "duration_ms": round((ended_s - request.started_s) * 1000, 3),

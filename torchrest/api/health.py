@@ -6,6 +6,7 @@ from torchrest import __version__
 from torchrest.api.app import AppState
 from torchrest.api.http import Request, Response, json_response
 from torchrest.errors import NotReady
+from torchrest.tasks import TASKS
 
 
 async def health(request: Request, state: AppState) -> Response:
@@ -49,10 +50,17 @@ async def info(request: Request, state: AppState) -> Response:
                     "name": entry.name,
                     "version": entry.version,
                     "state": entry.state,
+                    "tasks": list(entry.model.tasks),
                     "backend": entry.runtime.info.backend if entry.runtime else None,
                 }
                 for entry in state.models.entries.values()
             ],
-            "endpoints": ["POST /classify", "GET /health", "GET /metrics", "GET /openapi.json", "/v2 (KServe v2)"],
+            "endpoints": [
+                *(f"POST {task.route}" for task in TASKS.values()),
+                "GET /health",
+                "GET /metrics",
+                "GET /openapi.json",
+                "/v2 (KServe v2)",
+            ],
         },
     )

@@ -9,11 +9,11 @@ import json
 from typing import Any
 
 from torchrest import __version__
-from torchrest.api.classify import MAX_TOP_K
 from torchrest.api.http import Request, Response
 from torchrest.errors import all_errors
 from torchrest.served import MODEL_NAME
 from torchrest.served import VERSION as VERSION_RE
+from torchrest.tasks.classify import MAX_TOP_K
 
 JSON = "application/json"
 Schema = dict[str, Any]

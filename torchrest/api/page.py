@@ -58,6 +58,7 @@ async def stats(request: Request, state: AppState) -> Response:
             "name": entry.name,
             "version": entry.version,
             "state": entry.state,
+            "tasks": list(entry.model.tasks),
             "backend": runtime.info.backend if runtime else None,
             "default": entry.name == state.models.default,
         }

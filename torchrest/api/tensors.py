@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from torchrest.errors import BadRequest
+from torchrest.tasks import Output
 
 # the datatypes an input may have, as numpy sees their little-endian bytes (BYTES is handled apart)
 NUMERIC = {
@@ -220,15 +221,6 @@ def _object(value: object, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadRequest(f"{what} must be a JSON object")
     return value
-
-
-@dataclass(slots=True)
-class Output:
-    name: str
-    datatype: str  # FP32 or BYTES
-    shape: list[int]
-    data: np.ndarray | list[bytes]
-    binary: bool
 
 
 def encode_response(document: dict[str, Any], outputs: list[Output]) -> tuple[bytes, int | None]:

@@ -23,15 +23,13 @@ import asyncio
 import time
 from typing import Any
 
-import numpy as np
-
 from torchrest import __version__
 from torchrest.admission import admitted
 from torchrest.api.app import AppState, Handler
-from torchrest.api.classifier_io import images_of, metadata, output_tensors, platform, rows_of
 from torchrest.api.guards import admin, inference
 from torchrest.api.http import Request, Response, json_response
 from torchrest.api.lifecycle import deadline_s, in_time, until_disconnect
+from torchrest.api.tensor_io import answers_of, images_of, metadata, output_tensors, platform, task_of
 from torchrest.api.tensors import HEADER_LENGTH, encode_response, json_object, parse_request
 from torchrest.errors import BadRequest, NotReady
 from torchrest.served import ModelState, ServedEntry
@@ -80,7 +78,11 @@ async def model_config(request: Request, state: AppState) -> Response:
             "max_batch_size": runtime.info.max_batch_size if runtime else state.config.max_batch_size,
             "instance_group": [{"count": runtime.info.instances if runtime else 0, "kind": "KIND_CPU"}],
             "dynamic_batching": {"max_queue_delay_microseconds": int(state.config.max_wait_ms * 1000)},
-            "parameters": {k: str(v) for k, v in entry.model.describe().items() if not isinstance(v, dict)},
+            "parameters": {
+                k: ",".join(map(str, v)) if isinstance(v, list) else str(v)
+                for k, v in entry.model.describe().items()
+                if not isinstance(v, dict)
+            },
         },
     )
 
@@ -128,11 +130,14 @@ async def infer(request: Request, state: AppState) -> Response:
         else:
             parsed = parse_request(body, header_length)
         times.mark("body read", admitted_s, time.monotonic())
+        task, head = task_of(parsed, runtime.model)
+        options = task.v2_options(parsed.parameters, head)
+        times.task = task.name
         images = images_of(parsed, runtime)
         places.add(len(images) - 1)
-        rows = await until_disconnect(rows_of(runtime, images, deadline, request.request_id, times), request)
-    probabilities = np.stack(rows) if rows else np.zeros((0, len(runtime.model.labels)), np.float32)
-    outputs = output_tensors(parsed, probabilities, runtime.model.labels)
+        answering = answers_of(runtime, images, deadline, request.request_id, times, task.name, options)
+        answers = await until_disconnect(answering, request)
+    outputs = output_tensors(parsed, answers, task, head, options, runtime.model.labels)
     document: dict[str, Any] = {"model_name": runtime.name, "model_version": runtime.model.version}
     if parsed.id is not None:
         document["id"] = parsed.id

@@ -1,4 +1,5 @@
-"""Backends run one loaded model on one device: (N, H, W, 3) uint8 -> (N, classes) float32 logits.
+"""Backends run one loaded model on one device: (N, H, W, 3) uint8 -> the model's outputs (torchrest.tasks
+reads them: logits, features, boxes, class scores).
 
 A new backend is one module here, declaring its `KIND` (name, opener, /v2 platform, KServe format,
 packages), and one line in `BACKENDS`.
@@ -13,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from torchrest.backends import aoti_backend, openvino_backend, ort_backend, torch_backend
+from torchrest.backends.inputs import Outputs
 from torchrest.backends.kind import BackendKind, missing_package
 from torchrest.backends.openvino_backend import OpenVINOBackend
 from torchrest.backends.ort_backend import OnnxRuntimeBackend
@@ -28,13 +30,13 @@ class Backend(Protocol):
     def prepare_thread(self) -> None:
         """Called once on the inference thread that will call `run` (thread budget, device)."""
 
-    def input_buffer(self, max_batch_size: int, size: int) -> np.ndarray:
-        """A reusable (max_batch_size, size, size, 3) uint8 buffer the runtime copies requests into."""
+    def input_buffer(self, max_batch_size: int, size: tuple[int, int]) -> np.ndarray:
+        """A reusable (max_batch_size, height, width, 3) uint8 buffer the runtime copies requests into."""
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 -> (N, classes) float32 logits."""
+    def run(self, batch: np.ndarray) -> Outputs:
+        """(N, H, W, 3) uint8 -> the model's outputs, in order, each (N, ...) (floating point as float32)."""
 
-    def alone(self, threads: int) -> Callable[[np.ndarray], np.ndarray] | None:
+    def alone(self, threads: int) -> Callable[[np.ndarray], Outputs] | None:
         """`run` on `threads` threads (the model's whole budget), for a batch that runs while the other
         instances are idle; None when it cannot. Called on the instance's thread, once."""
 
@@ -56,6 +58,7 @@ __all__ = [
     "BackendKind",
     "OnnxRuntimeBackend",
     "OpenVINOBackend",
+    "Outputs",
     "TorchBackend",
     "missing_package",
     "open_backend",

@@ -28,9 +28,10 @@ import torch
 
 from torchrest.backends import torch_backend
 from torchrest.backends.formats import CompiledFor
-from torchrest.backends.inputs import FLOAT_NCHW, UINT8_NHWC, float_nchw
+from torchrest.backends.inputs import FLOAT_NCHW, UINT8_NHWC, Outputs, as_outputs, float_nchw
 from torchrest.backends.kind import BackendKind
 from torchrest.backends.torch_backend import OnTorchDevice
+from torchrest.config import IMAGENET
 from torchrest.errors import ModelLoadError
 
 log = logging.getLogger("torchrest.backends")
@@ -53,6 +54,7 @@ class AOTIBackend(OnTorchDevice):
         device: str = "cpu",
         threads: int = 1,
         pixels: str = UINT8_NHWC,
+        normalize: str = IMAGENET,
         batch: int = 0,
         name: str = "aoti",
     ) -> None:
@@ -61,6 +63,7 @@ class AOTIBackend(OnTorchDevice):
         self.threads = threads
         self.on_cuda = device.startswith("cuda")
         self.pixels = pixels
+        self.normalize = normalize
         self._folder = Path(tempfile.mkdtemp(prefix="torchrest-aoti-"))
         weakref.finalize(self, shutil.rmtree, self._folder, True)
         library = _extract(path, self._folder)
@@ -80,16 +83,16 @@ class AOTIBackend(OnTorchDevice):
         count = ctypes.c_size_t()
         self._lib.AOTInductorModelContainerGetNumInputs(self._container, ctypes.byref(count))
         if count.value != 1:
-            raise ModelLoadError(f"{path} takes {count.value} inputs; torchrest feeds a classifier one batch of images")
+            raise ModelLoadError(f"{path} takes {count.value} inputs; torchrest feeds a model one batch of images")
         self._lib.AOTInductorModelContainerGetNumOutputs(self._container, ctypes.byref(count))
         self._outputs = count.value
         self.batch = batch  # 0: any batch size (a dynamic batch dimension); else chunks of it
 
     @torch.inference_mode()
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, batch: np.ndarray) -> Outputs:
         pixels = self._on_device(batch)
         if self.pixels == FLOAT_NCHW:
-            pixels = float_nchw(pixels)
+            pixels = float_nchw(pixels, self.normalize)
         (handle,) = torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors([pixels.contiguous()])
         inputs = (ctypes.c_void_p * 1)(_capsule_pointer(handle, None))  # the container takes ownership
         outputs = (ctypes.c_void_p * self._outputs)()
@@ -99,13 +102,13 @@ class AOTIBackend(OnTorchDevice):
             error=RuntimeError,
         )
         tensors = torch._C._aoti.alloc_tensors_by_stealing_from_void_ptrs([_capsule(p, None, None) for p in outputs])
-        return tensors[0].float().cpu().numpy()
+        return as_outputs(tensors)
 
-    def probe_batch(self, size: int) -> None:
+    def probe_batch(self, size: tuple[int, int]) -> None:
         """A user's package: find whether it takes any batch size or a fixed one (compiled without a
         dynamic batch dimension, it answers as many rows as it was compiled for)."""
         self.prepare_thread()
-        rows = len(self._run(np.zeros((PROBE_BATCH, size, size, 3), np.uint8)))
+        rows = len(self._run(np.zeros((PROBE_BATCH, *size, 3), np.uint8))[0])
         self.batch = 0 if rows == PROBE_BATCH else rows
         if self.batch:
             log.info("%s takes a fixed batch of %d: batches are run in chunks of that size", self.name, self.batch)
@@ -162,10 +165,12 @@ def open_aoti(path: Path, *, device: str, threads: int, options: dict[str, str])
         threads=threads,
         pixels=options.get("pixels", UINT8_NHWC),
         batch=int(options.get("batch", "0")),
+        normalize=options.get("normalize", IMAGENET),
         name=options.get("name", "aoti"),
     )
-    if "batch" not in options and "crop" in options:  # a user's package: nothing says how it batches
-        backend.probe_batch(int(options["crop"]))
+    if "batch" not in options and "input" in options:  # a user's package: nothing says how it batches
+        height, _, width = options["input"].partition("x")
+        backend.probe_batch((int(height), int(width)))
     return backend
 
 

@@ -67,10 +67,10 @@ class OpenVINOBackend:
     def prepare_thread(self) -> None:
         pass
 
-    def input_buffer(self, max_batch_size: int, size: int) -> np.ndarray:
-        return np.empty((max_batch_size, size, size, 3), dtype=np.uint8)
+    def input_buffer(self, max_batch_size: int, size: tuple[int, int]) -> np.ndarray:
+        return np.empty((max_batch_size, *size, 3), dtype=np.uint8)
 
-    def alone(self, threads: int) -> Callable[[np.ndarray], np.ndarray] | None:
+    def alone(self, threads: int) -> Callable[[np.ndarray], tuple[np.ndarray, ...]] | None:
         """The graph compiled once more, for one stream of `threads` threads with the latency hint, shared
         by the model's instances (one of them runs it at a time); each instance has its own request."""
         if threads <= self.threads:
@@ -79,14 +79,17 @@ class OpenVINOBackend:
         request = self._alone.compiled.create_infer_request()
         return lambda batch: _infer(request, batch)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         return _infer(self.request, batch)
 
 
-def _infer(request: Any, batch: np.ndarray) -> np.ndarray:
-    # the request's output memory is reused by the next call: the copy keeps this batch's answer
+def _infer(request: Any, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+    # the request's output memory is reused by the next call: the copies keep this batch's answer
     outputs = request.infer({0: np.ascontiguousarray(batch)}, share_inputs=True)
-    return np.array(outputs[0], dtype=np.float32, copy=True)
+    return tuple(
+        np.array(outputs[i], dtype=np.float32 if outputs[i].dtype.kind == "f" else None, copy=True)
+        for i in range(len(outputs))
+    )
 
 
 def _compiled(path: Path, threads: int, precision: str, streams: int, shared: bool = False) -> _Compiled:

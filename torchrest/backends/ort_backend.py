@@ -15,14 +15,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchrest.backends.inputs import FLOAT_NCHW, UINT8_NHWC, float_nchw, in_fixed_batches
+from torchrest.backends.inputs import FLOAT_NCHW, UINT8_NHWC, Outputs, float_nchw, in_fixed_batches
 from torchrest.backends.kind import BackendKind
+from torchrest.config import IMAGENET
 from torchrest.errors import ModelLoadError, first_line
 
 
 class OnnxRuntimeBackend:
-    def __init__(self, path: Path, *, device: str = "cpu", threads: int = 1, name: str = "onnxruntime") -> None:
+    def __init__(
+        self, path: Path, *, device: str = "cpu", threads: int = 1, name: str = "onnxruntime", normalize: str = IMAGENET
+    ) -> None:
         self.name = name
+        self.normalize = normalize
         self.device = device
         self.path = path
         self.threads = threads
@@ -56,30 +60,36 @@ class OnnxRuntimeBackend:
     def prepare_thread(self) -> None:
         pass
 
-    def input_buffer(self, max_batch_size: int, size: int) -> np.ndarray:
-        return np.empty((max_batch_size, size, size, 3), dtype=np.uint8)
+    def input_buffer(self, max_batch_size: int, size: tuple[int, int]) -> np.ndarray:
+        return np.empty((max_batch_size, *size, 3), dtype=np.uint8)
 
-    def alone(self, threads: int) -> Callable[[np.ndarray], np.ndarray] | None:
+    def alone(self, threads: int) -> Callable[[np.ndarray], Outputs] | None:
         """A second session of the same graph whose pool has `threads` threads (CPU; its own memory)."""
         if self.device != "cpu" or threads <= self.threads:
             return None
         session = self._session(threads)
         return lambda batch: self.run(batch, session)
 
-    def run(self, batch: np.ndarray, session: Any = None) -> np.ndarray:
+    def run(self, batch: np.ndarray, session: Any = None) -> Outputs:
         if self.batch:
             return in_fixed_batches(lambda chunk: self._run(chunk, session), batch, self.batch)
         return self._run(batch, session)
 
-    def _run(self, batch: np.ndarray, session: Any = None) -> np.ndarray:
+    def _run(self, batch: np.ndarray, session: Any = None) -> Outputs:
         if self.pixels == FLOAT_NCHW:
-            batch = float_nchw(torch.from_numpy(batch)).numpy()
-        logits = (session or self.session).run(None, {self.input_name: batch})[0]
-        return np.asarray(logits, dtype=np.float32)
+            batch = float_nchw(torch.from_numpy(batch), self.normalize).numpy()
+        outputs = (session or self.session).run(None, {self.input_name: batch})
+        return tuple(np.asarray(o, dtype=np.float32) if o.dtype.kind == "f" else np.asarray(o) for o in outputs)
 
 
 def open_onnxruntime(path: Path, *, device: str, threads: int, options: dict[str, str]) -> OnnxRuntimeBackend:
-    return OnnxRuntimeBackend(path, device=device, threads=threads, name=options.get("name", "onnxruntime"))
+    return OnnxRuntimeBackend(
+        path,
+        device=device,
+        threads=threads,
+        name=options.get("name", "onnxruntime"),
+        normalize=options.get("normalize", IMAGENET),
+    )
 
 
 KIND = BackendKind(

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from torchrest.backends.formats import EXPORTED, TORCHSCRIPT, TORCHSCRIPT_DEPRECATED, file_format
-from torchrest.backends.inputs import FLOAT_NCHW, UINT8_NHWC, Uint8Classifier, in_fixed_batches
+from torchrest.backends.inputs import FLOAT_NCHW, UINT8_NHWC, Outputs, Uint8Network, as_outputs, in_fixed_batches
 from torchrest.backends.kind import BackendKind
+from torchrest.config import IMAGENET
 from torchrest.errors import ModelLoadError, first_line
 
 log = logging.getLogger("torchrest.backends")
@@ -51,7 +52,7 @@ class OnTorchDevice:
     batch: int = 0  # 0: any batch size; else the model takes exactly this many images
     buckets: tuple[int, ...] = ()  # else: batches are padded up to one of these sizes
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray) -> Outputs:
         if self.batch:
             return in_fixed_batches(self._run, batch, self.batch)
         if self.buckets:
@@ -59,7 +60,7 @@ class OnTorchDevice:
             return in_fixed_batches(self._run, batch, size)
         return self._run(batch)
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, batch: np.ndarray) -> Outputs:
         raise NotImplementedError
 
     def _on_device(self, batch: np.ndarray) -> torch.Tensor:
@@ -73,13 +74,13 @@ class OnTorchDevice:
         else:
             torch.set_num_threads(self.threads)  # torch's and a compiled package's OpenMP loops read it
 
-    def input_buffer(self, max_batch_size: int, size: int) -> np.ndarray:
-        shape = (max_batch_size, size, size, 3)
+    def input_buffer(self, max_batch_size: int, size: tuple[int, int]) -> np.ndarray:
+        shape = (max_batch_size, *size, 3)
         if self.on_cuda:
             return torch.empty(shape, dtype=torch.uint8).pin_memory().numpy()
         return np.empty(shape, dtype=np.uint8)
 
-    def alone(self, threads: int) -> Callable[[np.ndarray], np.ndarray] | None:
+    def alone(self, threads: int) -> Callable[[np.ndarray], Outputs] | None:
         """`run` with this thread's intra-op pool widened to `threads` for the call (CPU)."""
         return None if self.on_cuda or threads <= self.threads else with_threads(self.run, threads, self.threads)
 
@@ -117,15 +118,14 @@ class TorchBackend(OnTorchDevice):
         self.module = module
 
     @torch.inference_mode()
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        logits = self.module(self._on_device(batch))
-        return logits.float().cpu().numpy()
+    def _run(self, batch: np.ndarray) -> Outputs:
+        return as_outputs(self.module(self._on_device(batch)))
 
 
-def with_threads(run: Callable[[np.ndarray], np.ndarray], threads: int, own: int) -> Callable[[np.ndarray], np.ndarray]:
+def with_threads(run: Callable[[np.ndarray], Outputs], threads: int, own: int) -> Callable[[np.ndarray], Outputs]:
     """`run` with this thread's intra-op pool at `threads` for the call, and back to `own` after it."""
 
-    def widened(batch: np.ndarray) -> np.ndarray:
+    def widened(batch: np.ndarray) -> Outputs:
         torch.set_num_threads(threads)
         try:
             return run(batch)
@@ -154,7 +154,7 @@ def open_torch(path: Path, *, device: str, threads: int, options: dict[str, str]
     if file_format(path) == TORCHSCRIPT:
         module, batch = load_torchscript(path), 0  # optimize's legacy artifacts took uint8 NHWC themselves
     else:
-        module, batch, _ = load_exported(path)
+        module, batch, _ = load_exported(path, options.get("normalize", IMAGENET))
     return TorchBackend(
         module,
         device=device,
@@ -168,10 +168,10 @@ def open_torch(path: Path, *, device: str, threads: int, options: dict[str, str]
     )
 
 
-def load_exported(path: Path) -> tuple[nn.Module, int, int]:
+def load_exported(path: Path, normalize: str = IMAGENET) -> tuple[nn.Module, int, tuple[int, int]]:
     """A torch.export program as a module that takes uint8 NHWC (a user's network, taking float NCHW, gets
-    torchrest's stem in front of it; a program with the stem inside is taken as it is), its batch size and
-    its image side (each 0 when dynamic)."""
+    torchrest's stem in front of it, normalising as `normalize` says; a program with the stem inside is taken
+    as it is), its batch size and its image's (height, width) (each 0 when dynamic)."""
     if file_format(path) != EXPORTED:
         raise ModelLoadError(f"{path} is not a torch.export program")
     try:
@@ -180,7 +180,7 @@ def load_exported(path: Path) -> tuple[nn.Module, int, int]:
         raise ModelLoadError(f"{path} is not a loadable torch.export program: {first_line(exc)}") from None
     inputs = program.graph_signature.user_inputs
     if len(inputs) != 1:
-        raise ModelLoadError(f"{path} takes {len(inputs)} inputs; torchrest feeds a classifier one batch of images")
+        raise ModelLoadError(f"{path} takes {len(inputs)} inputs; torchrest feeds a model one batch of images")
     node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == inputs[0])
     value = node.meta.get("val")
     shape = tuple(value.shape) if value is not None else ()
@@ -188,10 +188,10 @@ def load_exported(path: Path) -> tuple[nn.Module, int, int]:
         raise ModelLoadError(f"{path} takes a tensor of shape {list(shape)}, not a batch of images")
     pixels = UINT8_NHWC if value.dtype == torch.uint8 and shape[3] == 3 else FLOAT_NCHW
     batch = 0 if isinstance(shape[0], torch.SymInt) else int(shape[0])
-    height = shape[1] if pixels == UINT8_NHWC else shape[2]
-    side = 0 if isinstance(height, torch.SymInt) else int(height)
+    height, width = shape[1:3] if pixels == UINT8_NHWC else shape[2:4]
+    size = tuple(0 if isinstance(side, torch.SymInt) else int(side) for side in (height, width))
     module = program.module()
-    return (Uint8Classifier(module) if pixels == FLOAT_NCHW else module), batch, side
+    return (Uint8Network(module, normalize) if pixels == FLOAT_NCHW else module), batch, (size[0], size[1])
 
 
 def load_torchscript(path: Path) -> nn.Module:

@@ -25,16 +25,19 @@ Clock = Callable[[], float]
 
 @dataclass(slots=True)
 class Job:
-    """One request on its way through the batcher."""
+    """One image of a request on its way through the batcher."""
 
     # encoded bytes, decoded by the runtime into the batch buffer just before the model runs; or a
-    # tensor a client sent already pre-processed: (S, S, 3) uint8, or (3, S, S) float32 normalised
+    # tensor a client sent already pre-processed: (h, w, 3) uint8, or (3, h, w) float32 normalised
     image: Any
     deadline_s: float  # monotonic clock
     enqueued_s: float
     request_id: str
-    future: Any  # asyncio.Future[np.ndarray], resolved on the event loop by the runtime
+    future: Any  # asyncio.Future[tasks.Answer], resolved on the event loop by the runtime
     times: StageTimes | None = None  # filled by the runtime thread before the future resolves
+    task: str = "classify"  # what the request asks of the model (one of its tasks)
+    options: Any = None  # the task's options for this request (detect: its thresholds)
+    geometry: Any = None  # where its pixels went (tasks.Geometry), once decoded
 
     def abandoned(self) -> bool:
         """The caller went away (cancelled future): computing this row would be wasted work."""

@@ -151,7 +151,11 @@ class ModelManager:
     # -- life cycle -----------------------------------------------------------------------------------
     async def load_all(self, after_each: Callable[[], None] = lambda: None) -> bool:
         """Load every model (start-up), calling `after_each` after each; the first failure stops it and is
-        kept in `load_error`. True when every model loaded."""
+        kept in `load_error`. True when every model loaded. Each is LOADING until its turn comes, so that the
+        server is not ready (/health) before the last of them is."""
+        for entry in self.entries.values():
+            if entry.runtime is None:
+                entry.state, entry.reason = LOADING, ""
         for name in list(self.entries):
             try:
                 entry = await self.load(name)

@@ -1,8 +1,9 @@
 """A model's runtime: its admission bound, its batch queue, and its instances (torchrest.engine.instances),
 each an inference thread owning a Backend.
 
-    submit(image) --Job--> BatchQueue --take()--> instance thread: decode the batch into the batch buffer,
-    backend.run, softmax --one call_soon_threadsafe per batch--> each future gets its row
+    submit(image, task) --Job--> BatchQueue --take()--> instance thread: decode the batch into the batch
+    buffer, backend.run, each image's task reads the outputs (torchrest.tasks: softmax, NMS, argmax)
+    --one call_soon_threadsafe per batch--> each future gets its answer
 
 Decode and model take turns on the same cores instead of fighting over them, and only the hand-off back
 to the event loop crosses threads, once per batch. A lone batch may borrow every core (CoreLending);
@@ -14,22 +15,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
 
 import numpy as np
 
 from torchrest.admission import Admission
-from torchrest.backends import Backend
+from torchrest.backends import Backend, Outputs
 from torchrest.engine.batching import BatchQueue, Job, Taken
 from torchrest.engine.instances import CoreLending, Instance, InstanceDied, Instances, is_fatal
 from torchrest.engine.stats import ModelStats, RecentActivity, RuntimeMetrics, watch_queue
 from torchrest.errors import DeadlineExceeded, ModelError, QueueFull, TorchrestError, first_line
 from torchrest.metrics import Metrics
 from torchrest.models.common import LoadedModel
-from torchrest.postprocess import Answer, softmax
 from torchrest.preprocess import Preprocessor
 from torchrest.served import RuntimeInfo
+from torchrest.tasks import Answer, Decoded, Geometry, Heads, output_shapes
 from torchrest.timing import StageTimes, median_call_s
 from torchrest.tracing import current as current_tracing
 
@@ -63,7 +65,7 @@ class ModelRuntime:
         self.recent = RecentActivity()
         self.loop = loop
         self.budget = threads * len(backends)  # the model's whole thread budget, which a lone batch gets
-        self.figures = RuntimeMetrics.bound(metrics, model.name)
+        self.figures = RuntimeMetrics.bound(metrics, model.name, model.tasks)
         self.instances = Instances(model.name, backends, reopen, self._run_once, self.figures.restarts)
         self.lending = CoreLending(lambda: len(self.queue))
         watch_queue(metrics, model.name, lambda: len(self.queue), lambda: self.admission.in_flight)
@@ -109,14 +111,27 @@ class ModelRuntime:
         self.recent.latencies_s.append(seconds)
 
     async def infer(
-        self, image: bytes | np.ndarray, deadline_s: float, request_id: str, times: StageTimes | None = None
+        self,
+        image: bytes | np.ndarray,
+        deadline_s: float,
+        request_id: str,
+        times: StageTimes | None = None,
+        task: str = "",
+        options: object = None,
     ) -> Answer:
-        """Queue one image (encoded, or pixels); return its answer: class probabilities and the most probable
-        class (or raise its error). `times`, when given, learns where the time went (queue, decode, model)."""
-        return await self.submit(image, deadline_s, request_id, times)
+        """Queue one image (encoded, or pixels) for `task` (default: the model's own) with its options;
+        return its answer (or raise its error). `times`, when given, learns where the time went (queue,
+        decode, model)."""
+        return await self.submit(image, deadline_s, request_id, times, task, options)
 
     def submit(
-        self, image: bytes | np.ndarray, deadline_s: float, request_id: str, times: StageTimes | None = None
+        self,
+        image: bytes | np.ndarray,
+        deadline_s: float,
+        request_id: str,
+        times: StageTimes | None = None,
+        task: str = "",
+        options: object = None,
     ) -> asyncio.Future[Answer]:
         """As `infer`, without a coroutine: the future of the answer (the engine process answers each
         front-end's request from the future's callback). Cancelling it drops the job before the model."""
@@ -124,10 +139,11 @@ class ModelRuntime:
         enqueued = time.monotonic()
         if times is not None:
             times.model, times.version = self.name, self.model.version
-        pending: bytes | np.ndarray | Future[np.ndarray] = image
+        pending: bytes | np.ndarray | Future[tuple[np.ndarray, Geometry]] = image
         if self.preprocessor.ahead and isinstance(image, bytes) and not self._idle():
             pending = self.preprocessor.start(image)  # decode now, while the instances are busy
-        self.queue.put(Job(pending, deadline_s, enqueued, request_id, future, times))
+        job = Job(pending, deadline_s, enqueued, request_id, future, times, task or self.model.tasks[0], options)
+        self.queue.put(job)
         future.add_done_callback(lambda done: self._record(done, enqueued))
         return future
 
@@ -164,13 +180,15 @@ class ModelRuntime:
         them. Returns img/s by size (empty without `tune_batch`)."""
         limit = self.queue.max_batch_size
         sizes = sorted({1, limit} | ({2**i for i in range(1, 10) if 2**i < limit} if tune_batch else set()))
-        side = self.model.input_spec.crop_size
         throughput: dict[int, float] = {}
         for index, backend in enumerate(self.backends):
             backend.prepare_thread()
             for size in sizes:
-                batch = np.zeros((size, side, side, 3), np.uint8)
-                backend.run(batch)
+                batch = np.zeros((size, *self.model.input_spec.size, 3), np.uint8)
+                outputs = backend.run(batch)
+                if index == 0 and size == 1:  # what it gives is read by its tasks, as they say (or it fails)
+                    model = self.model
+                    model.heads = Heads.bind(model.tasks, output_shapes(outputs), model.input_spec.size)
                 if index == 0 and tune_batch:
                     throughput[size] = size / median_call_s(backend.run, batch, TUNE_SECONDS_PER_SIZE)
         if throughput:
@@ -184,20 +202,24 @@ class ModelRuntime:
             )
         return throughput
 
+    @property
+    def heads(self) -> Heads:
+        assert self.model.heads is not None, "a runtime binds its model's heads when it warms up"
+        return self.model.heads
+
     def _run_once(self, backend: Backend) -> None:
         """A re-opened backend runs one image before it serves."""
-        side = self.model.input_spec.crop_size
-        backend.run(np.zeros((1, side, side, 3), np.uint8))
+        backend.run(np.zeros((1, *self.model.input_spec.size, 3), np.uint8))
 
     def _serve(self, instance: Instance) -> None:
         """An instance's thread: take batches until the queue closes."""
         backend = instance.backend
         backend.prepare_thread()
-        side = self.model.input_spec.crop_size
-        buffer = backend.input_buffer(self.queue.max_batch_size, side)
+        size = self.model.input_spec.size
+        buffer = backend.input_buffer(self.queue.max_batch_size, size)
         alone = backend.alone(self.budget) if len(self.instances) > 1 else None
         if alone is not None:
-            alone(np.zeros((1, side, side, 3), np.uint8))  # its first run sets up kernels: not a request's
+            alone(np.zeros((1, *size, 3), np.uint8))  # its first run sets up kernels: not a request's
         while (taken := self.queue.take()) is not None:
             instance.busy = True
             try:
@@ -221,7 +243,7 @@ class ModelRuntime:
         backend: Backend,
         buffer: np.ndarray,
         batch: list[Job],
-        alone: Callable[[np.ndarray], np.ndarray] | None = None,
+        alone: Callable[[np.ndarray], Outputs] | None = None,
     ) -> None:
         figures = self.figures
         started = time.monotonic()
@@ -234,10 +256,9 @@ class ModelRuntime:
             return
         lent = self.lending.claim() if alone is not None else False  # without a wider path, nothing to share
         try:
-            logits = alone(buffer[:size]) if lent and alone is not None else backend.run(buffer[:size])
+            outputs = alone(buffer[:size]) if lent and alone is not None else backend.run(buffer[:size])
             ran = time.monotonic()
-            probabilities = softmax(logits)
-            best = probabilities.argmax(axis=1).tolist()
+            answers = self.heads.decode(outputs, [job.task for job in batch], [job.options for job in batch])
         except Exception as exc:  # noqa: BLE001 - any failure of the model fails this batch only
             figures.errors.inc()
             self._trace_batch(batch, decoded, time.monotonic(), type(exc).__name__)
@@ -261,6 +282,8 @@ class ModelRuntime:
         self.admission.observe(size, finished - since)
         figures.inference.observe(ran - decoded)
         figures.batch_size.observe(size)
+        for task, count in Counter(job.task for job in batch).items():
+            figures.answers[task].inc(count)
         self.recent.batch_sizes.append(size)
         for job in batch:
             if job.times is not None:
@@ -273,7 +296,7 @@ class ModelRuntime:
             infer_ns=int((ran - decoded) * 1e9),
             output_ns=int((finished - ran) * 1e9),
         )
-        self.loop.call_soon_threadsafe(_settle, batch, probabilities, best)
+        self.loop.call_soon_threadsafe(_settle, batch, answers)
 
     def _trace_batch(self, batch: list[Job], start_s: float, end_s: float, error: str = "") -> None:
         """With tracing on: the batch's span, linked to the spans of the requests it served."""
@@ -285,17 +308,20 @@ class ModelRuntime:
     def _decode(self, batch: list[Job], buffer: np.ndarray) -> list[Job]:
         """Fill buffer rows 0..k-1 with the batch's decodable images; fail the others (4xx)."""
         started = time.monotonic()
-        errors = self.preprocessor.fill([job.image for job in batch], buffer)
+        fitted = self.preprocessor.fill([job.image for job in batch], buffer)
         per_image_s = (time.monotonic() - started) / len(batch)
         for _ in batch:
             self.figures.preprocess.observe(per_image_s)
-        if not any(errors):
+        for job, geometry in zip(batch, fitted, strict=True):
+            job.geometry = geometry
+        failed = [isinstance(outcome, TorchrestError) for outcome in fitted]
+        if not any(failed):
             return batch
-        live_rows = [row for row, error in enumerate(errors) if error is None]
+        live_rows = [row for row, error in enumerate(failed) if not error]
         buffer[: len(live_rows)] = buffer[live_rows]
-        for job, error in zip(batch, errors, strict=True):
-            if error is not None:
-                self.loop.call_soon_threadsafe(_fail, [job], error)
+        for job, error in zip(batch, failed, strict=True):
+            if error:
+                self.loop.call_soon_threadsafe(_fail, [job], job.geometry)
         return [batch[row] for row in live_rows]
 
     def _drop_dead(self, taken: Taken) -> None:
@@ -310,10 +336,14 @@ class ModelRuntime:
             self.figures.cancelled.inc(len(taken.abandoned))
 
 
-def _settle(batch: list[Job], probabilities: np.ndarray, best: list[int]) -> None:
-    for row, job in enumerate(batch):
-        if not job.future.done():
-            job.future.set_result(Answer(probabilities[row], best[row]))
+def _settle(batch: list[Job], answers: list[Decoded]) -> None:
+    for job, answer in zip(batch, answers, strict=True):
+        if job.future.done():
+            continue
+        if isinstance(answer, TorchrestError):
+            job.future.set_exception(answer)
+        else:
+            job.future.set_result(Answer(answer[0], answer[1], job.geometry))
 
 
 def _fail(jobs: list[Job], error: TorchrestError) -> None:

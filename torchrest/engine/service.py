@@ -1,8 +1,8 @@
 """The engine process: one copy of the models per device, fed by every front-end process.
 
-    front-end --Infer(slot)--> FrontEndLink.received -> admit (503 from the real queue) -> runtime.submit
-    (the job's pixels: a view of the front-end's slot, copied once into the batch) -> batch -> model ->
-    future done -> the row written into the slot -> Answered --> front-end
+    front-end --Infer(slot, task)--> FrontEndLink.received -> admit (503 from the real queue) -> runtime.submit
+    (the job's pixels: a view of the front-end's slot, copied once into the batch) -> batch -> model -> the
+    task's answer -> future done -> the answer written over the slot -> Answered --> front-end
 
 It loads the models as the one-process server does (engine/manager.py, engine/runtime.py), serves the
 front-ends on a Unix socket, and tells them what they need to answer without asking: a Snapshot of the
@@ -43,14 +43,15 @@ from torchrest.messages import (
     Observe,
     Pulse,
     Returned,
+    Slots,
     Snapshot,
     WireError,
 )
 from torchrest.metrics import Metrics
 from torchrest.models.common import LoadedModel
-from torchrest.postprocess import Answer
 from torchrest.processes import child_process_setup
 from torchrest.slots import SlotFile
+from torchrest.tasks import Answer
 from torchrest.timing import StageTimes
 
 log = logging.getLogger("torchrest.engine")
@@ -67,7 +68,7 @@ class Engine:
         self.links: set[FrontEndLink] = set()
         self._generation = 0
         self._published: Any = None
-        self._infos: dict[int, ModelInfo] = {}
+        self._infos: dict[tuple[int, int], ModelInfo] = {}
 
     async def run(self, socket_path: Path) -> int:
         loop = asyncio.get_running_loop()
@@ -131,18 +132,26 @@ class Engine:
             await asyncio.sleep(PULSE_S)
 
     def _info(self, model: LoadedModel) -> ModelInfo:
-        info = self._infos.get(id(model))
+        """What the front-ends need of `model`, made once per model object (and again once it is bound to its
+        outputs, as it warms up)."""
+        key = (id(model), id(model.heads))
+        info = self._infos.get(key)
         if info is None:
             info = ModelInfo(
-                model.name, model.version, model.labels, model.input_spec, model.pretrained, model.metadata,
+                model.name,
+                model.version,
+                model.labels,
+                model.input_spec,
+                model.pretrained,
+                model.metadata,
                 model.describe(),
-            )  # fmt: skip
-            self._infos = {key: value for key, value in self._infos.items() if key in self._live_models()}
-            self._infos[id(model)] = info
+                model.tasks,
+                model.heads,
+            )
+            live = {id(entry.model) for entry in self.models.entries.values()}
+            self._infos = {known: value for known, value in self._infos.items() if known[0] in live}
+            self._infos[key] = info
         return info
-
-    def _live_models(self) -> set[int]:
-        return {id(entry.model) for entry in self.models.entries.values()}
 
     # -- what the front-ends may ask -------------------------------------------------------------------
     async def call(self, method: str, args: tuple[Any, ...]) -> Any:
@@ -171,7 +180,7 @@ class FrontEndLink(Connection):
     def __init__(self, engine: Engine) -> None:
         super().__init__()
         self.engine = engine
-        self.slots: SlotFile | None = None
+        self.slots: dict[int, SlotFile] = {}  # the front-end's slot files, by slot size
         self.frontend = -1
         self.pending: dict[int, asyncio.Future[Answer]] = {}
 
@@ -184,8 +193,8 @@ class FrontEndLink(Connection):
         self.engine.links.discard(self)
         for future in list(self.pending.values()):
             future.cancel()  # nobody is left to answer: drop the jobs before the model runs them
-        if self.slots is not None:
-            self.slots.close()
+        for slots in self.slots.values():
+            slots.close()
         log.info("front-end %d disconnected", self.frontend)
 
     def received(self, message: Any) -> None:
@@ -201,9 +210,10 @@ class FrontEndLink(Connection):
                 entry.runtime.recent.latencies_s.extend(message.totals_s)  # the front-end observed the histogram
         elif isinstance(message, Call):
             asyncio.get_running_loop().create_task(self._call(message))
+        elif isinstance(message, Slots):
+            self.slots[message.pool] = SlotFile.attach(message.path, message.slot_count, message.pool)
         elif isinstance(message, Hello):
             self.frontend = message.frontend
-            self.slots = SlotFile.attach(message.slots_path, message.slot_count, message.slot_bytes)
             log.info("front-end %d (pid %d) connected", message.frontend, message.pid)
 
     def _infer(self, message: Infer) -> None:
@@ -214,13 +224,14 @@ class FrontEndLink(Connection):
             self.send(Failed(message.call, WireError.of(error)))
             return
         if message.slot >= 0:
-            assert self.slots is not None, "a front-end says Hello before it sends a slot"
-            pixels = self.slots.pixels(message.slot, message.shape)
+            pixels = self.slots[message.pool].pixels(message.slot, message.shape)  # its Slots came first
         else:
             pixels = message.inline
         times = StageTimes(link=message.trace)
         try:
-            future = runtime.submit(pixels, message.deadline_s, message.request_id, times)
+            future = runtime.submit(
+                pixels, message.deadline_s, message.request_id, times, message.task, message.options
+            )
         except TorchrestError as error:  # the model is being unloaded
             runtime.release(1)
             self.send(Failed(message.call, WireError.of(error)))
@@ -246,14 +257,12 @@ class FrontEndLink(Connection):
             self.send(Failed(message.call, wire))
             return
         answer = future.result()
-        classes = len(answer.probabilities)
-        inline = None
-        if message.slot >= 0 and self.slots is not None and self.slots.fits((0,), classes):
-            self.slots.answer(message.slot, classes)[:] = answer.probabilities
-        else:
-            inline = answer.probabilities
+        value = answer.value
+        slots = self.slots.get(message.pool) if message.slot >= 0 else None
+        in_slot = slots is not None and slots.put(message.slot, value)
         stages = (times.queue_s, times.decode_s, times.inference_s, times.ran_s)
-        self.send(Answered(message.call, answer.best, classes, inline, *stages))
+        inline = None if in_slot else value
+        self.send(Answered(message.call, answer.best, value.shape, value.dtype.str, inline, *stages))
 
     async def _call(self, message: Call) -> None:
         try:

@@ -35,9 +35,10 @@ class RuntimeMetrics:
     restarts: Any
     on_all_cores: Any
     on_own_threads: Any
+    answers: dict[str, Any]  # by task
 
     @classmethod
-    def bound(cls, metrics: Metrics, name: str) -> RuntimeMetrics:
+    def bound(cls, metrics: Metrics, name: str, tasks: Iterable[str]) -> RuntimeMetrics:
         stage = metrics.stage_latency
         return cls(
             batch_size=metrics.batch_size.labels(name),
@@ -52,6 +53,7 @@ class RuntimeMetrics:
             restarts=metrics.instance_restarts.labels(name),
             on_all_cores=metrics.batches.labels(name, "all_cores"),
             on_own_threads=metrics.batches.labels(name, "own_threads"),
+            answers={task: metrics.answers.labels(name, task) for task in tasks},
         )
 
 

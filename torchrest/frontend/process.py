@@ -2,8 +2,8 @@
 into its slots, and the answers; the models are the engine's (torchrest.frontend.remote).
 
     supervisor --spawn--> run_frontend(index): bind the ports with SO_REUSEPORT (the kernel spreads new
-    connections over the front-ends by a hash), create the slots, connect to the engine, serve until
-    SIGTERM, drain, unlink the slots
+    connections over the front-ends by a hash), connect to the engine, serve until SIGTERM (a pool of
+    shared-memory slots made for each input size its models need), drain, unlink the slots
 
 Where a front-end decodes: on its event loop for uploads up to DECODE_OFF_LOOP_BYTES (a thread hop costs
 more than a small image's decode, and the loop has no model to give way to), on a thread beyond that.
@@ -24,21 +24,16 @@ from torchrest.frontend import listeners
 from torchrest.frontend.remote import RemoteModels
 from torchrest.metrics import Metrics
 from torchrest.processes import child_process_setup
-from torchrest.slots import SlotFile, slot_bytes_for
+from torchrest.slots import SlotPools
 
 log = logging.getLogger("torchrest.frontend")
-
-# images in flight per front-end in shared memory (more wait for a free slot): 64 of 208 KiB, or 16 where
-# /dev/shm is small (a container's is often 64 MiB), else none (the pixels then travel inline, a copy more)
-SLOT_COUNTS = (64, 16)
-SLOT_CROP = 256  # slots fit crops up to this side (224, 240, 256); a larger model's pixels travel inline
 
 
 def run_frontend(config: ServerConfig, index: int, socket_path: Path, server_pid: int, metrics_dir: Path) -> None:
     child_process_setup(config, f"front-end {index}", f"torchrest-fe{index}")
     torch.set_num_threads(1)  # the resize runs here, one image at a time, beside the other front-ends
     metrics = Metrics(shared_dir=str(metrics_dir))
-    slots = SlotFile.create_fitting(server_pid, index, SLOT_COUNTS, slot_bytes_for(SLOT_CROP))
+    slots = SlotPools(server_pid, index)
     try:
         models = RemoteModels(socket_path, index, slots, config.max_image_pixels, metrics)
         sockets = listeners.bind_all(config, reuse_port=True)
@@ -46,5 +41,4 @@ def run_frontend(config: ServerConfig, index: int, socket_path: Path, server_pid
         listeners.serve(sockets, config, metrics, models, loop_nice=0, announce=index == 0)
     finally:
         tracing.shutdown()
-        if slots is not None:
-            slots.close()
+        slots.close()

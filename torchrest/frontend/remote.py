@@ -2,8 +2,8 @@
 the link to the engine.
 
     handler -> RemoteModels.runtime(name) -> admitted(RemoteRuntime) (the engine's last Pulse: 503 before
-    the body is read) -> infer: decode into a slot (torchrest.slots), Infer --> engine ... Answered -> the
-    row read from the slot -> Answer
+    the body is read) -> infer: decode into a slot (torchrest.slots) for the model's input size, Infer -->
+    engine ... Answered -> the answer copied out of the slot -> Answer, with the Geometry the decode gave
 
 What a handler reads without waiting (which models, their states, readiness) comes from the engine's
 last Snapshot; what changes per request (statistics, the web page's figures) and what acts (load,
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import os
 import time
 from collections import deque
@@ -41,13 +42,14 @@ from torchrest.messages import (
     Observe,
     Pulse,
     Returned,
+    Slots,
     Snapshot,
 )
 from torchrest.metrics import Metrics
-from torchrest.postprocess import Answer
 from torchrest.preprocess import decode_into
 from torchrest.served import RuntimeInfo, check_model_name, look_up, serving
-from torchrest.slots import SlotFile
+from torchrest.slots import SlotFile, SlotPools
+from torchrest.tasks import Answer, Geometry
 from torchrest.timing import StageTimes
 
 log = logging.getLogger("torchrest.frontend")
@@ -72,10 +74,10 @@ class RemoteEntry:
 
 
 class Arrived(NamedTuple):
-    """An Answered message and its answer row (read out of the slot as the message arrived)."""
+    """An Answered message and its answer (copied out of the slot as the message arrived)."""
 
     message: Answered
-    row: np.ndarray
+    value: np.ndarray
 
 
 class RemoteRuntime:
@@ -86,10 +88,7 @@ class RemoteRuntime:
         self.model = entry.model
         self.info = info
         self.admission = Admission(*entry.admission)
-        self._shape = (entry.model.input_spec.crop_size, entry.model.input_spec.crop_size, 3)
-        self._classes = len(entry.model.labels)
-        # decoded uint8 pixels travel in a slot when this model's fit one (known once, not per request)
-        self._in_slot = link.slots is not None and link.slots.fits(self._shape, self._classes)
+        self._shape = (*entry.model.input_spec.size, 3)
         self._total = link.metrics.stage_latency.labels(entry.model.name, "total")
         self._shed = link.metrics.dropped.labels(entry.model.name, "shed")
 
@@ -116,27 +115,47 @@ class RemoteRuntime:
         self.link.observe(self.name, seconds)
 
     async def infer(
-        self, image: bytes | np.ndarray, deadline_s: float, request_id: str, times: StageTimes | None = None
+        self,
+        image: bytes | np.ndarray,
+        deadline_s: float,
+        request_id: str,
+        times: StageTimes | None = None,
+        task: str = "",
+        options: object = None,
     ) -> Answer:
-        """Decode (or copy) the image into a slot, hand it to the engine, and wait for its row."""
+        """Decode (or copy) the image into a slot, hand it to the engine, and wait for its answer."""
         link = self.link
         # a float tensor travels inline (the engine quantises it, as one process does): it takes no slot
-        uses_slot = self._in_slot and (isinstance(image, bytes) or image.dtype == np.uint8)
-        slot = await link.take_slot() if uses_slot else -1
+        in_slot = isinstance(image, bytes) or image.dtype == np.uint8
+        held = await link.take_slot(math.prod(self._shape)) if in_slot else None
         decoding = time.monotonic()
         try:
-            inline, decode_s = await self._pixels_in(image, slot)
+            inline, geometry, decode_s = await self._pixels_in(image, held)
         except BaseException:
-            link.release(slot)
+            link.release(held)
             raise
         if times is not None:
             times.mark("decode (front-end)", decoding, decoding + decode_s)
         trace = times.link if times is not None else None
+        task = task or self.model.tasks[0]
+        pool, slot = (held.pool.size, held.slot) if held is not None else (0, -1)
+        shape = self._shape if inline is None else inline.shape
         arrived = await link.request(
             lambda call: Infer(
-                call, self.name, self.model.version, slot, self._shape, inline, deadline_s, request_id, trace
+                call,
+                self.name,
+                self.model.version,
+                task,
+                options,
+                pool,
+                slot,
+                shape,
+                inline,
+                deadline_s,
+                request_id,
+                trace,
             ),
-            slot,
+            held,
         )
         assert isinstance(arrived, Arrived)
         message = arrived.message
@@ -145,24 +164,69 @@ class RemoteRuntime:
             started = decoded - message.decode_s
             times.note(started - message.queue_s, started, decoded, message.ran_s, before_s=decode_s)
             times.model, times.version = self.name, self.model.version
-        return Answer(arrived.row, arrived.message.best)
+        return Answer(arrived.value, message.best, geometry)
 
-    async def _pixels_in(self, image: bytes | np.ndarray, slot: int) -> tuple[np.ndarray | None, float]:
-        """Write the image's pixels into `slot` (None back), or return them to travel inline; and the decode
-        time. Decode errors (400, 413) are raised here, before the engine sees anything."""
+    async def _pixels_in(
+        self, image: bytes | np.ndarray, held: Held | None
+    ) -> tuple[np.ndarray | None, Geometry, float]:
+        """Write the image's pixels into the slot held (None back), or return them to travel inline; where
+        they went, and the decode time. Decode errors (400, 413) are raised here, before the engine sees
+        anything."""
         if isinstance(image, np.ndarray):
-            if slot < 0:
-                return image, 0.0
-            self.link.pixels(slot, self._shape)[:] = image
-            return None, 0.0
+            height, width = (image.shape[0], image.shape[1]) if image.dtype == np.uint8 else image.shape[1:3]
+            geometry = Geometry.identity(width, height)
+            if held is None:
+                return image, geometry, 0.0
+            held.pool.slots.pixels(held.slot, self._shape)[:] = image
+            return None, geometry, 0.0
         started = time.monotonic()
-        target = self.link.pixels(slot, self._shape) if slot >= 0 else np.empty(self._shape, np.uint8)
+        target = held.pool.slots.pixels(held.slot, self._shape) if held is not None else np.empty(self._shape, np.uint8)
         spec, limit = self.model.input_spec, self.link.max_image_pixels
         if len(image) > DECODE_OFF_LOOP_BYTES:
-            await asyncio.to_thread(decode_into, image, spec, limit, target)
+            geometry = await asyncio.to_thread(decode_into, image, spec, limit, target)
         else:
-            decode_into(image, spec, limit, target)
-        return (None if slot >= 0 else target), time.monotonic() - started
+            geometry = decode_into(image, spec, limit, target)
+        return (None if held is not None else target), geometry, time.monotonic() - started
+
+
+class Pool:
+    """One slot file of this front-end's and the requests waiting for a slot of it: when every slot holds an
+    image in flight, a request waits for the engine to answer one (those images are its queue anyway:
+    waiting costs nothing, a copy inline would)."""
+
+    def __init__(self, size: int, slots: SlotFile) -> None:
+        self.size = size
+        self.slots = slots
+        self.waiters: deque[asyncio.Future[int]] = deque()
+
+    async def take(self) -> int:
+        slot = self.slots.acquire()
+        if slot >= 0:
+            return slot
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(waiter.result())  # handed over just as the client left
+            raise
+
+    def release(self, slot: int) -> None:
+        """Give a slot back: to the longest waiting request, else to the free list."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(slot)
+                return
+        self.slots.release(slot)
+
+
+class Held(NamedTuple):
+    """A slot a request holds, until the engine's final word on it."""
+
+    pool: Pool
+    slot: int
 
 
 class RemoteModels:
@@ -170,7 +234,7 @@ class RemoteModels:
     Snapshot or by a Call."""
 
     def __init__(
-        self, socket_path: Path, frontend: int, slots: SlotFile | None, max_image_pixels: int, metrics: Metrics
+        self, socket_path: Path, frontend: int, slots: SlotPools | None, max_image_pixels: int, metrics: Metrics
     ) -> None:
         self.link = EngineLink(self, frontend, slots, max_image_pixels, metrics)
         self.socket_path = socket_path
@@ -196,9 +260,7 @@ class RemoteModels:
                 if loop.time() > deadline:
                     raise
                 await asyncio.sleep(0.05)
-        slots = self.link.slots
-        if slots is not None:
-            self.link.send(Hello(self.link.frontend, os.getpid(), str(slots.path), slots.count, slots.slot_bytes))
+        self.link.send(Hello(self.link.frontend, os.getpid()))
         await asyncio.wait_for(self._told.wait(), max(1.0, deadline - loop.time()))
 
     async def close(self) -> None:
@@ -280,19 +342,19 @@ class EngineLink(Connection):
     """The front-end's end of its connection to the engine: calls in flight, and the slots they hold."""
 
     def __init__(
-        self, models: RemoteModels, frontend: int, slots: SlotFile | None, max_image_pixels: int, metrics: Metrics
+        self, models: RemoteModels, frontend: int, slots: SlotPools | None, max_image_pixels: int, metrics: Metrics
     ) -> None:
         super().__init__()
         self.models = models
         self.metrics = metrics
         self._observed: dict[str, list[float]] = {}
         self.frontend = frontend
-        self.slots = slots
+        self.slots = slots  # None: every image travels inline (tests, benchmarks)
+        self.pools: dict[int, Pool | None] = {}  # by slot size
         self.max_image_pixels = max_image_pixels
         self.queues: dict[str, tuple[int, float]] = {}
         self._calls = itertools.count()
-        self._pending: dict[int, tuple[asyncio.Future[Any], int]] = {}
-        self._slot_waiters: deque[asyncio.Future[int]] = deque()
+        self._pending: dict[int, tuple[asyncio.Future[Any], Held | None]] = {}
 
     def observe(self, model: str, total_s: float) -> None:
         """A request's total time, for the engine's recent figures: sent with this loop turn's messages."""
@@ -304,15 +366,15 @@ class EngineLink(Connection):
         for model, totals in observed.items():
             self.send(Observe(model, tuple(totals)))
 
-    async def request(self, message: Any, slot: int = -1) -> Any:
+    async def request(self, message: Any, held: Held | None = None) -> Any:
         """Send `message(call)` and wait for its answer. If the waiter is cancelled (the client left), the
-        engine is told to drop the job; `slot` stays taken until the engine's final word on it."""
+        engine is told to drop the job; the slot `held` stays taken until the engine's final word on it."""
         if self.transport is None:
-            self.release(slot)
+            self.release(held)
             raise NotReady("the engine process is down")
         call = next(self._calls)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[call] = (future, slot)
+        self._pending[call] = (future, held)
         self.send(message(call))
         try:
             return await future
@@ -323,43 +385,23 @@ class EngineLink(Connection):
     async def call(self, method: str, *args: Any) -> Any:
         return await self.request(lambda call: Call(call, method, args))
 
-    def _answer_of(self, message: Answered, slot: int) -> np.ndarray:
-        """The answer's row: as it came in the message, or copied out of its slot."""
-        if message.inline is not None:
-            return np.asarray(message.inline)
-        assert self.slots is not None
-        return self.slots.answer(slot, message.classes).copy()
+    async def take_slot(self, nbytes: int) -> Held | None:
+        """A slot for an image of `nbytes` (waiting for one when all of its pool's are taken), or None where
+        /dev/shm has no room for its pool: the pixels then travel inline."""
+        if self.slots is None:
+            return None
+        size, slots, new = self.slots.for_pixels(nbytes)
+        if new and slots is not None:
+            self.send(Slots(size, str(slots.path), slots.count))  # ahead of any Infer that uses it
+            self.pools[size] = Pool(size, slots)
+        pool = self.pools.get(size)
+        if pool is None:
+            return None
+        return Held(pool, await pool.take())
 
-    def pixels(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
-        assert self.slots is not None
-        return self.slots.pixels(slot, shape)
-
-    async def take_slot(self) -> int:
-        """A free slot; when every slot holds an image in flight, wait for the engine to answer one (the
-        images waiting are then the engine's queue anyway: waiting costs nothing, a copy inline would)."""
-        assert self.slots is not None
-        slot = self.slots.acquire()
-        if slot >= 0:
-            return slot
-        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._slot_waiters.append(waiter)
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release(waiter.result())  # handed over just as the client left
-            raise
-
-    def release(self, slot: int) -> None:
-        """Give a slot back: to the longest waiting request, else to the free list."""
-        if self.slots is None or slot < 0:
-            return
-        while self._slot_waiters:
-            waiter = self._slot_waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(slot)
-                return
-        self.slots.release(slot)
+    def release(self, held: Held | None) -> None:
+        if held is not None:
+            held.pool.release(held.slot)
 
     def received(self, message: Any) -> None:
         if isinstance(message, Pulse):
@@ -368,28 +410,39 @@ class EngineLink(Connection):
         if isinstance(message, Snapshot):
             self.models.update(message)
             return
-        future, slot = self._pending.pop(message.call, (None, -1))
+        future, held = self._pending.pop(message.call, (None, None))
         if future is None:
             return
         if future.done():  # cancelled: the engine is done with the slot now
-            self.release(slot)
+            self.release(held)
             return
         if isinstance(message, Answered):
-            row = self._answer_of(message, slot)  # read before the slot can be taken again
-            self.release(slot)
-            future.set_result(Arrived(message, row))
+            value = self._answer_of(message, held)  # read before the slot can be taken again
+            self.release(held)
+            future.set_result(Arrived(message, value))
         elif isinstance(message, Failed):
-            self.release(slot)
+            self.release(held)
             future.set_exception(message.error.rebuilt())
         elif isinstance(message, Returned):
             future.set_result(message.value)
+
+    @staticmethod
+    def _answer_of(message: Answered, held: Held | None) -> np.ndarray:
+        """The answer: as it came in the message, or copied out of its slot."""
+        if message.inline is not None:
+            return np.asarray(message.inline)
+        assert held is not None, "an answer with no slot comes inline"
+        return held.pool.slots.answer(held.slot, message.shape, message.dtype)
 
     def lost(self) -> None:
         log.error("front-end %d lost the engine process", self.frontend)
         self.models.engine_lost()
         pending, self._pending = self._pending, {}
-        waiting = [*(future for future, _ in pending.values()), *self._slot_waiters]
-        self._slot_waiters.clear()
+        waiting = [future for future, _ in pending.values()]
+        for pool in self.pools.values():
+            if pool is not None:
+                waiting += pool.waiters
+                pool.waiters.clear()
         for future in waiting:
             if not future.done():
                 future.set_exception(NotReady("the engine process is down"))

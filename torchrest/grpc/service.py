@@ -1,6 +1,6 @@
 """The Open Inference Protocol's gRPC service (`inference.GRPCInferenceService`), a thin translation over
 what the HTTP front-end uses: the same model manager, admission, deadlines, access control, classifier
-inputs and outputs (`api/classifier_io.py`) and metrics (route "grpc").
+inputs and outputs (`api/tensor_io.py`, the tasks) and metrics (route "grpc").
 
     ModelInferRequest -> tensors (raw_input_contents, or typed contents) -> images -> the model's queue
     -> labels / scores / probabilities -> ModelInferResponse (raw_output_contents)
@@ -24,7 +24,7 @@ import numpy as np
 from torchrest import __version__
 from torchrest.admission import admitted
 from torchrest.api.app import AppState
-from torchrest.api.classifier_io import images_of, metadata, output_tensors, platform, rows_of
+from torchrest.api.tensor_io import answers_of, images_of, metadata, output_tensors, platform, task_of
 from torchrest.api.tensors import InferRequest, Output, binary_elements, checked_header, checked_tensor, encode_binary
 from torchrest.errors import BadRequest, NotReady, TorchrestError
 from torchrest.grpc import inference_pb2 as pb
@@ -139,6 +139,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 max_batch_size=runtime.info.max_batch_size if runtime else config.max_batch_size,
                 instance_group=[pb.ModelInstanceGroup(count=runtime.info.instances if runtime else 0, kind=kind)],
                 dynamic_batching=pb.ModelDynamicBatching(max_queue_delay_microseconds=int(config.max_wait_ms * 1000)),
+                parameters={"tasks": pb.ModelParameter(string_value=",".join(entry.model.tasks))},
             )
         )
 
@@ -183,11 +184,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         with admitted(runtime, deadline) as places:
             times.mark("admission", started, time.monotonic())
             parsed = infer_request(request)
+            task, head = task_of(parsed, runtime.model)
+            options = task.v2_options(parsed.parameters, head)
+            times.task = task.name
             images = images_of(parsed, runtime)
             places.add(len(images) - 1)
-            rows = await rows_of(runtime, images, deadline, request.id or uuid.uuid4().hex[:16], times)
-        probabilities = np.stack(rows)
-        outputs = output_tensors(parsed, probabilities, runtime.model.labels)
+            request_id = request.id or uuid.uuid4().hex[:16]
+            answers = await answers_of(runtime, images, deadline, request_id, times, task.name, options)
+        outputs = output_tensors(parsed, answers, task, head, options, runtime.model.labels)
         runtime.observe_total(time.monotonic() - started)
         return pb.ModelInferResponse(
             model_name=runtime.name,

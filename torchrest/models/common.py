@@ -1,8 +1,9 @@
 """The loaded-model record every model source gives: a built-in, a model file, a repository's folder.
 
 A model's forward takes the batch exactly as the batcher builds it, (N, H, W, 3) uint8, and does its own
-normalisation (the stem, backends.inputs.Uint8Classifier), so pre-processing stays model-agnostic and the
-batch crosses to the device as bytes.
+normalisation (the stem, backends.inputs.Uint8Network), so pre-processing stays model-agnostic and the
+batch crosses to the device as bytes. What it is for (its tasks) decides how its outputs are read: its
+`heads`, bound to its outputs' shapes when they are first seen (a probe at load, or the first warm-up).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 from torchrest.backends import Backend, TorchBackend
 from torchrest.config import InputSpec
 from torchrest.layout import Layout
+from torchrest.tasks import CLASSIFY, Heads
 
 
 @dataclass(slots=True)
@@ -35,6 +37,8 @@ class LoadedModel:
     metadata: dict[str, object] = field(default_factory=dict)
     opener: Callable[[str, int, int], Backend] | None = None  # (device, threads, instances) -> Backend
     layout: Layout | None = None  # the serving layout optimize measured best (config.json), if any
+    tasks: tuple[str, ...] = (CLASSIFY,)  # what it is for; the first is what a request naming none asks
+    heads: Heads | None = None  # its tasks bound to its outputs, once their shapes are known
 
     @property
     def version(self) -> str:
@@ -51,11 +55,21 @@ class LoadedModel:
         return TorchBackend(self.module, device=device, threads=threads, name=name, batch=batch)
 
     def describe(self) -> dict[str, object]:
+        spec = self.input_spec
         return {
             "name": self.name,
+            "tasks": list(self.tasks),
             "pretrained": self.pretrained,
             "source": self.source,
             "classes": len(self.labels),
-            "input": {"crop_size": self.input_spec.crop_size, "resize_size": self.input_spec.resize_size},
+            "input": {
+                "crop_size": spec.crop_size,
+                "resize_size": spec.resize_size,
+                "height": spec.size[0],
+                "width": spec.size[1],
+                "resize": spec.resize,
+                "normalize": spec.normalize,
+            },
+            **({"outputs": self.heads.describe()} if self.heads is not None else {}),
             **self.metadata,
         }

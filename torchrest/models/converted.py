@@ -38,7 +38,8 @@ log = logging.getLogger("torchrest.models")
 
 AUTO, EAGER = "auto", "eager"
 BACKENDS = (AUTO, EAGER)
-FORMAT_VERSION = "1"  # bump when the conversion changes: old cache entries are then not read
+OUTPUT_NAMES = ["logits", "features"]  # a built-in model's outputs (models.registry.LogitsAndFeatures)
+FORMAT_VERSION = "2"  # bump when the conversion changes: old cache entries are then not read (2: + features)
 
 
 def served_as(model: LoadedModel, backend: str, device: str) -> LoadedModel:
@@ -89,10 +90,9 @@ class Converted:
         path = writable_cache_folder() / name
         started = time.perf_counter()
         assert model.module is not None
-        side = model.input_spec.crop_size
-        example = torch.zeros((2, side, side, 3), dtype=torch.uint8)
+        example = torch.zeros((2, *model.input_spec.size, 3), dtype=torch.uint8)
         staged = path.with_suffix(f".{os.getpid()}.tmp")
-        to_onnx(export_program(model.module, example), example, staged)
+        to_onnx(export_program(model.module, example), example, staged, outputs=OUTPUT_NAMES)
         staged.replace(path)  # whole, or not at all: another process may be reading the cache
         log.info(
             "model %s converted for OpenVINO in %.1f s, cached at %s", model.name, time.perf_counter() - started, path

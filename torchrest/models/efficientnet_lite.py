@@ -119,11 +119,18 @@ class EfficientNetLite(nn.Module):
         self.act = nn.ReLU6(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+    def features(self, x: Tensor) -> Tensor:
+        """The pooled 1,280 features the classifier reads: the image's embedding."""
         x = self.act(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)
         x = self.act(self._bn1(self._conv_head(x)))
-        return self._fc(self._dropout(self._avg_pooling(x).flatten(1)))
+        return self._avg_pooling(x).flatten(1)
+
+    def head(self, features: Tensor) -> Tensor:
+        return self._fc(self._dropout(features))
 
 
 def efficientnet_lite0(num_classes: int = 1000) -> EfficientNetLite:

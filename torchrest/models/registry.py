@@ -2,8 +2,9 @@
 
 A model file is read by what it holds (torchrest.backends.formats): a torch.export program (`.pt2`, the
 format to bring), an AOTInductor package, ONNX, or legacy TorchScript. A user's network takes float NCHW,
-ImageNet-normalised (the uint8 stem is put in front of it); a program whose input is already (N, H, W, 3)
-uint8 is served as it is.
+normalised as --normalize says (the uint8 stem is put in front of it); a program whose input is already
+(N, H, W, 3) uint8 is served as it is. Every model is run once on a black image as it loads: its outputs
+must fit its tasks (--task), or the load fails in one line naming what was expected and what was found.
 
 Adding a built-in model is one builder function here and its architecture in a module beside this one.
 """
@@ -15,14 +16,16 @@ import pickle
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from torchrest.backends import Backend, open_backend
 from torchrest.backends.aoti_backend import KIND as AOTI_KIND
 from torchrest.backends.formats import AOTI, EXPORTED, TORCHSCRIPT, TORCHSCRIPT_DEPRECATED, file_format
-from torchrest.backends.inputs import FLOAT_NCHW, Uint8Classifier
+from torchrest.backends.inputs import FLOAT_NCHW, Uint8Network, as_outputs
 from torchrest.backends.ort_backend import KIND as ONNXRUNTIME_KIND
 from torchrest.backends.torch_backend import eval_mode, load_exported, load_torchscript
 from torchrest.config import InputSpec, ModelSource
@@ -31,6 +34,7 @@ from torchrest.models.common import LoadedModel
 from torchrest.models.efficientnet_lite import efficientnet_lite0, published_lite0_weights
 from torchrest.models.labels import imagenet_labels, read_labels
 from torchrest.models.resnet import resnet18
+from torchrest.tasks import CLASSIFY, Heads, OutputShape, output_shapes, task_names
 
 log = logging.getLogger("torchrest.models")
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -42,43 +46,75 @@ BUILTIN: dict[str, tuple[Builder, Callable[[], str | None], InputSpec]] = {
     "efficientnet_lite0": (efficientnet_lite0, published_lite0_weights, InputSpec(224, 256)),
     "resnet18": (resnet18, lambda: None, InputSpec(224, 256)),
 }
+BUILTIN_TASKS = (CLASSIFY, "embed")  # the logits, and the pooled features they are read from
 
 
 def load_model(config: ModelSource) -> LoadedModel:
-    """Build the built-in model or read the model file `config` names; raises ModelLoadError with a
-    one-line reason on any failure. (Model folders of a repository are `models.repository`'s.)"""
-    labels = read_labels(config.labels) if config.labels else list(imagenet_labels())
+    """Build the built-in model or read the model file `config` names, with its outputs checked against its
+    tasks; raises ModelLoadError with a one-line reason on any failure. (Model folders of a repository are
+    `models.repository`'s.)"""
     name = config.model or DEFAULT_MODEL
     path = Path(name)
+    tasks = task_names(config.task)
+    if config.labels:
+        labels = read_labels(config.labels)
+    else:  # ImageNet's classes for a classifier; a detector's or segmenter's are class_0, class_1, ...
+        labels = list(imagenet_labels()) if name in BUILTIN or tasks[0] in (CLASSIFY, "embed") else []
     if name in BUILTIN:
+        if tasks[0] not in BUILTIN_TASKS:
+            raise ModelLoadError(f"{name} classifies and embeds; --task {config.task} is for a model file")
         model = _load_builtin(name, config.weights, labels)
     elif path.suffix in MODEL_FILE_SUFFIXES or path.exists():
-        model = _load_file(path, labels, config.input_spec)
+        try:
+            spec = config.input_spec
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
+        model = _load_file(path, labels, spec, tasks)
     else:
         names = ", ".join(sorted(BUILTIN))
         raise ModelLoadError(f"unknown model {name!r}: choose one of {names}, or a model file (.pt2, .onnx)")
     if model.module is not None:
         eval_mode(model.module)
+    model.heads = Heads.bind(model.tasks, probe(model), model.input_spec.size)
     return model
 
 
-def _load_file(path: Path, labels: list[str], spec: InputSpec) -> LoadedModel:
+def probe(model: LoadedModel) -> tuple[OutputShape, ...]:
+    """What the model outputs for one image: one run of a black image (its torch module in eager, or one
+    instance of its backend on one thread)."""
+    black = np.zeros((1, *model.input_spec.size, 3), np.uint8)
+    try:
+        if model.module is not None:
+            with torch.inference_mode():
+                return output_shapes(as_outputs(model.module(torch.from_numpy(black))))
+        backend = model.open_backend("cpu", 1, 1)
+        backend.prepare_thread()
+        return output_shapes(backend.run(black))
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a model that cannot run one image cannot be served
+        raise ModelLoadError(f"{model.name} fails on one image: {type(exc).__name__}: {first_line(exc)}") from None
+
+
+def _load_file(path: Path, labels: list[str], spec: InputSpec, tasks: tuple[str, ...]) -> LoadedModel:
     form = file_format(path)
     metadata: dict[str, object] = {"format": form}
     module: nn.Module | None = None
     opener = None
     if form == EXPORTED:
-        module, batch, side = load_exported(path)
-        if side and side != spec.crop_size:
-            raise ModelLoadError(f"{path} takes {side}x{side} images: serve it with --input-size {side}")
+        module, batch, size = load_exported(path, spec.normalize)
+        if all(size) and size != spec.size:
+            wanted = str(size[0]) if size[0] == size[1] else f"{size[0]}x{size[1]}"
+            raise ModelLoadError(f"{path} takes {size[0]}x{size[1]} images: serve it with --input-size {wanted}")
         if batch:
             metadata["batch"] = batch  # exported without a dynamic batch dimension: run in chunks of it
     elif form == TORCHSCRIPT:
-        module = Uint8Classifier(load_torchscript(path))
+        module = Uint8Network(load_torchscript(path), spec.normalize)
         metadata["deprecated"] = TORCHSCRIPT_DEPRECATED
     else:  # compiled or ONNX: served by its backend as it is (optimize starts from a torch model)
         kind = AOTI_KIND.name if form == AOTI else ONNXRUNTIME_KIND.name
-        options = {"name": kind, "crop": str(spec.crop_size), "pixels": FLOAT_NCHW}
+        height, width = spec.size
+        options = {"name": kind, "input": f"{height}x{width}", "pixels": FLOAT_NCHW, "normalize": spec.normalize}
 
         def opener(device: str, threads: int, instances: int) -> Backend:
             return open_backend(kind, path, device=device, threads=threads, options=options)
@@ -92,7 +128,21 @@ def _load_file(path: Path, labels: list[str], spec: InputSpec) -> LoadedModel:
         source=str(path),
         metadata=metadata,
         opener=opener,
+        tasks=tasks,
     )
+
+
+class LogitsAndFeatures(nn.Module):
+    """A built-in classifier that also gives the pooled features its classifier reads: (logits, features),
+    so that one model call answers both /classify and /embed."""
+
+    def __init__(self, network: Any) -> None:  # an architecture of models/ with features() and head()
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.network.features(x)
+        return self.network.head(features), features
 
 
 def _load_builtin(name: str, weights: Path | None, labels: list[str]) -> LoadedModel:
@@ -117,11 +167,12 @@ def _load_builtin(name: str, weights: Path | None, labels: list[str]) -> LoadedM
         )
     return LoadedModel(
         name=name,
-        module=Uint8Classifier(network),
+        module=Uint8Network(LogitsAndFeatures(network)),
         labels=labels,
         input_spec=spec,
         pretrained=bool(weights_file),
         source=source,
+        tasks=BUILTIN_TASKS,
     )
 
 

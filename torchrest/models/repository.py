@@ -1,7 +1,7 @@
 """A model repository: the folders `torchrest optimize` writes, read back for serving.
 
-<repository>/<model>/config.json    ModelConfig: backend, artifact, precision, input spec, labels
-<repository>/<model>/labels.txt     class names, one per line
+<repository>/<model>/config.json    ModelConfig: backend, artifact, precision, task, input spec, labels
+<repository>/<model>/labels.txt     class names, one per line (a classifier's; optional for other tasks)
 <repository>/<model>/1/model.*      the artifact (.pt2: a torch.export program or an AOTInductor package;
                                     ONNX; legacy TorchScript), uint8 NHWC in, logits out
 <repository>/<model>/1/exported.pt2 beside an AOTInductor package: the portable program, served where the
@@ -29,6 +29,7 @@ from torchrest.errors import ModelLoadError, NotFound
 from torchrest.layout import Layout
 from torchrest.models.common import LoadedModel
 from torchrest.models.labels import read_labels
+from torchrest.tasks import CLASSIFY, task_names
 
 log = logging.getLogger("torchrest.models")
 
@@ -96,6 +97,11 @@ def load_model_folder(folder: Path) -> LoadedModel:
         config = ModelConfig.read(folder / CONFIG_FILE)
     except ValueError as exc:
         raise ModelLoadError(str(exc)) from None
+    try:
+        spec = config.input_spec
+    except ValueError as exc:
+        raise ModelLoadError(f"{folder / CONFIG_FILE}: {exc}") from None
+    tasks = task_names(config.task)
     if config.backend not in BACKENDS:
         raise ModelLoadError(f"{folder / CONFIG_FILE}: unknown backend {config.backend!r} ({', '.join(BACKENDS)})")
     for named in (config.artifact, config.labels):
@@ -109,12 +115,19 @@ def load_model_folder(folder: Path) -> LoadedModel:
     except ValueError as exc:
         raise ModelLoadError(f"{folder / CONFIG_FILE}: {exc}") from None
     version, artifact = latest_version(folder, Path(config.artifact))
-    options = {"precision": config.precision, "name": config.candidate or config.backend, **config.backend_options}
+    options = {
+        "precision": config.precision,
+        "name": config.candidate or config.backend,
+        "normalize": spec.normalize,
+        **config.backend_options,
+    }
     return LoadedModel(
         name=config.name,
         module=None,
-        labels=read_labels(folder / config.labels),
-        input_spec=config.input_spec,
+        labels=read_labels(folder / config.labels)
+        if (folder / config.labels).is_file() or tasks[0] == CLASSIFY
+        else [],
+        input_spec=spec,
         pretrained=True,
         source=str(artifact),
         metadata={
@@ -127,6 +140,7 @@ def load_model_folder(folder: Path) -> LoadedModel:
             config.backend, artifact, device=device, threads=threads, options=options | {"streams": str(instances)}
         ),
         layout=layout,
+        tasks=tasks,
     )
 
 

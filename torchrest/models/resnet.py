@@ -51,9 +51,16 @@ class ResNet(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+    def features(self, x: Tensor) -> Tensor:
+        """The pooled 512 features the classifier reads: the image's embedding."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(self.avgpool(x).flatten(1))
+        return self.avgpool(x).flatten(1)
+
+    def head(self, features: Tensor) -> Tensor:
+        return self.fc(features)
 
 
 def _stage(in_channels: int, channels: int, blocks: int, stride: int) -> nn.Sequential:

@@ -160,6 +160,7 @@ class Context:
                 dynamo=False,
                 dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
                 do_constant_folding=True,
+                output_names=["logits"],
                 **ONNX_NAMES,
             )
 
@@ -263,7 +264,7 @@ class Context:
             else:
                 backend = OnnxRuntimeBackend(path, device="cpu", threads=self.threads)
             backend.prepare_thread()
-            return np.concatenate([backend.run(inputs[at : at + 16]) for at in range(0, len(inputs), 16)])
+            return np.concatenate([backend.run(inputs[at : at + 16])[0] for at in range(0, len(inputs), 16)])
 
         return run
 

@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from torchrest.config import InputSpec
-from torchrest.postprocess import softmax
 from torchrest.preprocess import decode_image, reference_pixels
+from torchrest.tasks.classify import softmax
 
 MAX_PIXELS = 64_000_000
 

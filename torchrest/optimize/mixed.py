@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torchrest.postprocess import softmax
+from torchrest.tasks.classify import softmax
 
 RANKING_INPUTS = 64  # calibration inputs each layer's harm is measured on
 MOST_KEPT_SHARE = 0.5  # past half the layers in float, the graph is no longer worth calling INT8

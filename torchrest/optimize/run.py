@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from torchrest.backends import Backend, open_backend, resolve_device
+from torchrest.backends.inputs import FirstOutput
 from torchrest.config import ModelConfig, OptimizeConfig
 from torchrest.errors import StartupError, first_line
 from torchrest.models.common import LoadedModel
@@ -80,7 +81,7 @@ def optimize(config: OptimizeConfig) -> Outcome:
     with tempfile.TemporaryDirectory(prefix=".optimize-", dir=out) as scratch:
         work = Path(scratch)
         ctx = Context(
-            model.module,
+            FirstOutput(model.module),  # the logits: a built-in model also gives its features
             model.input_spec.crop_size,
             device,
             threads,
@@ -298,7 +299,7 @@ def _trial(
 
 def _answer(backend: Backend, inputs: np.ndarray) -> np.ndarray:
     return np.concatenate(
-        [backend.run(inputs[start : start + FIDELITY_BATCH]) for start in range(0, len(inputs), FIDELITY_BATCH)]
+        [backend.run(inputs[start : start + FIDELITY_BATCH])[0] for start in range(0, len(inputs), FIDELITY_BATCH)]
     )
 
 

@@ -1,0 +1,74 @@
+"""POST /classify, /detect, /segment and /embed: one image in, the task's answer out, in the original image's
+pixels. `/classify` keeps the seed's contract byte for byte.
+
+    pick the model (?model=NAME: 404/503; 400 when it does not do this task) -> the task's options from the
+    query (400) -> admit (503 if full) -> read body (408/413/415/400) -> runtime: deadline (504), decode into
+    the batch (400/413), model (500) -> the task's answer (JSON, or a PNG mask: 413 past --max-body-mb);
+    a client that leaves while queued has its job cancelled
+
+Admission comes first, so an overloaded server answers 503 without reading or decoding anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from torchrest.admission import admitted
+from torchrest.api.app import AppState, Handler
+from torchrest.api.forms import read_image
+from torchrest.api.http import Request, Response
+from torchrest.api.lifecycle import deadline_s, in_time, until_disconnect
+from torchrest.errors import AnswerTooLarge, TaskNotServed
+from torchrest.served import ServedModel
+from torchrest.tasks import TASKS, Task
+
+
+def endpoint(task: Task) -> Handler:
+    """The handler of `task`'s route."""
+
+    async def answer(request: Request, state: AppState) -> Response:
+        runtime = state.models.runtime(request.query.get("model"))  # 404 unknown, 503 not loaded (yet)
+        head = head_of(runtime.model, task)
+        options = task.http_options(request.query)
+        config = state.config
+        deadline = deadline_s(request, config.timeout_ms)
+        times = request.times
+        times.task = task.name
+        with admitted(runtime, deadline):
+            admitted_s = time.monotonic()
+            times.mark("admission", request.started_s, admitted_s)
+            data = await in_time(read_image(request, config.max_body_bytes), config.read_timeout)
+            times.mark("body read", admitted_s, time.monotonic())
+            answering = runtime.infer(data, deadline, request.request_id, times, task.name, options)
+            answered = await until_disconnect(answering, request)
+        labels, name, accept = runtime.model.labels, runtime.name, request.headers.get("accept", "")
+        if task.encodes_off_loop(answered):
+            body, content_type = await asyncio.to_thread(task.http_body, answered, options, head, labels, name, accept)
+        else:
+            body, content_type = task.http_body(answered, options, head, labels, name, accept)
+        if len(body) > config.max_body_bytes:
+            raise AnswerTooLarge(
+                f"the answer is {len(body) / 2**20:.1f} MiB, over the limit of {config.max_body_mb:g} MiB "
+                "(--max-body-mb): send a smaller image"
+            )
+        total_s = time.monotonic() - request.started_s
+        runtime.observe_total(total_s)
+        return Response(200, body, content_type=content_type, headers={"server-timing": times.header(total_s)})
+
+    answer.__name__ = task.name
+    return answer
+
+
+def head_of(model: ServedModel, task: Task) -> object:
+    """The model's head for `task`; 400 naming what it does when it does not do this."""
+    heads = model.heads
+    if heads is None or task.name not in heads.by_task:
+        does = " and ".join(model.tasks)
+        raise TaskNotServed(
+            f"model {model.name} does not {task.name}: it does {does} (POST {TASKS[model.tasks[0]].route})"
+        )
+    return heads.by_task[task.name]
+
+
+ENDPOINTS: dict[str, Handler] = {task.route: endpoint(task) for task in TASKS.values()}

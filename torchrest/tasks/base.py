@@ -1,0 +1,141 @@
+"""What every task shares: an image's geometry (where its pixels went in the model's input, so that answers
+come back in the original image's pixels), a model's answer for one image, the Open Inference Protocol's
+output tensor, and the reading of a request's options.
+
+    decode: the image -> Geometry (resize.fit_into)      engine: outputs -> Head.decode -> Answer per image
+    front-end: Answer + Geometry -> the task's JSON, v2 tensors or PNG, in the original image's pixels
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from torchrest.errors import BadRequest, TorchrestError
+
+OutputShape = tuple[int, ...]  # one output's shape for one image (the batch dimension dropped); -1: any
+
+
+@dataclass(frozen=True, slots=True)
+class Geometry:
+    """Where an image went in the model's input: its size (EXIF orientation applied), the input pixels per
+    original pixel along each axis, and where the original's top-left corner landed in the input (negative
+    where a crop cut it, positive where letterbox padding pushed it)."""
+
+    width: int
+    height: int
+    scale_x: float = 1.0
+    scale_y: float = 1.0
+    left: float = 0.0
+    top: float = 0.0
+
+    @classmethod
+    def identity(cls, width: int, height: int) -> Geometry:
+        """An input that was sent already fitted (v2 pixels or tensors): its pixels are the original's."""
+        return cls(width, height)
+
+    def boxes_to_original(self, boxes: np.ndarray) -> np.ndarray:
+        """(K, 4) x1, y1, x2, y2 in input pixels -> the same in original pixels, clipped to the image."""
+        out = np.empty_like(boxes, dtype=np.float32)
+        out[:, 0::2] = (boxes[:, 0::2] - self.left) / self.scale_x
+        out[:, 1::2] = (boxes[:, 1::2] - self.top) / self.scale_y
+        np.clip(out[:, 0::2], 0, self.width, out=out[:, 0::2])
+        np.clip(out[:, 1::2], 0, self.height, out=out[:, 1::2])
+        return out
+
+    def source_rows(self, input_height: int, rows: int) -> np.ndarray:
+        """For each original row, the row of a map `rows` high covering the `input_height` input (nearest,
+        sampled at the original pixel's centre)."""
+        return _nearest(self.height, self.scale_y, self.top, rows / input_height, rows)
+
+    def source_columns(self, input_width: int, columns: int) -> np.ndarray:
+        return _nearest(self.width, self.scale_x, self.left, columns / input_width, columns)
+
+
+def _nearest(count: int, scale: float, offset: float, per_input: float, limit: int) -> np.ndarray:
+    centres = (np.arange(count, dtype=np.float64) + 0.5) * scale + offset
+    return np.clip(np.floor(centres * per_input), 0, limit - 1).astype(np.intp)
+
+
+class Answer(NamedTuple):
+    """One image's answer from the model, in the model input's pixels: the task's array (classify: the
+    class probabilities; embed: the vector; detect: (K, 6) rows of x1, y1, x2, y2, score, class; segment:
+    the class of each pixel of the model's output), the most probable class (classify; else -1), and the
+    image's geometry, which maps it back to the original."""
+
+    value: np.ndarray
+    best: int = -1
+    geometry: Geometry | None = None
+
+
+Decoded = tuple[np.ndarray, int] | TorchrestError  # one image's (value, best), or the error it earned
+Rows = slice | np.ndarray  # which rows of a batch's outputs a head decodes
+
+
+class Head(Protocol):
+    """A task bound to a model's outputs (engine side): a batch's outputs -> each image's answer."""
+
+    task: str
+
+    def decode(self, outputs: Sequence[np.ndarray], rows: Rows, options: Sequence[Any]) -> list[Decoded]:
+        """The answers of the batch's `rows` (each with its request's options), in order."""
+        ...
+
+    def describe(self) -> dict[str, object]:
+        """What the model outputs for this task (GET /, the v2 metadata's parameters)."""
+        ...
+
+
+@dataclass(slots=True)
+class Output:
+    """One output tensor of an Open Inference Protocol answer."""
+
+    name: str
+    datatype: str  # FP32, INT32, UINT8 or BYTES
+    shape: list[int]
+    data: np.ndarray | list[bytes]
+    binary: bool
+
+
+def number(
+    parameters: Mapping[str, object], name: str, default: float, low: float, high: float, integer: bool = False
+) -> float:
+    """A request option, from a query string (text) or the protocol's parameters (numbers): 400 unless it is
+    a number from `low` to `high` (a whole one where `integer`)."""
+    raw = parameters.get(name)
+    if raw is None:
+        return default
+    kind = "an integer" if integer else "a number"
+    value: float | None = None
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        value = float(raw)
+    elif isinstance(raw, str):
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            value = None
+    if value is None or not np.isfinite(value) or not low <= value <= high or (integer and value != int(value)):
+        raise BadRequest(f"{name} must be {kind} from {low:g} to {high:g}, got {raw!r}")
+    return int(value) if integer else value
+
+
+def flag(parameters: Mapping[str, object], name: str, default: bool = False) -> bool:
+    """A yes/no option: true/false (any case), 1/0, or a boolean."""
+    raw = parameters.get(name)
+    if raw is None:
+        return default
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "1", "yes"):
+        return True
+    if isinstance(raw, str) and raw.strip().lower() in ("false", "0", "no"):
+        return False
+    raise BadRequest(f"{name} must be true or false, got {raw!r}")
+
+
+def label(labels: list[str], class_id: int) -> str:
+    """A class's name, or class_<id> past the names the model has."""
+    return labels[class_id] if 0 <= class_id < len(labels) else f"class_{class_id}"

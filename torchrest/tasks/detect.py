@@ -1,0 +1,279 @@
+"""detect: what is where. Two layouts of a detector's outputs are served, told apart by their shapes:
+
+    dense     one output (N, 4 + C, A): for each of A candidates its centre x, centre y, width, height (input
+              pixels), then C class scores (the layout Ultralytics exports); the server does class-aware NMS
+    post-NMS  boxes (N, K, 4) x1, y1, x2, y2 (input pixels), scores (N, K), class ids (N, K), and optionally
+              a count (N,); rows past the count or with a score <= 0 are padding
+
+Per request: score_threshold (0.25), iou_threshold (0.45), max_detections (100, at most 1000). NMS runs once
+per batch on the inference thread, vectorised over the batch's images with torch (each image its own
+thresholds): the candidates above the threshold (the MAX_CANDIDATES most confident of each image), their
+pairwise IoU within a class, and greedy suppression solved as a fixed point of matrix products (a box is
+kept when no kept, more confident box of its class overlaps it past the threshold), not a loop per box.
+The answer: (K, 6) rows of x1, y1, x2, y2, score, class, most confident first, in input pixels; the
+front-end maps the boxes to the original image.
+
+    HTTP   POST /detect -> {"status", "model", "image": {"width", "height"}, "detections": [{"label",
+           "class_id", "confidence", "box": [x1, y1, x2, y2]}, ...]}
+    v2     num_detections INT32 [n], boxes FP32 [n, K, 4], scores FP32 [n, K], classes INT32 [n, K],
+           labels BYTES [n, K] (K the most any image of the request has; the rest padded with zeros and "")
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from torchrest.errors import InvalidModelOutput, ModelLoadError
+from torchrest.tasks.base import Answer, Decoded, Output, OutputShape, Rows, label, number
+
+NAME = "detect"
+OUTPUTS = ("num_detections", "boxes", "scores", "classes", "labels")
+MAX_DETECTIONS = 1000
+MAX_CANDIDATES = 1024  # of each image, the most confident that enter NMS (its IoU matrix is K x K)
+
+
+class DetectOptions(NamedTuple):
+    score_threshold: float = 0.25
+    iou_threshold: float = 0.45
+    max_detections: int = 100
+
+
+def detect_options(parameters: Mapping[str, object]) -> DetectOptions:
+    return DetectOptions(
+        number(parameters, "score_threshold", 0.25, 0.0, 1.0),
+        number(parameters, "iou_threshold", 0.45, 0.0, 1.0),
+        int(number(parameters, "max_detections", 100, 1, MAX_DETECTIONS, integer=True)),
+    )
+
+
+class DenseDetectHead:
+    """(N, 4 + C, A) -> class-aware NMS."""
+
+    task = NAME
+    layout = "dense"
+
+    def __init__(self, output: int, classes: int, candidates: int) -> None:
+        self.output = output
+        self.classes = classes
+        self.candidates = candidates
+
+    def decode(self, outputs: Sequence[np.ndarray], rows: Rows, options: Sequence[DetectOptions]) -> list[Decoded]:
+        predictions = torch.from_numpy(np.asarray(outputs[self.output][rows], dtype=np.float32))
+        finite = torch.isfinite(predictions).flatten(1).all(dim=1).tolist()
+        score_threshold = torch.tensor([o.score_threshold for o in options], dtype=torch.float32)
+        with torch.inference_mode():
+            confidence, classes = predictions[:, 4:, :].max(dim=1)  # (n, A): each candidate's best class
+            confidence = torch.where(confidence > score_threshold[:, None], confidence, -torch.inf)
+            confidence = confidence.masked_fill(confidence.isnan(), -torch.inf)
+            count = min(MAX_CANDIDATES, confidence.shape[1])
+            scores, order = confidence.topk(count, dim=1)  # most confident first
+            live = int((scores > -torch.inf).sum(dim=1).max()) if len(scores) else 0
+            scores, order = scores[:, :live], order[:, :live]  # past the last candidate any image has: none
+            centres = predictions[:, :4, :].gather(2, order[:, None, :].expand(-1, 4, -1)).transpose(1, 2)
+            boxes = torch.cat((centres[..., :2] - centres[..., 2:] / 2, centres[..., :2] + centres[..., 2:] / 2), 2)
+            chosen = classes.gather(1, order)
+            kept = suppressed_boxes(boxes, scores, chosen, options)
+        return packed(boxes, scores, chosen, kept, options, finite)
+
+    def describe(self) -> dict[str, object]:
+        return {"layout": self.layout, "classes": self.classes, "candidates": self.candidates}
+
+
+class PostNmsDetectHead:
+    """boxes (N, K, 4), scores (N, K), classes (N, K)[, count (N,)] -> thresholded, most confident first."""
+
+    task = NAME
+    layout = "post-nms"
+
+    def __init__(self, first: int, counted: bool) -> None:
+        self.first = first
+        self.counted = counted
+        self.classes = -1  # class ids are values: the labels say how many
+
+    def decode(self, outputs: Sequence[np.ndarray], rows: Rows, options: Sequence[DetectOptions]) -> list[Decoded]:
+        first = self.first
+        boxes = torch.from_numpy(np.asarray(outputs[first][rows], dtype=np.float32))
+        scores = torch.from_numpy(np.asarray(outputs[first + 1][rows], dtype=np.float32))
+        classes = torch.from_numpy(np.asarray(outputs[first + 2][rows])).to(torch.int64)
+        finite = (torch.isfinite(boxes).flatten(1).all(dim=1) & torch.isfinite(scores).all(dim=1)).tolist()
+        with torch.inference_mode():
+            threshold = torch.tensor([o.score_threshold for o in options], dtype=torch.float32)
+            live = (scores > 0) & (scores > threshold[:, None])
+            if self.counted:
+                count = torch.from_numpy(np.asarray(outputs[first + 3][rows])).to(torch.int64).reshape(-1)
+                live &= torch.arange(scores.shape[1])[None, :] < count[:, None]
+            scores = torch.where(live, scores.masked_fill(scores.isnan(), -torch.inf), -torch.inf)
+            scores, order = scores.sort(dim=1, descending=True)
+            boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))
+            classes = classes.gather(1, order)
+            kept = scores > -torch.inf
+        return packed(boxes, scores, classes, kept, options, finite)
+
+    def describe(self) -> dict[str, object]:
+        return {"layout": self.layout, "counted": self.counted}
+
+
+def suppressed_boxes(
+    boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, options: Sequence[DetectOptions]
+) -> torch.Tensor:
+    """Greedy class-aware NMS over a batch: (n, K, 4) x1y1x2y2 boxes with (n, K) scores sorted most confident
+    first (-inf: not a candidate) -> (n, K) bool, the boxes kept.
+
+    A box is kept when no kept box before it, of its class, overlaps it by more than its image's IoU
+    threshold. That rule only looks back, so iterating it from "all kept" fixes one more box of every
+    suppression chain per step: it reaches the greedy answer in as many steps as the longest chain (a few),
+    each one batched matrix product over every image."""
+    valid = scores > -torch.inf
+    if boxes.shape[1] == 0:
+        return valid
+    threshold = torch.tensor([o.iou_threshold for o in options], dtype=torch.float32)
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    area = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+    overlap = _overlap(x1, x2) * _overlap(y1, y2)
+    iou = overlap / (area[:, :, None] + area[:, None, :] - overlap).clamp(min=1e-9)
+    same_class = classes[:, :, None] == classes[:, None, :]
+    earlier = torch.ones(boxes.shape[1], boxes.shape[1], dtype=torch.bool).triu(diagonal=1)  # [j, i]: j before i
+    suppresses = ((iou > threshold[:, None, None]) & same_class & earlier & valid[:, :, None]).float()
+    kept = valid
+    for _ in range(boxes.shape[1]):
+        suppressed = torch.bmm(kept.float()[:, None, :], suppresses)[:, 0, :] > 0
+        now = valid & ~suppressed
+        if torch.equal(now, kept):
+            break
+        kept = now
+    return kept
+
+
+def _overlap(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """(n, K) intervals along one axis -> (n, K, K) the length each pair shares."""
+    shared = torch.minimum(high[:, :, None], high[:, None, :]) - torch.maximum(low[:, :, None], low[:, None, :])
+    return shared.clamp(min=0)
+
+
+def packed(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    classes: torch.Tensor,
+    kept: torch.Tensor,
+    options: Sequence[DetectOptions],
+    finite: list[bool],
+) -> list[Decoded]:
+    """Each image's kept boxes (in score order), at most its max_detections, as (k, 6) float32 rows."""
+    rows = torch.cat((boxes, scores[..., None], classes[..., None].to(torch.float32)), dim=2).numpy()
+    kept_rows = kept.numpy()
+    decoded: list[Decoded] = []
+    for image, choice in enumerate(options):
+        if not finite[image]:
+            decoded.append(InvalidModelOutput("the model's detections for this image hold NaN or infinite values"))
+            continue
+        decoded.append((np.ascontiguousarray(rows[image][kept_rows[image]][: choice.max_detections]), -1))
+    return decoded
+
+
+class Detect:
+    name = NAME
+    resize = "letterbox"
+    route = "/detect"
+    outputs: tuple[str, ...] = OUTPUTS
+    default_outputs: tuple[str, ...] = OUTPUTS
+
+    def bind(
+        self, outputs: Sequence[OutputShape], first: int, input_size: tuple[int, int]
+    ) -> tuple[DenseDetectHead | PostNmsDetectHead, int]:
+        shapes = list(outputs[first:])
+        if len(shapes) >= 3 and _post_nms(shapes):
+            counted = len(shapes) >= 4 and len(shapes[3]) == 0
+            return PostNmsDetectHead(first, counted), 4 if counted else 3
+        if shapes and len(shapes[0]) == 2 and shapes[0][0] >= 5:
+            return DenseDetectHead(first, shapes[0][0] - 4, shapes[0][1]), 1
+        found = ", ".join(_shown(shape) for shape in shapes) or "nothing"
+        raise ModelLoadError(
+            "task detect expects one output (N, 4 + classes, candidates), or boxes (N, K, 4), scores (N, K), "
+            f"class ids (N, K) and optionally a count (N,); found {found}"
+        )
+
+    def http_options(self, query: Mapping[str, str]) -> DetectOptions:
+        return detect_options(query)
+
+    def encodes_off_loop(self, answer: Answer) -> bool:
+        return False
+
+    def http_body(
+        self, answer: Answer, options: DetectOptions, head: object, labels: list[str], model: str, accept: str
+    ) -> tuple[bytes, str]:
+        geometry = answer.geometry
+        rows = answer.value
+        boxes = geometry.boxes_to_original(rows[:, :4]) if geometry is not None else rows[:, :4]
+        detections = [
+            {
+                "label": label(labels, class_id),
+                "class_id": class_id,
+                "confidence": round(float(score), 6),
+                "box": [round(float(v), 2) for v in box],
+            }
+            for box, score, class_id in zip(boxes, rows[:, 4], rows[:, 5].astype(np.int64).tolist(), strict=True)
+        ]
+        size = {"width": geometry.width, "height": geometry.height} if geometry is not None else None
+        payload = {"status": "success", "model": model, "image": size, "detections": detections}
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode(), "application/json"
+
+    def v2_options(self, parameters: Mapping[str, object], head: object) -> DetectOptions:
+        return detect_options(parameters)
+
+    def v2_metadata(self, head: object) -> list[dict[str, Any]]:
+        return [
+            {"name": "num_detections", "datatype": "INT32", "shape": [-1]},
+            {"name": "boxes", "datatype": "FP32", "shape": [-1, -1, 4]},
+            {"name": "scores", "datatype": "FP32", "shape": [-1, -1]},
+            {"name": "classes", "datatype": "INT32", "shape": [-1, -1]},
+            {"name": "labels", "datatype": "BYTES", "shape": [-1, -1]},
+        ]
+
+    def v2_outputs(
+        self, answers: list[Answer], options: DetectOptions, head: object, labels: list[str], wanted: Mapping[str, bool]
+    ) -> list[Output]:
+        n = len(answers)
+        most = max((len(a.value) for a in answers), default=0)
+        counts = np.zeros(n, np.int32)
+        boxes = np.zeros((n, most, 4), np.float32)
+        scores = np.zeros((n, most), np.float32)
+        classes = np.zeros((n, most), np.int32)
+        names: list[bytes] = [b""] * (n * most)
+        for image, answer in enumerate(answers):
+            rows = answer.value
+            k = len(rows)
+            counts[image] = k
+            geometry = answer.geometry
+            boxes[image, :k] = geometry.boxes_to_original(rows[:, :4]) if geometry is not None else rows[:, :4]
+            scores[image, :k] = rows[:, 4]
+            classes[image, :k] = rows[:, 5].astype(np.int32)
+            names[image * most : image * most + k] = [label(labels, int(c)).encode() for c in rows[:, 5]]
+        tensors: dict[str, tuple[str, list[int], np.ndarray | list[bytes]]] = {
+            "num_detections": ("INT32", [n], counts),
+            "boxes": ("FP32", [n, most, 4], boxes),
+            "scores": ("FP32", [n, most], scores),
+            "classes": ("INT32", [n, most], classes),
+            "labels": ("BYTES", [n, most], names),
+        }
+        outputs = []
+        for name, binary in wanted.items():
+            datatype, shape, data = tensors[name]
+            outputs.append(Output(name, datatype, shape, data, binary))
+        return outputs
+
+
+def _post_nms(shapes: list[OutputShape]) -> bool:
+    boxes, scores, classes = shapes[:3]
+    return len(boxes) == 2 and boxes[1] == 4 and len(scores) == 1 and len(classes) == 1
+
+
+def _shown(shape: OutputShape) -> str:
+    return "(N" + "".join(f", {'?' if d < 0 else d}" for d in shape) + ")"
+
+
+TASK = Detect()

@@ -1,0 +1,139 @@
+"""segment: which pixel is what. The model gives one output, (N, C, h, w) class logits or probabilities; the
+engine takes each pixel's most likely class once per batch (uint8 up to 256 classes, else uint16) at the
+model's own resolution, and the front-end maps that map back onto the original image: each original pixel
+takes the class of the output pixel its centre falls on, letterbox padding left out (a nearest-neighbour
+gather of one index per row and one per column, so a megapixel costs a few milliseconds).
+
+    HTTP   POST /segment -> {"status", "model", "image": {"width", "height"}, "classes": [{"class_id",
+           "label", "pixels"}, ...], "mask": base64 PNG (8-bit grey, 16-bit past 256 classes)};
+           with Accept: image/png, the PNG itself
+    v2     mask UINT8 [n, H, W] (INT32 past 255 classes), each image's mask in its own pixels from the top
+           left, the rest (an image smaller than the request's largest) 255 (INT32: -1)
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from torchrest.errors import InvalidModelOutput, ModelLoadError
+from torchrest.tasks.base import Answer, Decoded, Geometry, Output, OutputShape, Rows, label
+
+NAME = "segment"
+OUTPUTS = ("mask",)
+PNG = "image/png"
+OFF_LOOP_PIXELS = 1 << 18  # a mask this large is mapped back and encoded on a thread, not the event loop
+
+
+class SegmentHead:
+    task = NAME
+
+    def __init__(self, output: int, classes: int, input_size: tuple[int, int]) -> None:
+        self.output = output
+        self.classes = classes
+        self.input_size = input_size  # (height, width) of the model's input: what the output map covers
+        self.dtype = np.uint8 if classes <= 256 else np.uint16
+
+    def decode(self, outputs: Sequence[np.ndarray], rows: Rows, options: Sequence[Any]) -> list[Decoded]:
+        scores = torch.from_numpy(np.asarray(outputs[self.output][rows]))
+        with torch.inference_mode():
+            best, classes = scores.max(dim=1)  # NaN and +inf win the max: a finite max is a finite image
+            finite = torch.isfinite(best).flatten(1).all(dim=1).tolist()
+            maps = classes.to(torch.int32).numpy().astype(self.dtype)
+        return [
+            (maps[image], -1)
+            if finite[image]
+            else InvalidModelOutput("the model's class scores for this image hold NaN or infinite values")
+            for image in range(len(maps))
+        ]
+
+    def describe(self) -> dict[str, object]:
+        return {"classes": self.classes}
+
+
+def original_mask(answer: Answer, head: SegmentHead) -> np.ndarray:
+    """The class of each pixel of the original image (letterbox padding removed, resized back)."""
+    small = answer.value
+    geometry = answer.geometry or Geometry.identity(head.input_size[1], head.input_size[0])
+    rows = geometry.source_rows(head.input_size[0], small.shape[0])
+    columns = geometry.source_columns(head.input_size[1], small.shape[1])
+    return small[rows[:, None], columns[None, :]]
+
+
+def png(mask: np.ndarray) -> bytes:
+    """An 8-bit (or 16-bit) greyscale PNG whose grey levels are the class ids."""
+    image = Image.fromarray(mask if mask.dtype == np.uint8 else mask.astype(np.uint16))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)  # masks are runs of one value: fast zlib suffices
+    return buffer.getvalue()
+
+
+class Segment:
+    name = NAME
+    resize = "letterbox"
+    route = "/segment"
+    outputs: tuple[str, ...] = OUTPUTS
+    default_outputs: tuple[str, ...] = OUTPUTS
+
+    def bind(self, outputs: Sequence[OutputShape], first: int, input_size: tuple[int, int]) -> tuple[SegmentHead, int]:
+        shape = outputs[first] if first < len(outputs) else None
+        if shape is None or len(shape) != 3 or shape[0] < 2 or min(shape[1:]) < 1:
+            found = "missing" if shape is None else "(N" + "".join(f", {d}" for d in shape) + ")"
+            raise ModelLoadError(
+                f"task segment expects an output of shape (N, classes >= 2, height, width); output {first} is {found}"
+            )
+        return SegmentHead(first, shape[0], input_size), 1
+
+    def http_options(self, query: Mapping[str, str]) -> None:
+        return None
+
+    def encodes_off_loop(self, answer: Answer) -> bool:
+        geometry = answer.geometry
+        return geometry is not None and geometry.width * geometry.height > OFF_LOOP_PIXELS
+
+    def http_body(
+        self, answer: Answer, options: None, head: SegmentHead, labels: list[str], model: str, accept: str
+    ) -> tuple[bytes, str]:
+        mask = original_mask(answer, head)
+        encoded = png(mask)
+        if PNG in accept and "application/json" not in accept:
+            return encoded, PNG
+        counts = np.bincount(mask.reshape(-1), minlength=head.classes)
+        present = np.flatnonzero(counts).tolist()
+        payload = {
+            "status": "success",
+            "model": model,
+            "image": {"width": int(mask.shape[1]), "height": int(mask.shape[0])},
+            "classes": [{"class_id": c, "label": label(labels, c), "pixels": int(counts[c])} for c in present],
+            "mask": base64.b64encode(encoded).decode("ascii"),
+        }
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode(), "application/json"
+
+    def v2_options(self, parameters: Mapping[str, object], head: SegmentHead) -> None:
+        return None
+
+    def v2_metadata(self, head: SegmentHead) -> list[dict[str, Any]]:
+        return [{"name": "mask", "datatype": "UINT8" if head.classes <= 255 else "INT32", "shape": [-1, -1, -1]}]
+
+    def v2_outputs(
+        self, answers: list[Answer], options: None, head: SegmentHead, labels: list[str], wanted: Mapping[str, bool]
+    ) -> list[Output]:
+        masks = [original_mask(answer, head) for answer in answers]
+        height = max((m.shape[0] for m in masks), default=0)
+        width = max((m.shape[1] for m in masks), default=0)
+        narrow = head.classes <= 255
+        stacked = np.full((len(masks), height, width), 255 if narrow else -1, np.uint8 if narrow else np.int32)
+        for image, mask in enumerate(masks):
+            stacked[image, : mask.shape[0], : mask.shape[1]] = mask
+        datatype = "UINT8" if narrow else "INT32"
+        return [Output("mask", datatype, list(stacked.shape), stacked, binary) for binary in wanted.values()]
+
+
+TASK = Segment()
