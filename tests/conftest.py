@@ -119,6 +119,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield running
 
 
+@pytest.fixture(scope="session")
+def task_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The constructed detect, segment and embed models of tests/task_models.py, one process."""
+    from tests.task_models import write_task_repository
+
+    repository = write_task_repository(tmp_path_factory.mktemp("task-repository"))
+    with running_server(tmp_path_factory.mktemp("task-server"), "--model-repository", str(repository)) as running:
+        yield running
+
+
 def metric_value(metrics_text: str, name: str, **labels: str) -> float:
     """Sum of the samples called `name` whose labels include `labels`, from Prometheus text."""
     from prometheus_client.parser import text_string_to_metric_families

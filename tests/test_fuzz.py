@@ -78,53 +78,44 @@ def test_decoder_raises_only_its_own_errors(data: bytes) -> None:
     assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8
 
 
+# every task's route: the default server classifies and embeds; the constructed models detect and segment
+ROUTES = ["/classify", "/embed", "/detect?model=shapes", "/segment?model=regions", "/detect?model=shapes_nms"]
+
+
 @pytest.mark.slow
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=hostile_images(), as_multipart=st.booleans())
-def test_server_never_answers_5xx_to_hostile_images(server: Server, data: bytes, as_multipart: bool) -> None:
+@settings(max_examples=160, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=hostile_images(), as_multipart=st.booleans(), route=st.sampled_from(ROUTES))
+def test_server_never_answers_5xx_to_hostile_images(
+    server: Server, task_server: Server, data: bytes, as_multipart: bool, route: str
+) -> None:
+    url = f"{(server if route in ('/classify', '/embed') else task_server).url}{route}"
     if as_multipart:
-        response = httpx.post(f"{server.url}/classify", files={"image": data}, timeout=30)
+        response = httpx.post(url, files={"image": data}, timeout=30)
     else:
-        response = httpx.post(
-            f"{server.url}/classify", content=data, headers={"content-type": "image/jpeg"}, timeout=30
-        )
+        response = httpx.post(url, content=data, headers={"content-type": "image/jpeg"}, timeout=30)
     assert response.status_code in OK_STATUSES, response.text
     assert response.json()["status"] in {"success", "failed"}
 
 
-@st.composite
-def broken_multipart(draw: st.DrawFn) -> tuple[bytes, str]:
-    """A multipart body with its framing damaged, and the content type that announces it."""
-    boundary = draw(st.text(alphabet="abcXYZ019-_'()+,./:=?", min_size=1, max_size=70))
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
-            "Content-Type: image/jpeg\r\n\r\n"
-        ).encode()
-        + SEEDS["png"]
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    data = bytearray(body)
-    for _ in range(draw(st.integers(0, 6))):
-        position = draw(st.integers(0, max(0, len(data) - 1)))
-        if draw(st.booleans()):
-            del data[position : position + draw(st.integers(1, 40))]
-        else:
-            data[position:position] = draw(st.sampled_from([b"\r\n", b"--", b'"', b";", b"\x00", b"\r\n\r\n"]))
-    announced = draw(st.sampled_from([boundary, boundary + "x", "", '"' + boundary + '"']))
-    return bytes(data), f"multipart/form-data; boundary={announced}" if announced else "multipart/form-data"
-
-
 @pytest.mark.slow
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(broken_multipart())
-def test_server_never_answers_5xx_to_broken_multipart(server: Server, case: tuple[bytes, str]) -> None:
-    body, content_type = case
-    response = httpx.post(f"{server.url}/classify", content=body, headers={"content-type": content_type}, timeout=30)
-    assert response.status_code in OK_STATUSES, response.text
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    model=st.sampled_from(["shapes", "shapes_nms"]),
+    option=st.sampled_from(["score_threshold", "iou_threshold", "max_detections"]),
+    value=st.one_of(st.text(max_size=12), st.integers(-(10**6), 10**6).map(str), st.floats(allow_nan=True).map(str)),
+)
+def test_detection_options_are_answered_or_refused_with_400(
+    task_server: Server, model: str, option: str, value: str
+) -> None:
+    params = {"model": model, option: value}
+    response = httpx.post(f"{task_server.url}/detect", params=params, files={"image": SEEDS["png"]}, timeout=30)
+    assert response.status_code in {200, 400}, response.text
+    if response.status_code == 400:
+        assert response.json()["code"] == "invalid_parameter" and option in response.json()["message"]
 
 
-def test_server_still_serves_after_the_fuzzing(server: Server) -> None:
+def test_server_still_serves_after_the_fuzzing(server: Server, task_server: Server) -> None:
     answer = httpx.post(f"{server.url}/classify", files={"image": PHOTOS["cat"]}, timeout=60).json()
     assert answer["prediction"]["label"] in CAT_LABELS
     assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+    assert httpx.get(f"{task_server.url}/health", timeout=10).status_code == 200

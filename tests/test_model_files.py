@@ -165,7 +165,7 @@ def test_an_aoti_package_compiled_for_a_fixed_batch_is_fed_in_chunks(tmp_path: P
     from torchrest.backends.aoti_backend import open_aoti
 
     package = compile_package(Small(), 64, tmp_path / "fixed.pt2", dynamic=False)  # batch 2, always
-    backend = open_aoti(package, device="cpu", threads=1, options={"crop": "64", "pixels": "float-nchw"})
+    backend = open_aoti(package, device="cpu", threads=1, options={"input": "64x64", "pixels": "float-nchw"})
     assert backend.batch == 2  # type: ignore[attr-defined]
     program = export_program(Small(), (2, 3, 64, 64), torch.float32, tmp_path / "dynamic.pt2")
     from torchrest.backends.torch_backend import open_torch

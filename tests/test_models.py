@@ -32,8 +32,9 @@ def test_efficientnet_lite0_matches_the_reference_implementation() -> None:
     pixels = batch()
     with torch.inference_mode():
         expected = reference(ours.module.normalize(pixels).contiguous())
-        got = ours.module(pixels)
+        got, features = ours.module(pixels)
     assert torch.allclose(got, expected, atol=1e-4)
+    assert features.shape == (len(pixels), 1280)  # what /embed answers: the pooled features the classifier reads
     assert ours.pretrained
 
 
@@ -67,7 +68,7 @@ def test_resnet18_loads_a_users_weights_file(tmp_path: Path) -> None:
     pixels = batch()
     with torch.inference_mode():
         expected = trained(loaded.module.normalize(pixels))
-        assert torch.allclose(loaded.module(pixels), expected, atol=1e-5)
+        assert torch.allclose(loaded.module(pixels)[0], expected, atol=1e-5)
 
 
 def test_resnet18_without_weights_says_so(caplog: pytest.LogCaptureFixture) -> None:

@@ -155,7 +155,7 @@ def test_a_front_end_decodes_small_uploads_on_its_loop_and_large_ones_on_a_threa
     from torchrest.metrics import Metrics
     from torchrest.served import RuntimeInfo
 
-    info = ModelInfo("m", "1", ["a"], InputSpec(224, 256), True, {}, {})
+    info = ModelInfo("m", "1", ["a"], InputSpec(224, 256), True, {}, {}, ("classify",), None)
     link = SimpleNamespace(slots=None, metrics=Metrics(), max_image_pixels=10**8)
     runtime = remote.RemoteRuntime(link, EntryInfo("m", info, "READY", "", None), RuntimeInfo("b", "cpu", 8, 1, 1))  # type: ignore[arg-type]
     noisy = np.random.default_rng(0).integers(0, 255, (1200, 1600, 3), np.uint8)
@@ -172,7 +172,7 @@ def test_a_front_end_decodes_small_uploads_on_its_loop_and_large_ones_on_a_threa
     monkeypatch.setattr(remote, "decode_into", recorded)
 
     async def decode(data: bytes) -> np.ndarray:
-        pixels, _ = await runtime._pixels_in(data, -1)
+        pixels, _, _ = await runtime._pixels_in(data, None)
         assert pixels is not None
         return pixels
 

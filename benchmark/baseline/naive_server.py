@@ -48,14 +48,15 @@ def open_model() -> Callable[[np.ndarray], torch.Tensor]:
 
         def run_file(pixels: np.ndarray) -> torch.Tensor:
             with lock:
-                return torch.from_numpy(np.array(backend.run(pixels[None])))
+                return torch.from_numpy(np.array(backend.run(pixels[None])[0]))
 
         return run_file
     assert loaded.module is not None
     network = eval_mode(loaded.module).to(device)
 
     def run_module(pixels: np.ndarray) -> torch.Tensor:
-        return network(torch.from_numpy(pixels).unsqueeze(0).to(device))
+        logits, _ = network(torch.from_numpy(pixels).unsqueeze(0).to(device))  # and the features, unused
+        return logits
 
     return run_module
 

@@ -14,6 +14,7 @@ from torchrest.errors import all_errors
 from torchrest.served import MODEL_NAME
 from torchrest.served import VERSION as VERSION_RE
 from torchrest.tasks.classify import MAX_TOP_K
+from torchrest.tasks.detect import MAX_DETECTIONS
 
 JSON = "application/json"
 Schema = dict[str, Any]
@@ -53,66 +54,133 @@ PREDICTION: Schema = {
     },
 }
 
-CLASSIFY: Schema = {
-    "summary": "Classify one image",
-    "description": "Multipart field `image` (curl -F image=@cat.jpg), or the raw image as the body. "
-    "JPEG, PNG, WebP, GIF, BMP.",
-    "parameters": [
-        {
-            "name": "top_k",
-            "in": "query",
-            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": 1},
-        },
-        {
-            "name": "X-Request-Timeout-Ms",
-            "in": "header",
-            "description": "a deadline shorter than the server's --timeout-ms",
-            "schema": {"type": "integer", "minimum": 1},
-        },
-        {
-            "name": "X-Request-Id",
-            "in": "header",
-            "description": "echoed back when it is up to 64 printable ASCII characters, else replaced by a fresh id",
-            "schema": {"type": "string"},
-        },
-    ],
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": {"image": {"type": "string", "format": "binary"}},
-                }
-            },
-            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        },
+TIMEOUT_AND_ID: list[Schema] = [
+    {
+        "name": "model",
+        "in": "query",
+        "description": "the model to ask (default: the server's default model)",
+        "schema": {"type": "string", "pattern": f"^{MODEL_NAME.pattern}$", "maxLength": 128},
     },
-    "responses": {
-        "200": {
-            "description": "the prediction, and the top k",
-            "content": {
-                JSON: {
-                    "schema": {
-                        "type": "object",
-                        "required": ["status", "model", "prediction", "top_k"],
-                        "properties": {
-                            "status": {"type": "string", "enum": ["success"]},
-                            "model": {"type": "string"},
-                            "prediction": _ref("Prediction"),
-                            "top_k": {"type": "array", "items": _ref("Prediction"), "minItems": 1},
-                        },
-                    }
-                }
-            },
-        },
-        **_errors(400, 401, 408, 413, 415, 500, 503, 504),
+    {
+        "name": "X-Request-Timeout-Ms",
+        "in": "header",
+        "description": "a deadline shorter than the server's --timeout-ms",
+        "schema": {"type": "integer", "minimum": 1},
     },
-    "security": INFERENCE_SECURITY,
+    {
+        "name": "X-Request-Id",
+        "in": "header",
+        "description": "echoed back when it is up to 64 printable ASCII characters, else replaced by a fresh id",
+        "schema": {"type": "string"},
+    },
+]
+IMAGE_BODY: Schema = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {"image": {"type": "string", "format": "binary"}},
+            }
+        },
+        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+        "image/png": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
 }
+
+
+def _image_operation(summary: str, parameters: list[Schema], answer: Schema, **other_content: Schema) -> Schema:
+    """POST one image (multipart field `image`, or the raw body), get the task's answer."""
+    return {
+        "summary": summary,
+        "description": "Multipart field `image` (curl -F image=@photo.jpg), or the raw image as the body. "
+        "JPEG, PNG, WebP, GIF, BMP; EXIF orientation applied. Answers are in the original image's pixels. "
+        "A model that does not do this task answers 400 `task_not_served`.",
+        "parameters": [*parameters, *TIMEOUT_AND_ID],
+        "requestBody": IMAGE_BODY,
+        "responses": {
+            "200": {"description": "the answer", "content": {JSON: {"schema": answer}, **other_content}},
+            **_errors(400, 401, 404, 408, 413, 415, 500, 503, 504),
+        },
+        "security": INFERENCE_SECURITY,
+    }
+
+
+def _success(**properties: Schema) -> Schema:
+    return {
+        "type": "object",
+        "required": ["status", "model", *properties],
+        "properties": {"status": {"type": "string", "enum": ["success"]}, "model": {"type": "string"}, **properties},
+    }
+
+
+def _number(name: str, low: float, high: float, default: float, integer: bool = False) -> Schema:
+    kind = "integer" if integer else "number"
+    return {"name": name, "in": "query", "schema": {"type": kind, "minimum": low, "maximum": high, "default": default}}
+
+
+IMAGE_SIZE: Schema = {
+    "type": "object",
+    "required": ["width", "height"],
+    "properties": {"width": {"type": "integer"}, "height": {"type": "integer"}},
+}
+CLASSIFY = _image_operation(
+    "Classify one image",
+    [{"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": 1}}],
+    _success(prediction=_ref("Prediction"), top_k={"type": "array", "items": _ref("Prediction"), "minItems": 1}),
+)
+EMBED = _image_operation(
+    "The image as a vector (an encoder's features)",
+    [{"name": "normalize", "in": "query", "schema": {"type": "boolean", "default": False}}],
+    _success(dimensions={"type": "integer", "minimum": 1}, embedding={"type": "array", "items": {"type": "number"}}),
+)
+DETECT = _image_operation(
+    "What is where: boxes in the original image's pixels, most confident first",
+    [
+        _number("score_threshold", 0, 1, 0.25),
+        _number("iou_threshold", 0, 1, 0.45),
+        _number("max_detections", 1, MAX_DETECTIONS, 100, integer=True),
+    ],
+    _success(
+        image=IMAGE_SIZE,
+        detections={
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["label", "class_id", "confidence", "box"],
+                "properties": {
+                    "label": {"type": "string"},
+                    "class_id": {"type": "integer"},
+                    "confidence": {"type": "number"},
+                    "box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
+                },
+            },
+        },
+    ),
+)
+SEGMENT = _image_operation(
+    "Which pixel is what: a class id per pixel of the original image, as a PNG (Accept: image/png for the PNG alone)",
+    [],
+    _success(
+        image=IMAGE_SIZE,
+        classes={
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["class_id", "label", "pixels"],
+                "properties": {
+                    "class_id": {"type": "integer"},
+                    "label": {"type": "string"},
+                    "pixels": {"type": "integer"},
+                },
+            },
+        },
+        mask={"type": "string", "format": "byte", "description": "base64 PNG: 8-bit grey, 16-bit past 256 classes"},
+    ),
+    **{"image/png": {"schema": {"type": "string", "format": "binary"}}},
+)
 
 HEALTH: Schema = {
     "summary": "Readiness: 200 once the model is loaded and warmed up and every instance serves",
@@ -194,7 +262,17 @@ INFER_REQUEST: Schema = {
     "required": ["inputs"],
     "properties": {
         "id": {"type": "string"},
-        "parameters": {"type": "object", "properties": {"top_k": {"type": "integer", "minimum": 1}}},
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "top_k": {"type": "integer", "minimum": 1},
+                "task": {"type": "string", "enum": ["classify", "embed", "detect", "segment"]},
+                "normalize": {"type": "boolean"},
+                "score_threshold": {"type": "number", "minimum": 0, "maximum": 1},
+                "iou_threshold": {"type": "number", "minimum": 0, "maximum": 1},
+                "max_detections": {"type": "integer", "minimum": 1, "maximum": MAX_DETECTIONS},
+            },
+        },
         "inputs": {
             "type": "array",
             "minItems": 1,
@@ -347,6 +425,9 @@ def document() -> Schema:
         "info": {"title": "torchrest", "version": __version__, "description": "PyTorch models as a REST API"},
         "paths": {
             "/classify": {"post": CLASSIFY},
+            "/embed": {"post": EMBED},
+            "/detect": {"post": DETECT},
+            "/segment": {"post": SEGMENT},
             "/health": {"get": HEALTH},
             "/metrics": {
                 "get": {

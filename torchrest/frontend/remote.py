@@ -286,6 +286,7 @@ class RemoteModels:
                 if runtime is None or runtime.info != entry.runtime:  # a new model, version or layout
                     runtime = RemoteRuntime(self.link, entry, entry.runtime)
             self.entries[entry.name] = RemoteEntry(entry.name, entry.model, runtime, entry.state, entry.reason)
+            self.link.pool_for(math.prod((*entry.model.input_spec.size, 3)))  # its slots, before its first image
         if self._told is not None:
             self._told.set()
 
@@ -385,19 +386,21 @@ class EngineLink(Connection):
     async def call(self, method: str, *args: Any) -> Any:
         return await self.request(lambda call: Call(call, method, args))
 
-    async def take_slot(self, nbytes: int) -> Held | None:
-        """A slot for an image of `nbytes` (waiting for one when all of its pool's are taken), or None where
-        /dev/shm has no room for its pool: the pixels then travel inline."""
+    def pool_for(self, nbytes: int) -> Pool | None:
+        """The pool of slots for images of `nbytes`, made (and the engine told of it) the first time; None
+        where /dev/shm has no room for it: the pixels then travel inline."""
         if self.slots is None:
             return None
         size, slots, new = self.slots.for_pixels(nbytes)
         if new and slots is not None:
             self.send(Slots(size, str(slots.path), slots.count))  # ahead of any Infer that uses it
             self.pools[size] = Pool(size, slots)
-        pool = self.pools.get(size)
-        if pool is None:
-            return None
-        return Held(pool, await pool.take())
+        return self.pools.get(size)
+
+    async def take_slot(self, nbytes: int) -> Held | None:
+        """A slot for an image of `nbytes`, waiting for one when all of its pool's are taken (None: inline)."""
+        pool = self.pool_for(nbytes)
+        return Held(pool, await pool.take()) if pool is not None else None
 
     def release(self, held: Held | None) -> None:
         if held is not None:
