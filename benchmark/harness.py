@@ -224,6 +224,9 @@ def wrk(
     output = subprocess.run(command, capture_output=True, text=True, env=variables, timeout=seconds + 60).stdout
     line = next(line for line in output.splitlines() if line.startswith("WRK_JSON "))
     result = json.loads(line.removeprefix("WRK_JSON "))
+    statuses = next((line for line in output.splitlines() if line.startswith("WRK_STATUSES ")), None)
+    if statuses is not None:  # statuses.lua: answers by HTTP status
+        result["statuses"] = json.loads(statuses.removeprefix("WRK_STATUSES "))
     result["req_per_s"] = result["requests"] / result["duration_s"]
     result["connections"] = connections
     result["error_count"] = sum(result["errors"].values())

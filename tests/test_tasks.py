@@ -16,7 +16,7 @@ from torchrest.resize import fit_into
 from torchrest.tasks import Heads, output_shapes
 from torchrest.tasks.base import Answer, Geometry
 from torchrest.tasks.detect import DetectOptions, suppressed_boxes
-from torchrest.tasks.segment import SegmentHead, original_mask, png
+from torchrest.tasks.segment import SegmentHead, original_mask, pixel_counts, png
 
 
 def greedy_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, threshold: float) -> list[int]:
@@ -147,6 +147,8 @@ def test_a_mask_maps_back_to_every_original_pixel() -> None:
     head = SegmentHead(0, 4, (320, 320))
     mask = original_mask(Answer(small, -1, geometry), head)
     assert mask.shape == (600, 900)
+    counted = pixel_counts(Answer(small, -1, geometry), head)
+    np.testing.assert_array_equal(counted, np.bincount(mask.reshape(-1), minlength=4))
     ys, xs = np.nonzero(mask == 3)
     np.testing.assert_allclose([xs.min(), xs.max() + 1], [20 / geometry.scale_x, 60 / geometry.scale_x], atol=3)
     np.testing.assert_allclose([ys.min(), ys.max() + 1], [0, 40 / geometry.scale_y], atol=3)

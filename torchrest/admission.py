@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from torchrest.errors import QueueFull
@@ -103,3 +103,34 @@ class Places:
         if count > 0:
             self.runtime.admit(count, self.deadline_s)
             self.count += count
+
+
+class Refusals:
+    """Paces refusals (503 queue_full) so that refusing work never takes more than BUDGET of the event loop,
+    at any model speed: each refusal's cost on the loop is measured, and refusals past the rate that budget
+    allows wait their turn (up to their Retry-After) before they are sent, their connections held at no
+    cost. A client that retries at once then retries at the pace of its refusals, and a retry storm is
+    throttled where it starts; a few refusals at once (a burst of BURST) go out without waiting."""
+
+    BUDGET = 0.1  # of one core
+    BURST = 16
+    SMOOTHING = 0.1
+
+    def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
+        self.cost_s = 0.0005  # until measured: about what one costs (parse, route, admit, answer, close)
+        self._now = now
+        self._due_s = 0.0  # when the next refusal is due at the paced rate (a token bucket, as time)
+
+    def delay_s(self, limit_s: float) -> float:
+        """How long this refusal waits for its turn (at most `limit_s`); its turn is taken."""
+        now = self._now()
+        interval = self.cost_s / self.BUDGET
+        burst = self.BURST * interval
+        due = max(self._due_s, now)
+        wait = min(max(0.0, due - burst - now), limit_s)
+        self._due_s = min(due + interval, now + limit_s + burst)  # a storm that ended leaves no debt past that
+        return wait
+
+    def observe(self, cost_s: float) -> None:
+        """A refusal took `cost_s` of the loop (not counting its wait)."""
+        self.cost_s += self.SMOOTHING * (max(cost_s, 1e-5) - self.cost_s)

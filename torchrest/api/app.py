@@ -7,6 +7,7 @@ Handlers raise `TorchrestError` subclasses; this module is the only place that t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from torchrest.access import AccessControl
+from torchrest.admission import Refusals
 from torchrest.api.cors import Cors
 from torchrest.api.http import (
     ClientDisconnected,
@@ -27,7 +29,7 @@ from torchrest.api.http import (
     send_response,
 )
 from torchrest.config import ServerConfig
-from torchrest.errors import MethodNotAllowed, ModelError, NotFound, TorchrestError
+from torchrest.errors import MethodNotAllowed, ModelError, NotFound, QueueFull, TorchrestError
 from torchrest.logs import access
 from torchrest.metrics import Metrics
 from torchrest.served import ServedModels
@@ -48,6 +50,7 @@ class AppState:
     metrics: Metrics
     models: ServedModels
     access: AccessControl = field(default_factory=AccessControl)
+    refusals: Refusals = field(default_factory=Refusals)  # the pace of 503 queue_full, HTTP and gRPC alike
     startup: Hook | None = None
     shutdown: Hook | None = None
 
@@ -116,6 +119,11 @@ class App:
                 span.set_attribute("torchrest.request_id", request.request_id)
                 request.times.marks, request.times.link = [], tracing.carried(span)
         response, code = await self._respond(request, route, methods)
+        waited_s = 0.0
+        if code == QueueFull.code and response is not None:  # its turn at the refusals' pace (admission.Refusals)
+            waited_s = self.state.refusals.delay_s(float(response.headers.get("retry-after", "1")))
+            if waited_s > 0:
+                await asyncio.sleep(waited_s)
         handled_s = time.monotonic()
         status = CLIENT_CLOSED
         if response is not None:
@@ -125,6 +133,8 @@ class App:
                 self._latency[route].observe(time.monotonic() - request.started_s)
         self._requests.labels(route, status).inc()
         ended_s = time.monotonic()
+        if code == QueueFull.code:
+            self.state.refusals.observe(ended_s - request.started_s - waited_s)
         if span is not None and tracing is not None:
             request.times.mark("response", handled_s, ended_s)
             tracing.finish(span, request.times, ended_s, {"http.response.status_code": status}, code)

@@ -39,10 +39,14 @@ _STEMS = {name: normalisation(name) for name in NORMALIZATIONS}
 
 
 def float_nchw(pixels: torch.Tensor, normalize: str = IMAGENET) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32, contiguous, normalised as torchrest's stem does."""
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32, contiguous, normalised as torchrest's stem does: one
+    transposing copy into the NCHW float tensor, then the scale and shift in place (a third of the time of
+    normalising channels-last and copying that)."""
     scale, shift = _STEMS[normalize]
     scale, shift = scale.to(pixels.device), shift.to(pixels.device)
-    return torch.addcmul(shift, pixels.permute(0, 3, 1, 2).float(), scale).contiguous()
+    out = torch.empty((pixels.shape[0], 3, *pixels.shape[1:3]), dtype=torch.float32, device=pixels.device)
+    out.copy_(pixels.permute(0, 3, 1, 2))
+    return out.mul_(scale).add_(shift)
 
 
 class NormalizeUint8(nn.Module):

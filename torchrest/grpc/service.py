@@ -11,6 +11,7 @@ the model. Errors map to status codes as Triton maps them; the message says what
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 import uuid
@@ -26,7 +27,7 @@ from torchrest.admission import admitted
 from torchrest.api.app import AppState
 from torchrest.api.tensor_io import answers_of, images_of, metadata, output_tensors, platform, task_of
 from torchrest.api.tensors import InferRequest, Output, binary_elements, checked_header, checked_tensor, encode_binary
-from torchrest.errors import BadRequest, NotReady, TorchrestError
+from torchrest.errors import BadRequest, NotReady, QueueFull, TorchrestError
 from torchrest.grpc import inference_pb2 as pb
 from torchrest.grpc import inference_pb2_grpc as pb_grpc
 from torchrest.served import ModelState
@@ -74,6 +75,12 @@ def answered(method: Method[Reply]) -> Method[Reply]:
             return await method(self, request, context)
         except TorchrestError as failure:
             code, error = STATUS_CODES.get(failure.status, grpc.StatusCode.INTERNAL), failure.code
+            if isinstance(failure, QueueFull):  # its turn at the refusals' pace (admission.Refusals)
+                refusals = self.state.refusals
+                waited_s = refusals.delay_s(float(failure.headers.get("retry-after", "1")))
+                if waited_s > 0:
+                    await asyncio.sleep(waited_s)
+                refusals.observe(time.monotonic() - started - waited_s)
             await context.abort(code, failure.message)
             raise  # abort raises; this line is for the type checker
         except BaseException:  # cancelled by the client, or a bug of ours (grpc answers UNKNOWN)

@@ -7,9 +7,8 @@
 
 Per request: score_threshold (0.25), iou_threshold (0.45), max_detections (100, at most 1000). NMS runs once
 per batch on the inference thread, vectorised over the batch's images with torch (each image its own
-thresholds): the candidates above the threshold (the MAX_CANDIDATES most confident of each image), their
-pairwise IoU within a class, and greedy suppression solved as a fixed point of matrix products (a box is
-kept when no kept, more confident box of its class overlaps it past the threshold), not a loop per box.
+thresholds): the candidates above the threshold (the MAX_CANDIDATES most confident of each image), then
+greedy suppression settled a block of candidates at a time (`suppressed_boxes`), not a loop per box.
 The answer: (K, 6) rows of x1, y1, x2, y2, score, class, most confident first, in input pixels; the
 front-end maps the boxes to the original image.
 
@@ -64,10 +63,10 @@ class DenseDetectHead:
 
     def decode(self, outputs: Sequence[np.ndarray], rows: Rows, options: Sequence[DetectOptions]) -> list[Decoded]:
         predictions = torch.from_numpy(np.asarray(outputs[self.output][rows], dtype=np.float32))
-        finite = torch.isfinite(predictions).flatten(1).all(dim=1).tolist()
         score_threshold = torch.tensor([o.score_threshold for o in options], dtype=torch.float32)
         with torch.inference_mode():
             confidence, classes = predictions[:, 4:, :].max(dim=1)  # (n, A): each candidate's best class
+            finite = torch.isfinite(confidence).all(dim=1)  # a NaN class score wins its candidate's max
             confidence = torch.where(confidence > score_threshold[:, None], confidence, -torch.inf)
             confidence = confidence.masked_fill(confidence.isnan(), -torch.inf)
             count = min(MAX_CANDIDATES, confidence.shape[1])
@@ -77,8 +76,9 @@ class DenseDetectHead:
             centres = predictions[:, :4, :].gather(2, order[:, None, :].expand(-1, 4, -1)).transpose(1, 2)
             boxes = torch.cat((centres[..., :2] - centres[..., 2:] / 2, centres[..., :2] + centres[..., 2:] / 2), 2)
             chosen = classes.gather(1, order)
+            finite &= torch.isfinite(boxes).flatten(1).all(dim=1)  # and the boxes that could be answered
             kept = suppressed_boxes(boxes, scores, chosen, options)
-        return packed(boxes, scores, chosen, kept, options, finite)
+        return packed(boxes, scores, chosen, kept, options, finite.tolist())
 
     def describe(self) -> dict[str, object]:
         return {"layout": self.layout, "classes": self.classes, "candidates": self.candidates}
@@ -124,35 +124,55 @@ def suppressed_boxes(
     """Greedy class-aware NMS over a batch: (n, K, 4) x1y1x2y2 boxes with (n, K) scores sorted most confident
     first (-inf: not a candidate) -> (n, K) bool, the boxes kept.
 
-    A box is kept when no kept box before it, of its class, overlaps it by more than its image's IoU
-    threshold. That rule only looks back, so iterating it from "all kept" fixes one more box of every
-    suppression chain per step: it reaches the greedy answer in as many steps as the longest chain (a few),
-    each one batched matrix product over every image."""
-    valid = scores > -torch.inf
-    if boxes.shape[1] == 0:
-        return valid
+    The rule: a box is kept when no kept, more confident box of its class overlaps it by more than its
+    image's IoU threshold. The candidates are settled a block at a time, every image at once: the first
+    BLOCK still undecided ones, in score order, are settled among themselves (the rule only looks back, so
+    iterating it from "all kept" fixes one more box of every chain per step: as many steps as the longest
+    chain, each one batched product), then the block's kept boxes strike out every later candidate they
+    overlap. A detector keeps few boxes of many candidates, so a few blocks settle them all, and the pairs
+    compared are about (kept x candidates), not (candidates x candidates)."""
+    n, count = scores.shape
+    alive = scores > -torch.inf  # not decided yet
+    kept = torch.zeros(n, count, dtype=torch.bool)
     threshold = torch.tensor([o.iou_threshold for o in options], dtype=torch.float32)
-    x1, y1, x2, y2 = boxes.unbind(-1)
-    area = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
-    overlap = _overlap(x1, x2) * _overlap(y1, y2)
-    iou = overlap / (area[:, :, None] + area[:, None, :] - overlap).clamp(min=1e-9)
-    same_class = classes[:, :, None] == classes[:, None, :]
-    earlier = torch.ones(boxes.shape[1], boxes.shape[1], dtype=torch.bool).triu(diagonal=1)  # [j, i]: j before i
-    suppresses = ((iou > threshold[:, None, None]) & same_class & earlier & valid[:, :, None]).float()
-    kept = valid
-    for _ in range(boxes.shape[1]):
-        suppressed = torch.bmm(kept.float()[:, None, :], suppresses)[:, 0, :] > 0
-        now = valid & ~suppressed
-        if torch.equal(now, kept):
-            break
-        kept = now
+    area = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+    images = torch.arange(n)[:, None]
+    earlier = torch.ones(BLOCK, BLOCK, dtype=torch.bool).triu(diagonal=1)  # [j, i]: j before i
+    while bool(alive.any()):
+        block = torch.argsort((~alive).to(torch.int8), dim=1, stable=True)[:, :BLOCK]  # the first undecided
+        live = alive.gather(1, block)
+        size = block.shape[1]
+        block_boxes, block_area, block_classes = boxes[images, block], area[images, block], classes[images, block]
+        among = _overlapping(block_boxes, block_boxes, block_area, block_area, threshold)
+        among &= (block_classes[:, :, None] == block_classes[:, None, :]) & earlier[:size, :size] & live[:, :, None]
+        suppresses = among.float()
+        settled = live
+        for _ in range(size):
+            now = live & ~(torch.bmm(settled.float()[:, None, :], suppresses)[:, 0, :] > 0)
+            if torch.equal(now, settled):
+                break
+            settled = now
+        kept[images, block] |= settled
+        alive[images, block] = False
+        later = _overlapping(block_boxes, boxes, block_area, area, threshold)
+        later &= (block_classes[:, :, None] == classes[:, None, :]) & settled[:, :, None]
+        alive &= ~later.any(dim=1)
     return kept
 
 
-def _overlap(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """(n, K) intervals along one axis -> (n, K, K) the length each pair shares."""
-    shared = torch.minimum(high[:, :, None], high[:, None, :]) - torch.maximum(low[:, :, None], low[:, None, :])
-    return shared.clamp(min=0)
+BLOCK = 64  # candidates settled together: small enough that most of a block's pairs matter
+
+
+def _overlapping(
+    a: torch.Tensor, b: torch.Tensor, area_a: torch.Tensor, area_b: torch.Tensor, threshold: torch.Tensor
+) -> torch.Tensor:
+    """(n, p, 4) and (n, q, 4) x1y1x2y2 boxes -> (n, p, q) whether each pair's IoU is over the image's
+    threshold (intersection > t x union, without dividing)."""
+    width = torch.minimum(a[:, :, None, 2], b[:, None, :, 2]) - torch.maximum(a[:, :, None, 0], b[:, None, :, 0])
+    height = torch.minimum(a[:, :, None, 3], b[:, None, :, 3]) - torch.maximum(a[:, :, None, 1], b[:, None, :, 1])
+    intersection = width.clamp(min=0) * height.clamp(min=0)
+    t = threshold[:, None, None]
+    return intersection * (1 + t) > t * (area_a[:, :, None] + area_b[:, None, :])
 
 
 def packed(
