@@ -1,22 +1,26 @@
-"""Overload: wrk at 1000 connections for 60 s against the default model, far past its capacity.
+"""Overload: a closed-loop flood (wrk at 1000 connections, each retrying at once) far past capacity, by model
+and process layout, this tree beside a base commit, in one interleaved run.
 
-What a trusted server must show, and this script measures:
-  - goodput holds: 200s per second under overload against the capacity measured first, on the same
-    server, at 8 connections;
-  - every answer is 200, 503 or (rarely) 504 (wrk counts answers by status); 504s as a share of admitted;
-  - 503s come back at once: a probe sends one request every 100 ms on its own connection during the
-    load and times each answer by status (wrk's latencies mix 200s and 503s);
-  - admitted requests finish within the deadline (the probe's 200s, against --timeout-ms);
-  - memory stays bounded: the server's resident memory sampled every second, and its peak (VmHWM);
-  - one second after the load stops, /health is ready and a classify of the cat works.
-Writes benchmark/results/<date>/overload.{json,md,png}. Needs wrk.
+For every (model, --workers, tree), in turn (each server started fresh):
+  - capacity first: 200s per second at 8 connections;
+  - the flood: 200s per second (goodput) against that capacity, second by second; every answer by status
+    (504s as a share of the 200s); socket errors;
+  - a probe during the flood: one request every 100 ms on its own connection, timed by answer status;
+  - resident memory of the whole server (every process), sampled every second, and its peak;
+  - right after the flood: /health, and a fresh /classify of the cat, each timed (both within 2 s?).
 
-    python benchmark/overload.py [--connections 1000] [--duration 60] [--model efficientnet_lite0]
+Models: `default` (`torchrest serve` as it comes: EfficientNet-Lite0 as OpenVINO fp32), `eager` (the same in
+torch eager: takes the GIL back after each op), `near-free` (benchmark/ceiling.py's: the server's own work is
+all there is). Writes <out>/overload.{json,md,png}: one table, and goodput over time. Needs wrk.
+
+    python benchmark/overload.py [--base REF] [--models default,eager,near-free] [--workers 1,2]
+                                 [--connections 1000] [--duration 30] [--out DIR] [-- more serve options]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import http.client
 import json
@@ -24,105 +28,130 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from harness import (
-    ROOT,
-    WRK_DIR,
-    free_port,
-    log,
-    platform_name,
-    serving_process,
-    torchrest_command,
-    write_results,
-)
+from bench import bind
+from ceiling import model_for, near_free_model, worktree
+from harness import ROOT, WRK_DIR, log, markdown_table, platform_name, serving_process, write_results
 from openloop import BOUNDARY, multipart_request
 
 TIMEOUT_MS = 10_000  # the server's default --timeout-ms
+CAT = ROOT / "tests" / "data" / "cat.jpg"
+MODELS = ("default", "eager", "near-free")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--base", default="", help="a commit to measure beside this tree (a git worktree)")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--workers", default="1,2")
     parser.add_argument("--connections", type=int, default=1000)
-    parser.add_argument("--duration", type=float, default=60.0)
-    parser.add_argument("--capacity-seconds", type=float, default=15.0, help="the 8-connection run first")
-    parser.add_argument("--image", type=Path, default=ROOT / "tests" / "data" / "cat.jpg")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--capacity-seconds", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmark" / "results" / dt.date.today().isoformat())
     parser.add_argument("server_options", nargs="*", help="more `torchrest serve` options (after --)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("benchmark/overload.py: error: wrk not found (apt-get install wrk)", file=sys.stderr)
         return 2
+    models = [name.strip() for name in args.models.split(",") if name.strip()]
+    layouts = [int(count) for count in args.workers.split(",")]
     started = dt.datetime.now()
-    port = free_port()
-    image = args.image.read_bytes()
-    with serving_process(torchrest_command(args.model, port, args.server_options), port) as (url, process):
-        log(f"capacity: wrk at 8 connections for {args.capacity_seconds:.0f} s")
-        run_wrk(url, 8, 3, args.image)  # warm-up
-        capacity = run_wrk(url, 8, args.capacity_seconds, args.image)
-        log(f"capacity: {ok_per_s(capacity):.1f} answers (200) per second")
-        rss = MemorySampler(process.pid)
-        probe = Probe(port, image)
-        rss.start()
-        probe.start()
-        log(f"wrk: {args.connections} connections for {args.duration:.0f} s against {args.model}")
-        load = run_wrk(url, args.connections, args.duration, args.image)
-        probe.stop()
-        after = recovery(url, port, image)
-        rss.stop()
-        peak_kib = peak_rss_kib(process.pid)
+    runs: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="overload-")))
+        trees = {"this tree": ROOT}
+        if args.base:
+            trees[args.base] = stack.enter_context(worktree(args.base))
+        near_free = near_free_model(folder)
+        plan = [(m, w, t) for m in models for w in layouts for t in trees]
+        for number, (model, workers, tree_name) in enumerate(plan, 1):
+            log(f"{number}/{len(plan)}: {model}, --workers {workers}, {tree_name}")
+            tree = trees[tree_name]
+            command = serve_command(model, workers, tree, near_free, folder, args.server_options)
+            run = flood(command, tree, args.connections, args.duration, args.capacity_seconds)
+            run |= {"model": model, "workers": workers, "tree": tree_name}
+            log(
+                f"  capacity {run['capacity_ok_per_s']:.1f}/s; flood {run['flood_ok_per_s']:.1f}/s "
+                f"({run['share_of_capacity']:.0%}); 504s {run['expired_share']:.2%} of 200s; recovery "
+                f"health {run['recovery']['health_ms']:.0f} ms, classify {run['recovery']['classify_ms']:.0f} ms"
+            )
+            runs.append(run)
     results = {
         "date": started.isoformat(timespec="seconds"),
         "command": "python benchmark/overload.py " + " ".join(sys.argv[1:]),
         "machine": f"{len(os.sched_getaffinity(0))} cores, {platform_name()}",
-        "model": args.model,
         "connections": args.connections,
         "duration_s": args.duration,
-        "capacity": capacity,
-        "wrk": load,
-        "goodput": goodput(capacity, load),
-        "probe": probe.summary(),
-        "rss_mib": {"samples": rss.samples_mib, "peak": peak_kib / 1024, "first": rss.samples_mib[0]},
-        "recovery": after,
+        "runs": runs,
     }
-    out = args.out or ROOT / "benchmark" / "results" / started.date().isoformat()
-    write_results(out, "overload", results, markdown, plot)
+    write_results(args.out, "overload", results, markdown, plot)
     return 0
 
 
-def run_wrk(url: str, connections: int, seconds: float, image: Path) -> dict[str, Any]:
+def serve_command(model: str, workers: int, tree: Path, near_free: Path, folder: Path, more: list[str]) -> list[str]:
+    command = [sys.executable, "-m", "torchrest", "serve", "--host", "127.0.0.1", "--port", "0"]
+    command += ["--log-level", "warning", "--workers", str(workers)]
+    if model == "eager":
+        command += ["--backend", "eager"]
+    elif model == "near-free":
+        command += ["--model", str(model_for(tree, near_free, folder))]
+    return [*command, *more]
+
+
+def flood(command: list[str], tree: Path, connections: int, seconds: float, capacity_s: float) -> dict[str, Any]:
+    command, port = bind(command)
+    image = CAT.read_bytes()
+    with serving_process(command, port, cwd=tree) as (url, process):
+        run_wrk(url, 8, 3)  # warm-up
+        capacity = run_wrk(url, 8, capacity_s)
+        memory = MemorySampler(process.pid)
+        probe = Probe(port, image)
+        memory.start()
+        probe.start()
+        load = run_wrk(url, connections, seconds)
+        probe.stop()
+        after = recovery(port, image)
+        memory.stop()
+        peak = sum(status_kib(pid, "VmHWM") for pid in tree_pids(process.pid)) / 1024
+    ok = ok_per_s(load)
+    return {
+        "capacity_ok_per_s": ok_per_s(capacity),
+        "flood_ok_per_s": ok,
+        "share_of_capacity": ok / max(ok_per_s(capacity), 1e-9),
+        "statuses": load["statuses"],
+        "expired_share": load["statuses"].get("504", 0) / max(load["statuses"].get("200", 0), 1),
+        "socket_errors": {kind: n for kind, n in load["errors"].items() if n and kind != "status"},
+        "series": load["series"],
+        "probe": probe.summary(),
+        "rss_mib": {"first": memory.samples_mib[0], "max": max(memory.samples_mib), "peak": peak},
+        "recovery": after,
+    }
+
+
+def run_wrk(url: str, connections: int, seconds: float) -> dict[str, Any]:
     command = [
         *("wrk", "-t2", f"-c{connections}", f"-d{round(seconds)}s", "--timeout", "30s"),
-        *("-s", str(WRK_DIR / "statuses.lua"), url),
+        *("-s", str(WRK_DIR / "series.lua"), url),
     ]
-    env = {**os.environ, "IMAGE": str(image), "WRK_LUA_DIR": str(WRK_DIR)}
+    env = {**os.environ, "IMAGE": str(CAT), "WRK_LUA_DIR": str(WRK_DIR)}
     output = subprocess.run(command, capture_output=True, text=True, env=env, timeout=seconds + 90).stdout
     lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in output.splitlines() if line.startswith("WRK_")}
     result = json.loads(lines["WRK_JSON"])
     result["statuses"] = json.loads(lines["WRK_STATUSES"])
-    result["req_per_s"] = result["requests"] / result["duration_s"]
+    series = json.loads(lines["WRK_SERIES"])
+    first = min((int(second) for second in series), default=0)
+    result["series"] = [series.get(str(first + offset), 0) for offset in range(round(seconds))]
     return result
 
 
 def ok_per_s(run: dict[str, Any]) -> float:
-    return run["statuses"].get("200", 0) / run["duration_s"]
-
-
-def goodput(capacity: dict[str, Any], load: dict[str, Any]) -> dict[str, float]:
-    """200s per second under overload, as a share of the 8-connection capacity; 504s as a share of the
-    requests admitted (answered 200 or 504)."""
-    admitted = load["statuses"].get("200", 0) + load["statuses"].get("504", 0)
-    return {
-        "capacity_ok_per_s": ok_per_s(capacity),
-        "overload_ok_per_s": ok_per_s(load),
-        "share_of_capacity": ok_per_s(load) / max(ok_per_s(capacity), 1e-9),
-        "expired_share_of_admitted": load["statuses"].get("504", 0) / max(admitted, 1),
-    }
+    return float(run["statuses"].get("200", 0) / run["duration_s"])
 
 
 class Probe(threading.Thread):
@@ -131,7 +160,7 @@ class Probe(threading.Thread):
     def __init__(self, port: int, image: bytes) -> None:
         super().__init__(daemon=True)
         self.port = port
-        self.request = multipart_request("127.0.0.1", port, image)
+        self.body = multipart_request("127.0.0.1", port, image).split(b"\r\n\r\n", 1)[1]
         self.answers: list[tuple[int, float]] = []  # (status or 0 for a failure, latency ms)
         self._stopping = threading.Event()
 
@@ -141,19 +170,7 @@ class Probe(threading.Thread):
 
     def _one(self) -> None:
         started = time.perf_counter()
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-            head, body = self.request.split(b"\r\n\r\n", 1)
-            connection.request(
-                "POST",
-                "/classify",
-                body=body,
-                headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
-            )
-            status = connection.getresponse().status
-            connection.close()
-        except OSError:
-            status = 0
+        status, _ = post(self.port, "/classify", self.body)
         self.answers.append((status, (time.perf_counter() - started) * 1000))
 
     def stop(self) -> None:
@@ -165,15 +182,43 @@ class Probe(threading.Thread):
         by_status: dict[str, Any] = {}
         for status in sorted({status for status, _ in self.answers}):
             ms = np.array([latency for s, latency in self.answers if s == status])
-            by_status[str(status)] = {
-                "count": len(ms),
-                **{f"p{q}": float(np.percentile(ms, q)) for q in (50, 90, 99)},
-                "max": float(ms.max()),
-            }
+            by_status[str(status)] = {"count": len(ms), "p50": float(np.percentile(ms, 50)), "max": float(ms.max())}
         return {"sent": len(self.answers), "by_status": by_status}
 
 
+def post(port: int, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    """One request on a fresh connection: (status, or 0 when the connection failed; the body)."""
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        if body is None:
+            connection.request("GET", path)
+        else:
+            headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+            connection.request("POST", path, body=body, headers=headers)
+        answer = connection.getresponse()
+        payload = answer.read()
+        connection.close()
+        return answer.status, payload
+    except OSError:
+        return 0, b""
+
+
+def recovery(port: int, image: bytes) -> dict[str, Any]:
+    """Right after the flood (its connections closed): /health, then a fresh classify, each timed."""
+    started = time.perf_counter()
+    health, _ = post(port, "/health")
+    health_ms = (time.perf_counter() - started) * 1000
+    body = multipart_request("127.0.0.1", port, image).split(b"\r\n\r\n", 1)[1]
+    started = time.perf_counter()
+    status, payload = post(port, "/classify", body)
+    classify_ms = (time.perf_counter() - started) * 1000
+    label = json.loads(payload).get("prediction", {}).get("label") if status == 200 else None
+    return {"health": health, "health_ms": health_ms, "classify": status, "classify_ms": classify_ms, "label": label}
+
+
 class MemorySampler(threading.Thread):
+    """Resident memory of a process and every process below it, every second."""
+
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid = pid
@@ -182,7 +227,7 @@ class MemorySampler(threading.Thread):
 
     def run(self) -> None:
         while True:
-            self.samples_mib.append(status_kib(self.pid, "VmRSS") / 1024)
+            self.samples_mib.append(sum(status_kib(pid, "VmRSS") for pid in tree_pids(self.pid)) / 1024)
             if self._stopping.wait(1.0):
                 return
 
@@ -191,78 +236,73 @@ class MemorySampler(threading.Thread):
         self.join()
 
 
+def tree_pids(pid: int) -> list[int]:
+    found, waiting = [], [pid]
+    while waiting:
+        current = waiting.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                waiting += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
 def status_kib(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return float(line.split()[1])
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return float(line.split()[1])
     return 0.0
 
 
-def peak_rss_kib(pid: int) -> float:
-    return status_kib(pid, "VmHWM")
-
-
-def recovery(url: str, port: int, image: bytes) -> dict[str, Any]:
-    """One second after the load: is /health ready, and does a classify work (and how fast)?"""
-    time.sleep(1.0)
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    connection.request("GET", "/health")
-    health = connection.getresponse()
-    health.read()
-    head, body = multipart_request("127.0.0.1", port, image).split(b"\r\n\r\n", 1)
-    started = time.perf_counter()
-    connection.request(
-        "POST", "/classify", body=body, headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
-    )
-    answer = connection.getresponse()
-    payload = json.loads(answer.read())
-    latency_ms = (time.perf_counter() - started) * 1000
-    connection.close()
-    return {
-        "health_status": health.status,
-        "classify_status": answer.status,
-        "classify_label": payload.get("prediction", {}).get("label"),
-        "classify_ms": latency_ms,
-    }
-
-
 def markdown(results: dict[str, Any]) -> str:
-    load, probe, rss, after = results["wrk"], results["probe"], results["rss_mib"], results["recovery"]
-    good = results["goodput"]
-    statuses = ", ".join(f"{status}: {count}" for status, count in sorted(load["statuses"].items()))
-    errors = {kind: count for kind, count in load["errors"].items() if count and kind != "status"}
-    lines = [
-        f"# torchrest overload: {results['model']}, {results['connections']} connections, "
-        f"{results['duration_s']:.0f} s ({results['date']})",
-        "",
-        f"Machine: {results['machine']}. Command: `{results['command']}`.",
-        "",
-        f"- capacity first (8 connections, {results['capacity']['duration_s']:.0f} s): "
-        f"{good['capacity_ok_per_s']:.1f} answers (200) per second.",
-        f"- wrk: {load['requests']} answers ({load['req_per_s']:.1f}/s) by status: {statuses}; socket errors: "
-        f"{errors or 'none'}.",
-        f"- goodput under overload: {good['overload_ok_per_s']:.1f} 200s per second, "
-        f"**{good['share_of_capacity']:.0%} of capacity**; 504s: {good['expired_share_of_admitted']:.2%} of admitted.",
-        "- probe (one request every 100 ms on its own connection, during the load), latency by status:",
-        "",
-        "| status | count | p50 ms | p90 ms | p99 ms | max ms |",
-        "|---|---|---|---|---|---|",
-    ]
-    for status, row in probe["by_status"].items():
-        lines.append(
-            f"| {status if status != '0' else 'failed'} | {row['count']} | {row['p50']:.1f} | {row['p90']:.1f} "
-            f"| {row['p99']:.1f} | {row['max']:.1f} |"
+    rows = []
+    for run in results["runs"]:
+        statuses = run["statuses"]
+        probe_503 = run["probe"]["by_status"].get("503", {})
+        after = run["recovery"]
+        rows.append(
+            [
+                run["model"],
+                str(run["workers"]),
+                run["tree"],
+                f"{run['capacity_ok_per_s']:.1f}",
+                f"{run['flood_ok_per_s']:.1f}",
+                f"**{run['share_of_capacity']:.0%}**",
+                f"{statuses.get('503', 0) / results['duration_s']:.0f}",
+                f"{run['expired_share']:.2%}",
+                ", ".join(f"{k} {v}" for k, v in run["socket_errors"].items()) or "none",
+                f"{probe_503.get('p50', float('nan')):.0f}",
+                f"{run['rss_mib']['first']:.0f} / {run['rss_mib']['peak']:.0f}",
+                f"{after['health']} in {after['health_ms']:.0f} ms; "
+                f"{after['classify']} in {after['classify_ms']:.0f} ms",
+            ]
         )
-    lines += [
-        "",
-        f"- deadline: admitted (200) answers against --timeout-ms {TIMEOUT_MS} ms: max "
-        f"{probe['by_status'].get('200', {}).get('max', float('nan')):.0f} ms.",
-        f"- memory: resident {rss['first']:.0f} MiB at the start, {max(rss['samples']):.0f} MiB at most while "
-        f"sampled, peak (VmHWM) {rss['peak']:.0f} MiB.",
-        f"- one second after the load: /health {after['health_status']}, classify {after['classify_status']} "
-        f"({after['classify_label']}, {after['classify_ms']:.0f} ms).",
+    header = [
+        "model",
+        "--workers",
+        "tree",
+        "capacity 200/s",
+        "flood 200/s",
+        "share",
+        "503/s",
+        "504 / 200",
+        "socket errors",
+        "probe 503 p50 ms",
+        "RSS MiB start / peak",
+        "right after: /health; /classify",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(
+        [
+            f"# Overload: {results['connections']} connections retrying at once, {results['duration_s']:.0f} s",
+            "",
+            f"{results['machine']}; {results['date']}; `{results['command']}`. Capacity: 200s per second at 8 "
+            "connections on the same server just before; share: the flood's 200s per second against it.",
+            "",
+            *markdown_table(header, rows),
+            "",
+        ]
+    )
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -271,22 +311,21 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (memory_axis, latency_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
-    samples = results["rss_mib"]["samples"]
-    memory_axis.plot(range(len(samples)), samples)
-    memory_axis.set(xlabel="seconds", ylabel="resident MiB", title="Server memory under overload", ylim=(0, None))
-    rows = results["probe"]["by_status"]
-    names = list(rows)
-    for index, quantile in enumerate(("p50", "p99")):
-        latency_axis.bar(
-            [i + index * 0.4 for i in range(len(names))], [rows[n][quantile] for n in names], 0.4, label=quantile
-        )
-    latency_axis.set_xticks([i + 0.2 for i in range(len(names))], [n if n != "0" else "failed" for n in names])
-    latency_axis.set(yscale="log", xlabel="answer status", ylabel="ms", title="Probe latency by status")
-    latency_axis.legend()
-    for axis in (memory_axis, latency_axis):
+    models = list(dict.fromkeys(run["model"] for run in results["runs"]))
+    figure, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    for axis, model in zip(axes[0], models, strict=True):
+        for index, run in enumerate(r for r in results["runs"] if r["model"] == model):
+            capacity = max(run["capacity_ok_per_s"], 1e-9)
+            share = [count / capacity for count in run["series"]]
+            style = "-" if run["tree"] == "this tree" else ":"
+            axis.plot(
+                range(len(share)), share, style, color=f"C{index}", label=f"--workers {run['workers']}, {run['tree']}"
+            )
+        axis.axhline(0.8, color="grey", linewidth=0.8, linestyle="--")
+        axis.set(title=model, xlabel="seconds into the flood", ylabel="200s per second / capacity", ylim=(0, 1.3))
         axis.grid(alpha=0.3)
-    figure.suptitle(f"{results['connections']} connections, {results['model']}, {results['machine']}")
+        axis.legend(fontsize=7)
+    figure.suptitle(f"Goodput under {results['connections']} connections retrying at once ({results['machine']})")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

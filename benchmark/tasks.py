@@ -244,8 +244,8 @@ def markdown(results: dict[str, Any]) -> str:
         ours, naive = detected["servers"]["torchrest"], detected["servers"]["naive FastAPI"]
         lines += [
             "",
-            f"- torchrest at 100 connections: {ratio(ours['100']['req_per_s'], best):.0%} of the file alone at its best "
-            "batch; "
+            f"- torchrest at 100 connections: {ratio(ours['100']['req_per_s'], best):.0%} of the file alone at "
+            "its best batch; "
             f"{ratio(ours['100']['req_per_s'], naive['100']['req_per_s']):.2f}x the naive server's req/s; p99 "
             f"{ratio(ours['100']['p99_ms'], naive['100']['p99_ms']):.2f}x the naive server's",
             f"- at 1 connection: p50 {ratio(ours['1']['p50_ms'], naive['1']['p50_ms']):.2f}x the naive server's",

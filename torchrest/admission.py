@@ -2,7 +2,8 @@
 any work is done. The engine's runtime admits for real; a front-end process refuses early what the
 engine's queue, as its last Pulse showed it, cannot take in time.
 
-    handler -> with admitted(runtime, deadline) as places: ... places.add(n) ... -> released however it ends
+    handler -> room_for(runtime, deadline) (503 before the body) -> body -> with admitted(runtime, deadline)
+            as places: ... places.add(n) ... -> released however it ends
 """
 
 from __future__ import annotations
@@ -76,6 +77,14 @@ class Bounded(Protocol):
     def release(self, count: int = 1) -> None: ...
 
 
+def room_for(runtime: Bounded, deadline_s: float | None = None, count: int = 1) -> None:
+    """QueueFull (503) now when `runtime` has no room for `count` more in time; nothing is taken: a request
+    checks this before its body is read, and takes its places once it has it (so that a slow upload holds
+    no place meanwhile)."""
+    runtime.admit(count, deadline_s)
+    runtime.release(count)
+
+
 @contextlib.contextmanager
 def admitted(runtime: Bounded, deadline_s: float | None = None, count: int = 1) -> Iterator[Places]:
     """`with admitted(runtime, deadline) as places:` takes places (QueueFull, 503, when there are none or the
@@ -106,25 +115,28 @@ class Places:
 
 
 class Refusals:
-    """Paces refusals (503 queue_full) so that refusing work never takes more than BUDGET of the event loop,
-    at any model speed: each refusal's cost on the loop is measured, and refusals past the rate that budget
-    allows wait their turn (up to their Retry-After) before they are sent, their connections held at no
-    cost. A client that retries at once then retries at the pace of its refusals, and a retry storm is
-    throttled where it starts; a few refusals at once (a burst of BURST) go out without waiting."""
+    """Paces refusals (503 queue_full) so that refusing work never takes more than `budget` of a core, at any
+    model speed: each refusal's cost on the loop is measured, and refusals past the rate that budget allows
+    wait their turn (up to their Retry-After) before they are sent, their connections held at no cost. A
+    client that retries at once then retries at the pace of its refusals, and a retry storm is throttled
+    where it starts; a few refusals at once (a burst of BURST) go out without waiting. A budget of 0: every
+    refusal at once."""
 
-    BUDGET = 0.1  # of one core
     BURST = 16
     SMOOTHING = 0.1
 
-    def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, budget: float = 0.1, now: Callable[[], float] = time.monotonic) -> None:
+        self.budget = budget
         self.cost_s = 0.0005  # until measured: about what one costs (parse, route, admit, answer, close)
         self._now = now
         self._due_s = 0.0  # when the next refusal is due at the paced rate (a token bucket, as time)
 
     def delay_s(self, limit_s: float) -> float:
         """How long this refusal waits for its turn (at most `limit_s`); its turn is taken."""
+        if self.budget <= 0:
+            return 0.0
         now = self._now()
-        interval = self.cost_s / self.BUDGET
+        interval = self.cost_s / self.budget
         burst = self.BURST * interval
         due = max(self._due_s, now)
         wait = min(max(0.0, due - burst - now), limit_s)

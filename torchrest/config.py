@@ -181,6 +181,17 @@ class ServerConfig(ModelSource):
         10, "nice value added to the event loop's thread, so that the model keeps the cores under overload (0: off)"
     )
     max_queue: int = option(256, "admitted requests per model (decoding or queued) before 503")
+    refusal_budget: float = option(
+        0.1,
+        "the share of one core that answering 503 queue_full may take: past it, refusals wait their turn (up to "
+        "their Retry-After) with their connections held, so that a retry storm cannot starve the model (0: "
+        "refuse at once, unpaced)",
+    )
+    max_connections: int = option(
+        0,
+        "open connections per process that serves HTTP (each front-end); past it a new connection gets 503 and is "
+        "closed (0: what the file descriptor limit allows, less a reserve)",
+    )
     timeout_ms: int = option(10_000, "deadline for a request to reach the model; past it, 504")
     drain_timeout: int = option(30, "on SIGTERM, seconds to finish admitted requests before exiting")
     read_timeout: float = option(
@@ -254,6 +265,10 @@ class ServerConfig(ModelSource):
             raise ValueError("--max-wait-ms, --threads, --preprocess-threads and --drain-timeout cannot be negative")
         if self.instances < 0 or self.max_batch_size < 0:
             raise ValueError("--instances and --max-batch-size cannot be negative (0: the model's config.json layout)")
+        if not 0 <= self.refusal_budget <= 1:
+            raise ValueError("--refusal-budget must be from 0 (unpaced) to 1 (a whole core)")
+        if self.max_connections < 0:
+            raise ValueError("--max-connections cannot be negative (0: from the file descriptor limit)")
         if self.max_body_mb <= 0 or self.max_image_megapixels <= 0 or self.read_timeout <= 0:
             raise ValueError("--max-body-mb, --max-image-megapixels and --read-timeout must be positive")
         if self.resize_size < 0:

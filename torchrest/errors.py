@@ -152,6 +152,14 @@ class NotReady(TorchrestError):
     headers = {"retry-after": "1", "connection": "close"}
 
 
+class TooManyConnections(TorchrestError):
+    """This process holds `--max-connections` open connections already: the new one is answered and closed."""
+
+    status = 503
+    code = "too_many_connections"
+    headers = {"retry-after": "1", "connection": "close"}
+
+
 class QueueFull(TorchrestError):
     """The model's queue is full, or what is queued would keep this request past its deadline; retry after
     `Retry-After` seconds (the queue's expected wait, at least 1)."""

@@ -9,9 +9,9 @@ of the batch, and the Geometry that maps answers back to the original image's pi
 
 The resize is torch's antialiased bilinear uint8 kernel: separable, vectorised with AVX2, single-threaded,
 releasing the GIL, several times faster than Pillow's `resize`, and within one grey level of it; sizes and
-the crop's corner round as torchvision rounds them. The crop resizes the whole image, not just the crop box:
-a box's edges fall on whole source pixels, not where the reference's do, and that moved classifiers' answers
-(docs/architecture.md, "Decode ahead").
+the crop's corner round as torchvision rounds them. The crop resizes the whole image, not just the crop box,
+whose edges would fall on whole source pixels, not where the reference's do (docs/architecture.md, "Decode
+ahead", says what that cost).
 """
 
 from __future__ import annotations

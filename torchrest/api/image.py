@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from torchrest.admission import admitted
+from torchrest.admission import admitted, room_for
 from torchrest.api.app import AppState, Handler
 from torchrest.api.forms import read_image
 from torchrest.api.http import Request, Response
@@ -35,11 +35,12 @@ def endpoint(task: Task) -> Handler:
         deadline = deadline_s(request, config.timeout_ms)
         times = request.times
         times.task = task.name
+        room_for(runtime, deadline)  # 503 before the body is read; a slow upload holds no place meanwhile
+        admitted_s = time.monotonic()
+        times.mark("admission", request.started_s, admitted_s)
+        data = await in_time(read_image(request, config.max_body_bytes), config.read_timeout)
+        times.mark("body read", admitted_s, time.monotonic())
         with admitted(runtime, deadline):
-            admitted_s = time.monotonic()
-            times.mark("admission", request.started_s, admitted_s)
-            data = await in_time(read_image(request, config.max_body_bytes), config.read_timeout)
-            times.mark("body read", admitted_s, time.monotonic())
             answering = runtime.infer(data, deadline, request.request_id, times, task.name, options)
             answered = await until_disconnect(answering, request)
         labels, name, accept = runtime.model.labels, runtime.name, request.headers.get("accept", "")

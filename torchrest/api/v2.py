@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from torchrest import __version__
-from torchrest.admission import admitted
+from torchrest.admission import admitted, room_for
 from torchrest.api.app import AppState, Handler
 from torchrest.api.guards import admin, inference
 from torchrest.api.http import Request, Response, json_response
@@ -120,16 +120,17 @@ async def infer(request: Request, state: AppState) -> Response:
     config = state.config
     deadline = deadline_s(request, config.timeout_ms)
     times = request.times
-    with admitted(runtime, deadline) as places:  # one place first: a full queue is refused before the body is read
-        admitted_s = time.monotonic()
-        times.mark("admission", request.started_s, admitted_s)
-        body = await in_time(request.body(config.max_body_bytes), config.read_timeout)
-        header_length = request.headers.get(HEADER_LENGTH)
-        if len(body) > PARSE_OFF_LOOP_BYTES and header_length is None:
-            parsed = await asyncio.to_thread(parse_request, body, header_length)
-        else:
-            parsed = parse_request(body, header_length)
-        times.mark("body read", admitted_s, time.monotonic())
+    room_for(runtime, deadline)  # a full queue is refused before the body is read; a slow one holds no place
+    admitted_s = time.monotonic()
+    times.mark("admission", request.started_s, admitted_s)
+    body = await in_time(request.body(config.max_body_bytes), config.read_timeout)
+    header_length = request.headers.get(HEADER_LENGTH)
+    if len(body) > PARSE_OFF_LOOP_BYTES and header_length is None:
+        parsed = await asyncio.to_thread(parse_request, body, header_length)
+    else:
+        parsed = parse_request(body, header_length)
+    times.mark("body read", admitted_s, time.monotonic())
+    with admitted(runtime, deadline) as places:
         task, head = task_of(parsed, runtime.model)
         options = task.v2_options(parsed.parameters, head)
         times.task = task.name

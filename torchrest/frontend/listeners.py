@@ -10,6 +10,7 @@ access log line, and the one start/stop sequence around them.
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import socket
 import ssl
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from torchrest.access import AccessControl
+from torchrest.admission import Refusals
 from torchrest.api import AppState, build_app
 from torchrest.api.protocol import guarded_protocol
 from torchrest.config import ServerConfig
@@ -45,7 +47,10 @@ def serve(
 ) -> int:
     """Serve HTTP (and gRPC) on `sockets` until SIGTERM or SIGINT; the exit status. `loop_nice` is added to
     the event loop thread's nice value once the models are open; `announce` logs who may call what."""
-    state = AppState(config=config, metrics=metrics, models=models, access=AccessControl.from_config(config))
+    access = AccessControl.from_config(config)
+    state = AppState(
+        config=config, metrics=metrics, models=models, access=access, refusals=Refusals(config.refusal_budget)
+    )
     grpc_listener = grpc_listener_for(state) if config.grpc_port else None
     server = http_server(state, tls_options(config), grpc_listener)
 
@@ -128,7 +133,12 @@ def http_server(state: AppState, tls: dict[str, Any], grpc_listener: GrpcListene
         uvicorn.Config(
             build_app(state),
             loop="uvloop",
-            http=guarded_protocol(config.read_timeout, state.metrics.requests.labels("other", 408).inc),
+            http=guarded_protocol(
+                config.read_timeout,
+                connection_limit(config.max_connections),
+                state.metrics.requests.labels("other", 408).inc,
+                state.metrics.requests.labels("other", 503).inc,
+            ),
             lifespan="on",
             access_log=False,
             log_level=config.log_level,
@@ -143,6 +153,25 @@ def http_server(state: AppState, tls: dict[str, Any], grpc_listener: GrpcListene
     if grpc_listener is not None:
         server.on_exit = lambda: grpc_listener.begin_stop(config.drain_timeout)
     return server
+
+
+def connection_limit(configured: int) -> int:
+    """Open connections one process may hold: `configured`, or what its file descriptor limit allows, less a
+    reserve for the rest (models, logs, the engine's socket, shared memory); the soft limit is raised to the
+    hard one first (Linux defaults to 1,024 soft on a much higher hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # a sandbox that forbids it: the soft limit it is
+            pass
+    allowed = FD_CAP if soft == resource.RLIM_INFINITY else max(64, min(FD_CAP, soft - FD_RESERVE))
+    return min(configured, allowed) if configured > 0 else allowed
+
+
+FD_RESERVE = 512  # descriptors kept for what is not a connection
+FD_CAP = 65536  # the most connections a process holds by default, whatever its limit
 
 
 def log_access(state: AppState) -> None:
