@@ -39,6 +39,10 @@ def test_model_without_a_layout_gets_one_instance_and_a_timed_cap() -> None:
     assert serving_layout(None, 4) == (Layout(1, 4, DEFAULT_MAX_BATCH), True)
     assert serving_layout(None, 4, instances=2) == (Layout(2, 2, DEFAULT_MAX_BATCH), True)
     assert serving_layout(None, 4, max_batch_size=5) == (Layout(1, 4, 5), False)
+    # a model whose backend serves best narrow (ONNX Runtime): one instance per core, at most MAX_NARROW
+    assert serving_layout(None, 2, narrow=True) == (Layout(2, 1, DEFAULT_MAX_BATCH), True)
+    assert serving_layout(None, 16, narrow=True) == (Layout(4, 4, DEFAULT_MAX_BATCH), True)
+    assert serving_layout(None, 16, instances=1, narrow=True) == (Layout(1, 16, DEFAULT_MAX_BATCH), True)
 
 
 def measured(instances: int, threads: int, cap: int, throughput: float, p50_ms: float) -> LayoutResult:

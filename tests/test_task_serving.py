@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import Server, free_port, running_server, torchrest_command
+from tests.conftest import Server, free_port, metric_value, running_server, torchrest_command
 from tests.grpc_clients import SHAPES
 from tests.task_models import COLOURS, ShapeDetector, export, photo_with_shapes, write_task_repository
 from tests.test_grpc import clients
@@ -38,6 +38,7 @@ def served(
 ) -> Iterator[tuple[Server, int]]:
     grpc_port = free_port()
     args = ("--model-repository", str(repository), "--grpc-port", str(grpc_port), "--workers", request.param)
+    args += ("--max-wait-ms", "50")  # concurrent requests wait a little for each other: they batch
     with running_server(tmp_path_factory.mktemp("tasks"), *args) as server:
         yield server, grpc_port
 
@@ -176,6 +177,31 @@ def test_tritonclient_grpc_reads_every_task(served: tuple[Server, int]) -> None:
     assert out["embedding_shape"] == [1, 3]
     assert out["tasks"] == "detect"
     assert out["outputs"] == ["num_detections", "boxes", "scores", "classes", "labels"]
+
+
+def test_concurrent_detections_are_one_model_call_and_the_metrics_name_the_task(served: tuple[Server, int]) -> None:
+    """A batch of detection requests is one call of the model, across front-ends too."""
+    import asyncio
+
+    server, _ = served
+    photo, _ = photo_with_shapes(SIZE, SHAPES, 6)
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            replies = await asyncio.gather(
+                *(client.post("/detect?model=shapes", files={"image": photo}) for _ in range(6))
+            )
+        return [reply.status_code for reply in replies]
+
+    before = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert asyncio.run(burst()) == [200] * 6
+    after = httpx.get(f"{server.url}/metrics", timeout=10).text
+    answered = metric_value(after, "torchrest_answers_total", model="shapes", task="detect")
+    assert answered - metric_value(before, "torchrest_answers_total", model="shapes", task="detect") == 6
+    batches = metric_value(after, "torchrest_batch_size_count", model="shapes") - metric_value(
+        before, "torchrest_batch_size_count", model="shapes"
+    )
+    assert batches < 6  # some of them shared a batch
 
 
 def test_bad_options_and_other_tasks_are_400s_and_a_broken_output_fails_alone(served: tuple[Server, int]) -> None:

@@ -37,7 +37,7 @@ CONVERTERS: dict[str, Any] = {
 COMMANDS: dict[str, type] = {"serve": ServerConfig, "optimize": OptimizeConfig}
 
 
-USAGE = "Serve PyTorch image classifiers over HTTP, fast: adaptive batching, KServe v2, metrics."
+USAGE = "Serve PyTorch vision models over HTTP, fast: classify, detect, segment, embed; KServe v2, metrics."
 EXAMPLES = """examples:
   torchrest serve                                   the built-in EfficientNet-Lite0 on :8088
   curl localhost:8088/classify -F image=@cat.jpg    classify a photo
@@ -47,7 +47,8 @@ EXAMPLES = """examples:
 SERVE_EXAMPLES = """examples:
   torchrest serve                                        EfficientNet-Lite0 (real ImageNet weights) on :8088
   torchrest serve --model resnet18 --weights r18.pth     a built-in architecture with your weights
-  torchrest serve --model model.pt --labels labels.txt   a TorchScript classifier
+  torchrest serve --model model.pt2 --labels labels.txt  your classifier (a torch.export program)
+  torchrest serve --model yolov8n.onnx --task detect --input-size 640 --normalize unit   a detector
   torchrest serve --model-repository model-repository    every model folder `torchrest optimize` wrote
   TORCHREST_PORT=9000 torchrest serve                    any option from the environment
 """
@@ -70,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="serve a model over HTTP",
-        description="Serve image classifiers: POST /classify, the Open Inference Protocol under /v2, "
-        "GET /health, GET /metrics.",
+        description="Serve vision models: POST /classify, /detect, /segment and /embed, the Open Inference "
+        "Protocol under /v2, GET /health, GET /metrics.",
         epilog=SERVE_EXAMPLES,
         formatter_class=HelpFormatter,
     )

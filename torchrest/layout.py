@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 DEFAULT_MAX_BATCH = 32  # the batch cap of a model without a tuned layout (then timed at start-up)
+MAX_NARROW = 4  # a narrow model's instances without a layout: more would copy its weights for little gain
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,15 +69,19 @@ def serving_layout(
     instances: int = 0,
     max_batch_size: int = 0,
     tune_batch: bool | None = None,
+    narrow: bool = False,
 ) -> tuple[Layout, bool]:
     """The layout a model is served with on `cores`, and whether its batch cap is to be timed at start-up.
 
     `tuned` is config.json's (None for a model optimize never saw); `instances` and `max_batch_size`, when
     non-zero, are the operator's flags; `tune_batch` is --[no-]tune-batch (None: time the cap only when
-    neither config.json nor the flags give one)."""
+    neither config.json nor the flags give one); `narrow`: without either, one instance per core (up to
+    MAX_NARROW), else one of every core."""
     cores = max(1, cores)
-    if instances <= 0:
-        instances = 1 if tuned is None else max(1, min(cores, round(tuned.instances * cores / tuned.cores)))
+    if instances <= 0 and tuned is not None:
+        instances = max(1, min(cores, round(tuned.instances * cores / tuned.cores)))
+    elif instances <= 0:
+        instances = min(cores, MAX_NARROW) if narrow else 1
     given = max_batch_size or (tuned.max_batch_size if tuned is not None else 0)
     timed = not given if tune_batch is None else tune_batch
     return Layout(instances, max(1, cores // instances), given or DEFAULT_MAX_BATCH), timed

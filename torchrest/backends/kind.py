@@ -17,6 +17,9 @@ class BackendKind:
     platform: str  # the platform /v2 model metadata reports (Triton's names)
     model_format: str  # KServe's modelFormat name for its artifacts
     packages: tuple[str, ...]  # what must be importable for it to run
+    # a model it runs is served as one instance per core (up to MAX_NARROW) unless a layout says otherwise:
+    # measured where its one wide instance answers less under load (docs/benchmarks.md, "Layouts")
+    narrow: bool = False
 
     def missing(self) -> str | None:
         """None when it can run here, else which package is not installed."""

@@ -93,5 +93,10 @@ def open_onnxruntime(path: Path, *, device: str, threads: int, options: dict[str
 
 
 KIND = BackendKind(
-    "onnxruntime", open_onnxruntime, platform="onnxruntime_onnx", model_format="onnx", packages=("onnxruntime",)
+    "onnxruntime",
+    open_onnxruntime,
+    platform="onnxruntime_onnx",
+    model_format="onnx",
+    packages=("onnxruntime",),
+    narrow=True,
 )

@@ -78,6 +78,7 @@ def start_runtime(
         instances=config.instances,
         max_batch_size=config.max_batch_size,
         tune_batch=config.tune_batch,
+        narrow=model.narrow and not device.startswith("cuda"),
     )
 
     def reopen() -> Backend:

@@ -39,6 +39,7 @@ class LoadedModel:
     layout: Layout | None = None  # the serving layout optimize measured best (config.json), if any
     tasks: tuple[str, ...] = (CLASSIFY,)  # what it is for; the first is what a request naming none asks
     heads: Heads | None = None  # its tasks bound to its outputs, once their shapes are known
+    narrow: bool = False  # without a layout, one instance per core serves it best (its backend's BackendKind)
 
     @property
     def version(self) -> str:

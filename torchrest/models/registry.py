@@ -101,6 +101,7 @@ def _load_file(path: Path, labels: list[str], spec: InputSpec, tasks: tuple[str,
     metadata: dict[str, object] = {"format": form}
     module: nn.Module | None = None
     opener = None
+    kind = ""
     if form == EXPORTED:
         module, batch, size = load_exported(path, spec.normalize)
         if all(size) and size != spec.size:
@@ -129,6 +130,7 @@ def _load_file(path: Path, labels: list[str], spec: InputSpec, tasks: tuple[str,
         metadata=metadata,
         opener=opener,
         tasks=tasks,
+        narrow=opener is not None and kind == ONNXRUNTIME_KIND.name and ONNXRUNTIME_KIND.narrow,
     )
 
 

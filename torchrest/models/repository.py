@@ -141,6 +141,7 @@ def load_model_folder(folder: Path) -> LoadedModel:
         ),
         layout=layout,
         tasks=tasks,
+        narrow=BACKENDS[config.backend].narrow,
     )
 
 
