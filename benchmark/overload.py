@@ -13,7 +13,7 @@ Models: `default` (`torchrest serve` as it comes: EfficientNet-Lite0 as OpenVINO
 torch eager: takes the GIL back after each op), `near-free` (benchmark/ceiling.py's: the server's own work is
 all there is). Writes <out>/overload.{json,md,png}: one table, and goodput over time. Needs wrk.
 
-    python benchmark/overload.py [--base REF] [--models default,eager,near-free] [--workers 1,2]
+    python benchmark/overload.py [--base REF] [--unpaced] [--models default,eager,near-free] [--workers 1,2]
                                  [--connections 1000] [--duration 30] [--out DIR] [-- more serve options]
 """
 
@@ -48,6 +48,9 @@ MODELS = ("default", "eager", "near-free")
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="", help="a commit to measure beside this tree (a git worktree)")
+    parser.add_argument(
+        "--unpaced", action="store_true", help="this tree with --refusal-budget 0 too (every 503 at once)"
+    )
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--connections", type=int, default=1000)
@@ -66,14 +69,18 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="overload-")))
         trees = {"this tree": ROOT}
+        options: dict[str, list[str]] = {"this tree": []}
+        if args.unpaced:
+            trees["unpaced"], options["unpaced"] = ROOT, ["--refusal-budget", "0"]
         if args.base:
-            trees[args.base] = stack.enter_context(worktree(args.base))
+            trees[args.base], options[args.base] = stack.enter_context(worktree(args.base)), []
         near_free = near_free_model(folder)
         plan = [(m, w, t) for m in models for w in layouts for t in trees]
         for number, (model, workers, tree_name) in enumerate(plan, 1):
             log(f"{number}/{len(plan)}: {model}, --workers {workers}, {tree_name}")
             tree = trees[tree_name]
-            command = serve_command(model, workers, tree, near_free, folder, args.server_options)
+            more = [*options[tree_name], *args.server_options]
+            command = serve_command(model, workers, tree, near_free, folder, more)
             run = flood(command, tree, args.connections, args.duration, args.capacity_seconds)
             run |= {"model": model, "workers": workers, "tree": tree_name}
             log(

@@ -9,17 +9,19 @@ Capacity is measured first with the same mix (a closed loop of 8 clients, 20 s);
 on a fixed schedule at 80% of it (open loop: latency counts from the scheduled moment). The server's
 resident memory is sampled every second.
 
-Reported: requests by kind and status, p50/p99 of valid requests per minute, resident memory at
-minute 1 and at the end (aim: under 10% growth), and 5xx answers to valid input (aim: zero).
-Writes benchmark/results/<date>/soak.{json,md,png}.
+Reported: requests by kind and status, p50/p99 of valid requests per minute, resident memory of every
+process of the server (one, or the supervisor, the engine and each front-end with --workers) at minute 1
+and at the end (aim: within 5%), 5xx answers to valid input (aim: zero), and what the server left in
+/dev/shm once stopped (aim: nothing). Writes benchmark/results/<date>/soak[-workers-N].{json,md,png}.
 
-    python benchmark/soak.py [--minutes 10] [--load 0.8] [--model efficientnet_lite0]
+    python benchmark/soak.py [--minutes 10] [--load 0.8] [--model efficientnet_lite0] [--workers 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import io
 import os
@@ -35,7 +37,7 @@ from typing import Any
 import numpy as np
 from harness import ROOT, free_port, log, platform_name, serving_process, torchrest_command, write_results
 from openloop import BOUNDARY, multipart_body, read_response
-from overload import MemorySampler
+from overload import MemorySampler, status_kib, tree_pids
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -222,36 +224,71 @@ def main() -> int:
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--load", type=float, default=0.8, help="share of the measured capacity to send")
+    parser.add_argument("--workers", type=int, default=1, help="front-end processes (1: one process)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     started = dt.datetime.now()
     kinds = request_kinds()
     port = free_port()
-    with serving_process(torchrest_command(args.model, port, []), port) as (_, process):
+    command = torchrest_command(args.model, port, ["--workers", str(args.workers)])
+    with serving_process(command, port) as (_, process):
+        server_pid = process.pid
         log("capacity: 8 closed-loop clients sending the mix for 20 s")
         capacity = asyncio.run(closed_loop(port, kinds, 20.0))
         rate = args.load * capacity
         log(f"capacity {capacity:.1f} req/s of the mix; soak at {rate:.1f} req/s for {args.minutes:g} min")
         time.sleep(2)
         memory = MemorySampler(process.pid)
+        each = ProcessMemory(process.pid)
         memory.start()
+        each.start()
         outcomes, client = asyncio.run(open_loop(port, kinds, rate, args.minutes * 60))
         memory.stop()
+        each.stop()
         alive = process.poll() is None
         server_counts = server_counters(port)
+    left = sorted(path.name for path in Path("/dev/shm").glob(f"torchrest-{server_pid}-*"))
     results = summarize(outcomes, memory.samples_mib, capacity, rate, args, alive)
     results["server"] = server_counts
+    results["processes"] = each.summary()
+    results["left_in_dev_shm"] = left
     results["client"] = {"unanswered_by_reason": dict(client.failures), "stale_keepalive_retries": client.stale_retries}
     results |= {
         "date": started.isoformat(timespec="seconds"),
         "command": "python benchmark/soak.py " + " ".join(sys.argv[1:]),
         "machine": f"{len(os.sched_getaffinity(0))} cores, {platform_name()}",
         "model": args.model,
+        "workers": args.workers,
         "mix": [{"kind": k.name, "group": k.group, "share": k.share, "bytes": len(k.body)} for k in kinds],
     }
     out = args.out or ROOT / "benchmark" / "results" / started.date().isoformat()
-    write_results(out, "soak", results, markdown, plot)
+    write_results(out, "soak" if args.workers == 1 else f"soak-workers-{args.workers}", results, markdown, plot)
     return 0
+
+
+class ProcessMemory(MemorySampler):
+    """Resident memory of each process of the server apart, by its name (torchrest-eng, torchrest-fe0, ...)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(pid)
+        self.by_process: dict[str, list[float]] = defaultdict(list)
+
+    def run(self) -> None:
+        while True:
+            for pid in tree_pids(self.pid):
+                with contextlib.suppress(OSError):
+                    name = Path(f"/proc/{pid}/comm").read_text().strip()
+                    if name.startswith(("torchrest", "python")):  # not the resource tracker's
+                        self.by_process[f"{name} ({pid})"].append(status_kib(pid, "VmRSS") / 1024)
+            if self._stopping.wait(1.0):
+                return
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for name, samples in self.by_process.items():
+            first = samples[min(60, len(samples) - 1)]
+            out[name] = {"minute_1": first, "end": samples[-1], "growth": samples[-1] / first - 1}
+        return out
 
 
 def server_counters(port: int) -> dict[str, float]:
@@ -312,7 +349,8 @@ def markdown(results: dict[str, Any]) -> str:
     rss = results["rss_mib"]
     latency = results["valid_latency_ms"]
     lines = [
-        f"# torchrest soak: {results['model']}, {results['minutes']:g} min of mixed traffic ({results['date']})",
+        f"# torchrest soak: {results['model']}, --workers {results['workers']}, {results['minutes']:g} min of mixed "
+        f"traffic ({results['date']})",
         "",
         f"Machine: {results['machine']}. Command: `{results['command']}`.",
         "",
@@ -327,6 +365,12 @@ def markdown(results: dict[str, Any]) -> str:
         f"- unanswered, by the client's reason: {results['client']['unanswered_by_reason'] or 'none'}; requests "
         f"re-sent once after the server had closed an idle keep-alive connection: "
         f"{results['client']['stale_keepalive_retries']}.",
+        "- resident memory by process, minute 1 -> end: "
+        + "; ".join(
+            f"{name} {row['minute_1']:.0f} -> {row['end']:.0f} MiB ({100 * row['growth']:+.1f}%)"
+            for name, row in results["processes"].items()
+        )
+        + f"; left in /dev/shm after the stop: {results['left_in_dev_shm'] or 'nothing'}.",
         "- the server's own counts over the whole run, capacity phase included (/metrics): "
         + ", ".join(f"{name} {value:.0f}" for name, value in results["server"].items())
         + ".",
