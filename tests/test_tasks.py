@@ -13,7 +13,7 @@ from PIL import Image
 from torchrest.config import InputSpec
 from torchrest.errors import InvalidModelOutput, ModelLoadError
 from torchrest.resize import fit_into
-from torchrest.tasks import Heads, output_shapes
+from torchrest.tasks.registry import Heads, output_shapes
 from torchrest.tasks.base import Answer, Geometry
 from torchrest.tasks.detect import DetectOptions, suppressed_boxes
 from torchrest.tasks.segment import SegmentHead, original_mask, pixel_counts, png

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from torchrest.cores import available_cores
-from torchrest.errors import ModelLoadError
-from torchrest.tasks import task_named, task_names
+from torchrest.tasks import default_resize, task_names
 
 ENV_PREFIX = "TORCHREST_"
 # a model's uint8 input normalised with torchvision's ImageNet statistics ("imagenet"), or pixels / 255 ("unit")
@@ -128,7 +127,7 @@ class ModelSource:
     @property
     def input_spec(self) -> InputSpec:
         """The model file's input, as the flags say (ValueError with a one-line reason)."""
-        resize = self.resize or task_named(task_names(self.task)[0]).resize
+        resize = self.resize or default_resize(self.task)
         return input_spec(input_size(self.input_size), self.resize_size, resize, self.normalize)
 
 
@@ -275,7 +274,7 @@ class ServerConfig(ModelSource):
             raise ValueError("--resize-size cannot be negative (0: 8/7 of the input)")
         try:
             self.input_spec  # noqa: B018 - the model file's input, checked once here
-        except (ValueError, ModelLoadError) as exc:
+        except ValueError as exc:
             raise ValueError(f"--task, --input-size, --resize or --normalize: {exc}") from None
         if not 0 <= self.metrics_port <= 65535 or (self.metrics_port and self.metrics_port == self.port):
             raise ValueError("--metrics-port must be 0 or a port other than --port")
@@ -397,11 +396,7 @@ class ModelConfig:
     def input_spec(self) -> InputSpec:
         """ValueError with a one-line reason when the fields do not make one."""
         size = input_size(self.input_size) if self.input_size is not None else (self.crop_size, self.crop_size)
-        try:
-            resize = self.resize or task_named(task_names(self.task)[0]).resize
-        except ModelLoadError as exc:
-            raise ValueError(str(exc)) from None
-        return input_spec(size, self.resize_size, resize, self.normalize, self.fill)
+        return input_spec(size, self.resize_size, self.resize or default_resize(self.task), self.normalize, self.fill)
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")

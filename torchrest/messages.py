@@ -32,7 +32,7 @@ from typing import Any, NamedTuple, cast
 from torchrest.config import InputSpec
 from torchrest.errors import TorchrestError, all_errors
 from torchrest.served import RuntimeInfo
-from torchrest.tasks import Heads
+from torchrest.tasks.registry import Heads
 
 LENGTH = struct.Struct("<I")
 MAX_MESSAGE_BYTES = 1 << 30  # a v2 request may carry float tensors inline; anything larger is a broken peer

@@ -21,7 +21,7 @@ import numpy as np
 
 from torchrest.config import InputSpec
 from torchrest.errors import BadRequest, NotFound, NotReady
-from torchrest.tasks import Answer, Heads
+from torchrest.tasks.registry import Answer, Heads
 from torchrest.timing import StageTimes
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")

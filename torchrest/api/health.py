@@ -6,7 +6,7 @@ from torchrest import __version__
 from torchrest.api.app import AppState
 from torchrest.api.http import Request, Response, json_response
 from torchrest.errors import NotReady
-from torchrest.tasks import TASKS
+from torchrest.tasks.registry import TASKS
 
 
 async def health(request: Request, state: AppState) -> Response:

@@ -21,7 +21,7 @@ from torchrest.api.http import Request, Response
 from torchrest.api.lifecycle import deadline_s, in_time, until_disconnect
 from torchrest.errors import AnswerTooLarge, TaskNotServed
 from torchrest.served import ServedModel
-from torchrest.tasks import TASKS, Task
+from torchrest.tasks.registry import TASKS, Task
 
 
 def endpoint(task: Task) -> Handler:

@@ -30,7 +30,7 @@ def request_timeout_ms(request: Request, server_timeout_ms: int) -> int:
     raw = request.headers.get("x-request-timeout-ms")
     if raw is None:
         return server_timeout_ms
-    if not raw.strip().isdigit() or int(raw) <= 0:
+    if not (raw.strip().isdecimal() and raw.isascii()) or int(raw) <= 0:
         raise BadRequest(f"X-Request-Timeout-Ms must be a positive number of milliseconds, got {raw!r}")
     return min(int(raw), server_timeout_ms)
 

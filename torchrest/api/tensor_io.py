@@ -18,7 +18,7 @@ from torchrest.api.tensors import InferRequest
 from torchrest.backends import BACKENDS
 from torchrest.errors import BadRequest, TaskNotServed
 from torchrest.served import ServedEntry, ServedModel, ServedRuntime
-from torchrest.tasks import TASKS, Answer, Output, Task
+from torchrest.tasks.registry import TASKS, Answer, Output, Task
 from torchrest.timing import StageTimes
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from torchrest.errors import BadRequest
-from torchrest.tasks import Output
+from torchrest.tasks.base import Output
 
 # the datatypes an input may have, as numpy sees their little-endian bytes (BYTES is handled apart)
 NUMERIC = {

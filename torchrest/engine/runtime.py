@@ -31,7 +31,7 @@ from torchrest.metrics import Metrics
 from torchrest.models.common import LoadedModel
 from torchrest.preprocess import Preprocessor
 from torchrest.served import RuntimeInfo
-from torchrest.tasks import Answer, Decoded, Geometry, Heads, output_shapes
+from torchrest.tasks.registry import Answer, Decoded, Geometry, Heads, output_shapes
 from torchrest.timing import StageTimes, median_call_s
 from torchrest.tracing import current as current_tracing
 

@@ -51,7 +51,7 @@ from torchrest.metrics import Metrics
 from torchrest.models.common import LoadedModel
 from torchrest.processes import child_process_setup
 from torchrest.slots import SlotFile
-from torchrest.tasks import Answer
+from torchrest.tasks.registry import Answer
 from torchrest.timing import StageTimes
 
 log = logging.getLogger("torchrest.engine")

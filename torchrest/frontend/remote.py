@@ -49,7 +49,7 @@ from torchrest.metrics import Metrics
 from torchrest.preprocess import decode_into
 from torchrest.served import RuntimeInfo, check_model_name, look_up, serving
 from torchrest.slots import SlotFile, SlotPools
-from torchrest.tasks import Answer, Geometry
+from torchrest.tasks.registry import Answer, Geometry
 from torchrest.timing import StageTimes
 
 log = logging.getLogger("torchrest.frontend")

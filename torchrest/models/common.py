@@ -16,7 +16,8 @@ from torch import nn
 from torchrest.backends import Backend, TorchBackend
 from torchrest.config import InputSpec
 from torchrest.layout import Layout
-from torchrest.tasks import CLASSIFY, Heads
+from torchrest.tasks import CLASSIFY
+from torchrest.tasks.registry import Heads
 
 
 @dataclass(slots=True)

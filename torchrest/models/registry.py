@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchrest.backends import Backend, open_backend
+from torchrest.backends import BACKENDS, Backend, open_backend
 from torchrest.backends.aoti_backend import KIND as AOTI_KIND
 from torchrest.backends.formats import AOTI, EXPORTED, TORCHSCRIPT, TORCHSCRIPT_DEPRECATED, file_format
 from torchrest.backends.inputs import FLOAT_NCHW, Uint8Network, as_outputs
@@ -34,7 +34,8 @@ from torchrest.models.common import LoadedModel
 from torchrest.models.efficientnet_lite import efficientnet_lite0, published_lite0_weights
 from torchrest.models.labels import imagenet_labels, read_labels
 from torchrest.models.resnet import resnet18
-from torchrest.tasks import CLASSIFY, Heads, OutputShape, output_shapes, task_names
+from torchrest.tasks import CLASSIFY, EMBED, UnknownTask, task_names
+from torchrest.tasks.registry import Heads, OutputShape, output_shapes
 
 log = logging.getLogger("torchrest.models")
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -46,23 +47,26 @@ BUILTIN: dict[str, tuple[Builder, Callable[[], str | None], InputSpec]] = {
     "efficientnet_lite0": (efficientnet_lite0, published_lite0_weights, InputSpec(224, 256)),
     "resnet18": (resnet18, lambda: None, InputSpec(224, 256)),
 }
-BUILTIN_TASKS = (CLASSIFY, "embed")  # the logits, and the pooled features they are read from
+BUILTIN_TASKS = (CLASSIFY, EMBED)  # the logits, and the pooled features they are read from
 
 
-def load_model(config: ModelSource) -> LoadedModel:
-    """Build the built-in model or read the model file `config` names, with its outputs checked against its
-    tasks; raises ModelLoadError with a one-line reason on any failure. (Model folders of a repository are
-    `models.repository`'s.)"""
+def load_model(config: ModelSource, device: str = "cpu") -> LoadedModel:
+    """Build the built-in model or read the model file `config` names, its outputs checked against its tasks
+    on `device` (where it will run: a compiled package runs nowhere else); raises ModelLoadError with a
+    one-line reason on any failure. (Model folders of a repository are `models.repository`'s.)"""
     name = config.model or DEFAULT_MODEL
     path = Path(name)
-    tasks = task_names(config.task)
+    try:
+        tasks = task_names(config.task)
+    except UnknownTask as exc:
+        raise ModelLoadError(str(exc)) from None
     if config.labels:
         labels = read_labels(config.labels)
     else:  # ImageNet's classes for a classifier; a detector's or segmenter's are class_0, class_1, ...
-        labels = list(imagenet_labels()) if name in BUILTIN or tasks[0] in (CLASSIFY, "embed") else []
+        labels = list(imagenet_labels()) if name in BUILTIN or tasks[0] in (CLASSIFY, EMBED) else []
     if name in BUILTIN:
-        if tasks[0] not in BUILTIN_TASKS:
-            raise ModelLoadError(f"{name} classifies and embeds; --task {config.task} is for a model file")
+        if tasks not in ((CLASSIFY,), BUILTIN_TASKS):
+            raise ModelLoadError(f"{name} classifies and embeds (in that order); --task is for a model file")
         model = _load_builtin(name, config.weights, labels)
     elif path.suffix in MODEL_FILE_SUFFIXES or path.exists():
         try:
@@ -75,21 +79,23 @@ def load_model(config: ModelSource) -> LoadedModel:
         raise ModelLoadError(f"unknown model {name!r}: choose one of {names}, or a model file (.pt2, .onnx)")
     if model.module is not None:
         eval_mode(model.module)
-    model.heads = Heads.bind(model.tasks, probe(model), model.input_spec.size)
+    model.heads = Heads.bind(model.tasks, probe(model, device), model.input_spec.size)
     return model
 
 
-def probe(model: LoadedModel) -> tuple[OutputShape, ...]:
-    """What the model outputs for one image: one run of a black image (its torch module in eager, or one
-    instance of its backend on one thread)."""
+def probe(model: LoadedModel, device: str) -> tuple[OutputShape, ...]:
+    """What the model outputs for one image: one run of a black image (its torch module in eager on the CPU,
+    or one instance of its backend on one thread on `device`, closed afterwards)."""
     black = np.zeros((1, *model.input_spec.size, 3), np.uint8)
     try:
         if model.module is not None:
             with torch.inference_mode():
                 return output_shapes(as_outputs(model.module(torch.from_numpy(black))))
-        backend = model.open_backend("cpu", 1, 1)
+        backend = model.open_backend(device, 1, 1)
         backend.prepare_thread()
-        return output_shapes(backend.run(black))
+        shapes = output_shapes(backend.run(black))
+        del backend  # its session or container goes now, not with the process
+        return shapes
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - a model that cannot run one image cannot be served
@@ -130,7 +136,7 @@ def _load_file(path: Path, labels: list[str], spec: InputSpec, tasks: tuple[str,
         metadata=metadata,
         opener=opener,
         tasks=tasks,
-        narrow=opener is not None and kind == ONNXRUNTIME_KIND.name and ONNXRUNTIME_KIND.narrow,
+        narrow=bool(kind) and BACKENDS[kind].narrow,
     )
 
 

@@ -61,7 +61,7 @@ def optimize(config: OptimizeConfig) -> Outcome:
     wanted = _wanted(config.candidates)
     device = resolve_device(config.device)
     out = _writable(config.out)
-    model = load_model(config)
+    model = load_model(config, device)
     if model.module is None:
         raise StartupError(f"{config.model} has no torch module to optimize")
     samples = sample_sets(

@@ -14,128 +14,28 @@ order, each taking the outputs it needs (`Heads.bind`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import numpy as np
-
-from torchrest.errors import ModelLoadError
-from torchrest.tasks import classify, detect, embed, segment
-from torchrest.tasks.base import Answer, Decoded, Geometry, Head, Output, OutputShape
+CLASSIFY, EMBED, DETECT, SEGMENT = "classify", "embed", "detect", "segment"
+# each task's default fitting of an image to the model's input (torchrest.resize): what its models expect
+DEFAULT_RESIZE = {CLASSIFY: "crop", EMBED: "crop", DETECT: "letterbox", SEGMENT: "letterbox"}
 
 
-class Task(Protocol):
-    name: str
-    resize: str  # how its images are fitted by default: crop or letterbox
-    route: str  # its HTTP endpoint
-    outputs: tuple[str, ...]  # the Open Inference Protocol outputs it can give
-    default_outputs: tuple[str, ...]  # those given when a request names none
-
-    def bind(self, outputs: Sequence[OutputShape], first: int, input_size: tuple[int, int]) -> tuple[Any, int]:
-        """The head that reads the model's outputs from `first` on, and how many it reads; ModelLoadError
-        (one line, naming what was expected and what was found) when they do not fit."""
-        ...
-
-    def http_options(self, query: Mapping[str, str]) -> Any:
-        """The request's options from its query string (400 when they are not valid)."""
-        ...
-
-    def encodes_off_loop(self, answer: Answer) -> bool:
-        """Whether writing this answer is long enough to leave the event loop for."""
-        ...
-
-    def http_body(
-        self, answer: Answer, options: Any, head: Any, labels: list[str], model: str, accept: str
-    ) -> tuple[bytes, str]:
-        """The HTTP answer: its body and content type."""
-        ...
-
-    def v2_options(self, parameters: Mapping[str, object], head: Any) -> Any: ...
-    def v2_metadata(self, head: Any) -> list[dict[str, Any]]: ...
-    def v2_outputs(
-        self, answers: list[Answer], options: Any, head: Any, labels: list[str], wanted: Mapping[str, bool]
-    ) -> list[Output]: ...
-
-
-TASKS: dict[str, Task] = {task.name: task for task in (classify.TASK, embed.TASK, detect.TASK, segment.TASK)}
-CLASSIFY = classify.NAME
-
-
-def task_named(name: str) -> Task:
-    task = TASKS.get(name)
-    if task is None:
-        raise ModelLoadError(f"unknown task {name!r}: choose {', '.join(TASKS)}")
-    return task
+class UnknownTask(ValueError):
+    """A task name no task has (a configuration error: one line, exit 2)."""
 
 
 def task_names(text: str) -> tuple[str, ...]:
-    """'detect' or 'classify,embed' -> the tasks, checked (ModelLoadError for an unknown one)."""
+    """'detect' or 'classify,embed' -> the tasks, checked (UnknownTask otherwise)."""
     names = tuple(part.strip() for part in text.split(",") if part.strip())
     if not names:
-        raise ModelLoadError("a model needs a task: " + ", ".join(TASKS))
+        raise UnknownTask(f"a model needs a task: {', '.join(DEFAULT_RESIZE)}")
     for name in names:
-        task_named(name)
+        if name not in DEFAULT_RESIZE:
+            raise UnknownTask(f"unknown task {name!r}: choose {', '.join(DEFAULT_RESIZE)}")
     if len(set(names)) != len(names):
-        raise ModelLoadError(f"a task is named twice in {text!r}")
+        raise UnknownTask(f"a task is named twice in {text!r}")
     return names
 
 
-@dataclass(frozen=True)
-class Heads:
-    """A model's tasks, each bound to the outputs it reads. The first is the model's own: what a request
-    that names no task asks of it."""
-
-    by_task: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def bind(cls, tasks: Sequence[str], outputs: Sequence[OutputShape], input_size: tuple[int, int]) -> Heads:
-        heads: dict[str, Any] = {}
-        first = 0
-        for name in tasks:
-            head, used = task_named(name).bind(outputs, first, input_size)
-            heads[name] = head
-            first += used
-        return cls(heads)
-
-    @property
-    def tasks(self) -> tuple[str, ...]:
-        return tuple(self.by_task)
-
-    def decode(self, outputs: Sequence[np.ndarray], tasks: Sequence[str], options: Sequence[Any]) -> list[Decoded]:
-        """Each image's answer (or error) from a batch's outputs, image `i` asking for `tasks[i]`."""
-        first = tasks[0]
-        if all(task == first for task in tasks):
-            return list(self.by_task[first].decode(outputs, slice(0, len(tasks)), options))
-        decoded: list[Decoded | None] = [None] * len(tasks)
-        for name in dict.fromkeys(tasks):
-            rows = np.array([row for row, task in enumerate(tasks) if task == name])
-            chosen = [options[row] for row in rows]
-            for row, answer in zip(rows, self.by_task[name].decode(outputs, rows, chosen), strict=True):
-                decoded[row] = answer
-        return [answer for answer in decoded if answer is not None]
-
-    def describe(self) -> dict[str, object]:
-        return {name: head.describe() for name, head in self.by_task.items()}
-
-
-def output_shapes(outputs: Sequence[np.ndarray]) -> tuple[OutputShape, ...]:
-    """A batch's outputs -> each one's shape for one image."""
-    return tuple(tuple(int(d) for d in output.shape[1:]) for output in outputs)
-
-
-__all__ = [
-    "CLASSIFY",
-    "TASKS",
-    "Answer",
-    "Decoded",
-    "Geometry",
-    "Head",
-    "Heads",
-    "Output",
-    "OutputShape",
-    "Task",
-    "output_shapes",
-    "task_named",
-    "task_names",
-]
+def default_resize(tasks: str) -> str:
+    """How a model with these tasks (its first one decides) has its images fitted unless it says otherwise."""
+    return DEFAULT_RESIZE[task_names(tasks)[0]]

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from torchrest.errors import BadRequest, InvalidModelOutput, ModelLoadError
-from torchrest.tasks.base import Answer, Decoded, Output, OutputShape, Rows, label
+from torchrest.tasks.base import Answer, Decoded, Output, OutputShape, Rows, label, shown
 
 NAME = "classify"
 MAX_TOP_K = 20  # POST /classify; the Open Inference Protocol allows any k up to the classes
@@ -61,12 +61,11 @@ def top_indices(probabilities: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(candidates, order, axis=1)
 
 
+@dataclass(frozen=True, slots=True)
 class ClassifyHead:
+    output: int  # which of the model's outputs it reads
+    classes: int
     task = NAME
-
-    def __init__(self, output: int, classes: int) -> None:
-        self.output = output
-        self.classes = classes
 
     def decode(self, outputs: Sequence[np.ndarray], rows: Rows, options: Sequence[Any]) -> list[Decoded]:
         logits = outputs[self.output][rows]
@@ -85,7 +84,6 @@ class ClassifyHead:
 
 class Classify:
     name = NAME
-    resize = "crop"
     route = "/classify"
     outputs: tuple[str, ...] = OUTPUTS
     default_outputs: tuple[str, ...] = DEFAULT_OUTPUTS
@@ -95,7 +93,7 @@ class Classify:
         shape = outputs[first] if first < len(outputs) else None
         if shape is None or len(shape) != 1 or shape[0] < 1:
             raise ModelLoadError(
-                f"task classify expects an output of shape (N, classes); output {first} is {_shown(shape)}"
+                f"task classify expects an output of shape (N, classes); output {first} is {shown(shape)}"
             )
         return ClassifyHead(first, shape[0]), 1
 
@@ -105,7 +103,7 @@ class Classify:
         raw = query.get("top_k")
         if raw is None:
             return 1
-        if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_TOP_K:
+        if not (raw.strip().isdecimal() and raw.isascii()) or not 1 <= int(raw) <= MAX_TOP_K:
             raise BadRequest(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {raw!r}")
         return int(raw)
 
@@ -156,10 +154,6 @@ class Classify:
                 names = [label(labels, int(i)).encode() for i in top.reshape(-1)]
                 outputs.append(Output(name, "BYTES", [n, k], names, binary))
         return outputs
-
-
-def _shown(shape: OutputShape | None) -> str:
-    return "missing" if shape is None else "(N, " + ", ".join("?" if d < 0 else str(d) for d in shape) + ")"
 
 
 TASK = Classify()

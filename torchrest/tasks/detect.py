@@ -20,15 +20,15 @@ front-end maps the boxes to the original image.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from torchrest.errors import InvalidModelOutput, ModelLoadError
-from torchrest.tasks.base import Answer, Decoded, Output, OutputShape, Rows, label, number
+from torchrest.tasks.base import Answer, Decoded, Output, OutputShape, Rows, json_answer, label, number, shown
 
 NAME = "detect"
 OUTPUTS = ("num_detections", "boxes", "scores", "classes", "labels")
@@ -50,23 +50,22 @@ def detect_options(parameters: Mapping[str, object]) -> DetectOptions:
     )
 
 
+@dataclass(frozen=True, slots=True)
 class DenseDetectHead:
     """(N, 4 + C, A) -> class-aware NMS."""
 
+    output: int  # which of the model's outputs it reads
+    classes: int
+    candidates: int
     task = NAME
     layout = "dense"
-
-    def __init__(self, output: int, classes: int, candidates: int) -> None:
-        self.output = output
-        self.classes = classes
-        self.candidates = candidates
 
     def decode(self, outputs: Sequence[np.ndarray], rows: Rows, options: Sequence[DetectOptions]) -> list[Decoded]:
         predictions = torch.from_numpy(np.asarray(outputs[self.output][rows], dtype=np.float32))
         score_threshold = torch.tensor([o.score_threshold for o in options], dtype=torch.float32)
         with torch.inference_mode():
             confidence, classes = predictions[:, 4:, :].max(dim=1)  # (n, A): each candidate's best class
-            finite = torch.isfinite(confidence).all(dim=1)  # a NaN class score wins its candidate's max
+            finite = torch.isfinite(confidence).all(dim=1)  # a NaN class score wins its candidate's max: broken
             confidence = torch.where(confidence > score_threshold[:, None], confidence, -torch.inf)
             confidence = confidence.masked_fill(confidence.isnan(), -torch.inf)
             count = min(MAX_CANDIDATES, confidence.shape[1])
@@ -76,7 +75,7 @@ class DenseDetectHead:
             centres = predictions[:, :4, :].gather(2, order[:, None, :].expand(-1, 4, -1)).transpose(1, 2)
             boxes = torch.cat((centres[..., :2] - centres[..., 2:] / 2, centres[..., :2] + centres[..., 2:] / 2), 2)
             chosen = classes.gather(1, order)
-            finite &= torch.isfinite(boxes).flatten(1).all(dim=1)  # and the boxes that could be answered
+            finite &= (torch.isfinite(boxes).all(dim=2) | (scores == -torch.inf)).all(dim=1)  # its candidates
             kept = suppressed_boxes(boxes, scores, chosen, options)
         return packed(boxes, scores, chosen, kept, options, finite.tolist())
 
@@ -84,29 +83,28 @@ class DenseDetectHead:
         return {"layout": self.layout, "classes": self.classes, "candidates": self.candidates}
 
 
+@dataclass(frozen=True, slots=True)
 class PostNmsDetectHead:
     """boxes (N, K, 4), scores (N, K), classes (N, K)[, count (N,)] -> thresholded, most confident first."""
 
+    first: int  # the first of the model's outputs it reads (boxes; then scores, classes, the count)
+    counted: bool
     task = NAME
     layout = "post-nms"
-
-    def __init__(self, first: int, counted: bool) -> None:
-        self.first = first
-        self.counted = counted
-        self.classes = -1  # class ids are values: the labels say how many
+    classes = -1  # class ids are values: the labels say how many
 
     def decode(self, outputs: Sequence[np.ndarray], rows: Rows, options: Sequence[DetectOptions]) -> list[Decoded]:
         first = self.first
         boxes = torch.from_numpy(np.asarray(outputs[first][rows], dtype=np.float32))
         scores = torch.from_numpy(np.asarray(outputs[first + 1][rows], dtype=np.float32))
         classes = torch.from_numpy(np.asarray(outputs[first + 2][rows])).to(torch.int64)
-        finite = (torch.isfinite(boxes).flatten(1).all(dim=1) & torch.isfinite(scores).all(dim=1)).tolist()
         with torch.inference_mode():
             threshold = torch.tensor([o.score_threshold for o in options], dtype=torch.float32)
             live = (scores > 0) & (scores > threshold[:, None])
             if self.counted:
                 count = torch.from_numpy(np.asarray(outputs[first + 3][rows])).to(torch.int64).reshape(-1)
                 live &= torch.arange(scores.shape[1])[None, :] < count[:, None]
+            finite = (torch.isfinite(boxes).all(dim=2) | ~live).all(dim=1).tolist()  # its answers', not padding
             scores = torch.where(live, scores.masked_fill(scores.isnan(), -torch.inf), -torch.inf)
             scores, order = scores.sort(dim=1, descending=True)
             boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))
@@ -197,7 +195,6 @@ def packed(
 
 class Detect:
     name = NAME
-    resize = "letterbox"
     route = "/detect"
     outputs: tuple[str, ...] = OUTPUTS
     default_outputs: tuple[str, ...] = OUTPUTS
@@ -209,12 +206,15 @@ class Detect:
         if len(shapes) >= 3 and _post_nms(shapes):
             counted = len(shapes) >= 4 and len(shapes[3]) == 0
             return PostNmsDetectHead(first, counted), 4 if counted else 3
-        if shapes and len(shapes[0]) == 2 and shapes[0][0] >= 5:
+        if shapes and len(shapes[0]) == 2 and 5 <= shapes[0][0] <= shapes[0][1]:
             return DenseDetectHead(first, shapes[0][0] - 4, shapes[0][1]), 1
-        found = ", ".join(_shown(shape) for shape in shapes) or "nothing"
+        found = ", ".join(shown(shape) for shape in shapes) or "nothing"
+        hint = ""
+        if shapes and len(shapes[0]) == 2 and shapes[0][0] > shapes[0][1] >= 5:
+            hint = " (candidates first? export (N, 4 + classes, candidates), as Ultralytics does, or transpose it)"
         raise ModelLoadError(
             "task detect expects one output (N, 4 + classes, candidates), or boxes (N, K, 4), scores (N, K), "
-            f"class ids (N, K) and optionally a count (N,); found {found}"
+            f"class ids (N, K) and optionally a count (N,); found {found}{hint}"
         )
 
     def http_options(self, query: Mapping[str, str]) -> DetectOptions:
@@ -239,8 +239,7 @@ class Detect:
             for box, score, class_id in zip(boxes, rows[:, 4], rows[:, 5].astype(np.int64).tolist(), strict=True)
         ]
         size = {"width": geometry.width, "height": geometry.height} if geometry is not None else None
-        payload = {"status": "success", "model": model, "image": size, "detections": detections}
-        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode(), "application/json"
+        return json_answer({"status": "success", "model": model, "image": size, "detections": detections})
 
     def v2_options(self, parameters: Mapping[str, object], head: object) -> DetectOptions:
         return detect_options(parameters)
@@ -288,12 +287,12 @@ class Detect:
 
 
 def _post_nms(shapes: list[OutputShape]) -> bool:
+    """boxes (K, 4), scores (K,) and class ids (K,), the same K (or any, -1) for each image."""
     boxes, scores, classes = shapes[:3]
-    return len(boxes) == 2 and boxes[1] == 4 and len(scores) == 1 and len(classes) == 1
-
-
-def _shown(shape: OutputShape) -> str:
-    return "(N" + "".join(f", {'?' if d < 0 else d}" for d in shape) + ")"
+    if not (len(boxes) == 2 and boxes[1] == 4 and len(scores) == 1 and len(classes) == 1):
+        return False
+    sides = {boxes[0], scores[0], classes[0]} - {-1}
+    return len(sides) <= 1
 
 
 TASK = Detect()

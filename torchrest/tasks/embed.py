@@ -7,25 +7,24 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from torchrest.errors import InvalidModelOutput, ModelLoadError
-from torchrest.tasks.base import Answer, Decoded, Output, OutputShape, Rows, flag
+from torchrest.tasks.base import Answer, Decoded, Output, OutputShape, Rows, flag, json_answer, shown
 
 NAME = "embed"
 OUTPUTS = ("embedding",)
 
 
+@dataclass(frozen=True, slots=True)
 class EmbedHead:
+    output: int  # which of the model's outputs it reads
+    dimensions: int
     task = NAME
-
-    def __init__(self, output: int, dimensions: int) -> None:
-        self.output = output
-        self.dimensions = dimensions
 
     def decode(self, outputs: Sequence[np.ndarray], rows: Rows, options: Sequence[Any]) -> list[Decoded]:
         vectors = np.array(outputs[self.output][rows], dtype=np.float32)  # a copy: the buffer is reused
@@ -49,7 +48,6 @@ def normalized(vector: np.ndarray) -> np.ndarray:
 
 class Embed:
     name = NAME
-    resize = "crop"
     route = "/embed"
     outputs: tuple[str, ...] = OUTPUTS
     default_outputs: tuple[str, ...] = OUTPUTS
@@ -58,8 +56,7 @@ class Embed:
         """The head over output `first`: (D,) per image."""
         shape = outputs[first] if first < len(outputs) else None
         if shape is None or len(shape) != 1 or shape[0] < 1:
-            found = "missing" if shape is None else f"of shape (N, {', '.join(map(str, shape))})"
-            raise ModelLoadError(f"task embed expects an output of shape (N, D); output {first} is {found}")
+            raise ModelLoadError(f"task embed expects an output of shape (N, D); output {first} is {shown(shape)}")
         return EmbedHead(first, shape[0]), 1
 
     def http_options(self, query: Mapping[str, str]) -> bool:
@@ -72,8 +69,7 @@ class Embed:
         self, answer: Answer, normalize: bool, head: EmbedHead, labels: list[str], model: str, accept: str
     ) -> tuple[bytes, str]:
         vector = normalized(answer.value) if normalize else answer.value
-        payload = {"status": "success", "model": model, "dimensions": len(vector), "embedding": vector.tolist()}
-        return json.dumps(payload, separators=(",", ":")).encode(), "application/json"
+        return json_answer({"status": "success", "model": model, "dimensions": len(vector), "embedding": vector})
 
     def v2_options(self, parameters: Mapping[str, object], head: EmbedHead) -> bool:
         return flag(parameters, "normalize")

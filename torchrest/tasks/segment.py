@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from torchrest.errors import InvalidModelOutput, ModelLoadError
-from torchrest.tasks.base import Answer, Decoded, Geometry, Output, OutputShape, Rows, label
+from torchrest.tasks.base import Answer, Decoded, Geometry, Output, OutputShape, Rows, json_answer, label, shown
 
 NAME = "segment"
 OUTPUTS = ("mask",)
@@ -32,14 +32,16 @@ PNG = "image/png"
 OFF_LOOP_PIXELS = 1 << 18  # a mask this large is mapped back and encoded on a thread, not the event loop
 
 
+@dataclass(frozen=True, slots=True)
 class SegmentHead:
+    output: int  # which of the model's outputs it reads
+    classes: int
+    input_size: tuple[int, int]  # (height, width) of the model's input: what the output map covers
     task = NAME
 
-    def __init__(self, output: int, classes: int, input_size: tuple[int, int]) -> None:
-        self.output = output
-        self.classes = classes
-        self.input_size = input_size  # (height, width) of the model's input: what the output map covers
-        self.dtype = np.uint8 if classes <= 256 else np.uint16
+    @property
+    def dtype(self) -> type[np.unsignedinteger[Any]]:
+        return np.uint8 if self.classes <= 256 else np.uint16
 
     def decode(self, outputs: Sequence[np.ndarray], rows: Rows, options: Sequence[Any]) -> list[Decoded]:
         scores = torch.from_numpy(np.asarray(outputs[self.output][rows]))
@@ -97,7 +99,6 @@ Z_RLE = 3  # zlib's run-length strategy
 
 class Segment:
     name = NAME
-    resize = "letterbox"
     route = "/segment"
     outputs: tuple[str, ...] = OUTPUTS
     default_outputs: tuple[str, ...] = OUTPUTS
@@ -105,9 +106,9 @@ class Segment:
     def bind(self, outputs: Sequence[OutputShape], first: int, input_size: tuple[int, int]) -> tuple[SegmentHead, int]:
         shape = outputs[first] if first < len(outputs) else None
         if shape is None or len(shape) != 3 or shape[0] < 2 or min(shape[1:]) < 1:
-            found = "missing" if shape is None else "(N" + "".join(f", {d}" for d in shape) + ")"
             raise ModelLoadError(
-                f"task segment expects an output of shape (N, classes >= 2, height, width); output {first} is {found}"
+                "task segment expects an output of shape (N, classes >= 2, height, width); "
+                f"output {first} is {shown(shape)}"
             )
         return SegmentHead(first, shape[0], input_size), 1
 
@@ -127,14 +128,15 @@ class Segment:
             return encoded, PNG
         counts = pixel_counts(answer, head)
         present = np.flatnonzero(counts).tolist()
-        payload = {
-            "status": "success",
-            "model": model,
-            "image": {"width": int(mask.shape[1]), "height": int(mask.shape[0])},
-            "classes": [{"class_id": c, "label": label(labels, c), "pixels": int(counts[c])} for c in present],
-            "mask": base64.b64encode(encoded).decode("ascii"),
-        }
-        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode(), "application/json"
+        return json_answer(
+            {
+                "status": "success",
+                "model": model,
+                "image": {"width": int(mask.shape[1]), "height": int(mask.shape[0])},
+                "classes": [{"class_id": c, "label": label(labels, c), "pixels": int(counts[c])} for c in present],
+                "mask": base64.b64encode(encoded).decode("ascii"),
+            }
+        )
 
     def v2_options(self, parameters: Mapping[str, object], head: SegmentHead) -> None:
         return None
