@@ -82,6 +82,15 @@ class MeanColour(nn.Module):
         return x.mean(dim=(2, 3))
 
 
+class ColourAndMean(nn.Module):
+    """Both tasks of one call, as a classifier that also gives its features: logits that favour the image's
+    strongest channel (red, green, blue), and the mean colour as its embedding."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = x.mean(dim=(2, 3))
+        return 10 * mean, mean
+
+
 def export(module: nn.Module, size: tuple[int, int], path: Path) -> Path:
     """`module` exported as a user would (float NCHW, a dynamic batch), saved as a .pt2."""
     example = torch.rand(2, 3, *size)
@@ -134,6 +143,7 @@ TASK_MODELS: dict[str, tuple[nn.Module, str, str, str, list[str]]] = {
     "regions": (ColourSegmenter(), "segment", "256x256", "letterbox", SEGMENT_LABELS),
     "colour": (MeanColour(), "embed", "64x64", "stretch", []),
     "fragile": (NanWhenRed(), "classify", "32x32", "stretch", LABELS),
+    "both": (ColourAndMean(), "classify,embed", "32x32", "stretch", LABELS),
 }
 
 

@@ -8,7 +8,7 @@ from concurrent.futures import Future
 import numpy as np
 import pytest
 
-from torchrest.admission import Admission
+from torchrest.admission import Admission, Refusals
 from torchrest.engine.batching import BatchQueue, Job
 from torchrest.errors import QueueFull
 
@@ -172,3 +172,21 @@ def test_warm_up_caps_batches_at_the_fastest_size() -> None:
     loop.close()
     assert sorted(measured) == [1, 2, 4, 8, 16]
     assert runtime.queue.max_batch_size == 4
+
+
+def test_refusals_are_paced_to_their_budget_after_a_burst() -> None:
+    """At 1 ms a refusal and a tenth of a core, refusals go out 10 ms apart once a burst has gone at once;
+    each waits at most its Retry-After; a storm that ended leaves no debt; budget 0 never waits."""
+    clock = [100.0]
+    refusals = Refusals(0.1, now=lambda: clock[0])
+    refusals.cost_s = 0.001
+    waits = [refusals.delay_s(1.0) for _ in range(Refusals.BURST + 5)]
+    assert waits[: Refusals.BURST + 1] == pytest.approx([0.0] * (Refusals.BURST + 1))
+    assert waits[Refusals.BURST + 1 :] == pytest.approx([0.01, 0.02, 0.03, 0.04])
+    assert max(refusals.delay_s(0.5) for _ in range(200)) == 0.5  # never past its Retry-After
+    clock[0] += 10  # the storm ended
+    assert refusals.delay_s(1.0) == 0.0
+    refusals.observe(0.003)  # refusals measured dearer: the pace slows
+    assert refusals.cost_s == pytest.approx(0.001 + 0.1 * 0.002)
+    unpaced = Refusals(0.0, now=lambda: clock[0])
+    assert all(unpaced.delay_s(1.0) == 0.0 for _ in range(1000))

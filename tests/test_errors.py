@@ -444,3 +444,48 @@ def test_slow_clients_are_timed_out_and_hold_nothing(tmp_path: Path) -> None:
         assert metric_value(metrics, "torchrest_in_flight") == 0
         for client in slow_headers + slow_bodies:
             client.close()
+
+
+def test_uploads_hold_no_place_their_bytes_are_bounded_and_so_are_connections(tmp_path: Path) -> None:
+    """A slow upload holds no place in the queue (only room is checked before its body); the bytes being
+    received, all connections together, stay under --max-receiving-mb (503 too_many_uploads past it, and the
+    budget comes back); past --max-connections a new connection gets 503 too_many_connections and is closed."""
+    args = ("--max-queue", "2", "--max-body-mb", "1", "--max-receiving-mb", "1.5", "--max-connections", "12")
+    with running_server(tmp_path, *args, "--read-timeout", "20") as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        head = b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
+        slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+        for client in slow:
+            client.sendall(head % 100_000 + PHOTOS["cat"][:100])
+        time.sleep(0.5)
+        answer = httpx.post(f"{server.url}/classify", files={"image": PHOTOS["cat"]}, timeout=30)
+        assert answer.status_code == 200, answer.text  # five uploads under way, a queue of two: none held
+
+        padded = PHOTOS["cat"] + bytes(1_000_000 - len(PHOTOS["cat"]))  # a JPEG with trailing bytes decodes
+        first, second = (socket.create_connection(("127.0.0.1", port)) for _ in range(2))
+        first.sendall(head % len(padded) + padded[:900_000])
+        time.sleep(0.5)
+        second.sendall(head % len(padded) + padded[:900_000])
+        refused = read_until_closed(second, 10)
+        assert refused.startswith(b"HTTP/1.1 503 "), refused[:200]
+        assert b'"code":"too_many_uploads"' in refused.replace(b" ", b"")
+        first.sendall(padded[900_000:])
+        assert first.recv(65536).startswith(b"HTTP/1.1 200 ")
+        again = httpx.post(f"{server.url}/classify", content=padded, headers={"content-type": "image/jpeg"}, timeout=30)
+        assert again.status_code == 200, again.text  # the budget came back
+        for client in (*slow, first, second):
+            client.close()
+
+        time.sleep(0.5)
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(12)]
+        extra = socket.create_connection(("127.0.0.1", port))
+        turned_away = read_until_closed(extra, 10)
+        assert turned_away.startswith(b"HTTP/1.1 503 "), turned_away[:200]
+        assert b'"code":"too_many_connections"' in turned_away.replace(b" ", b"")
+        idle.pop().close()
+        time.sleep(0.5)
+        assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200  # a place freed, a place taken
+        for client in idle:
+            client.close()
+        metrics = server.metrics()
+        assert metric_value(metrics, "torchrest_requests_total", route="other", status="503") >= 1

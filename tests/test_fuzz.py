@@ -114,6 +114,41 @@ def test_detection_options_are_answered_or_refused_with_400(
         assert response.json()["code"] == "invalid_parameter" and option in response.json()["message"]
 
 
+@st.composite
+def broken_multipart(draw: st.DrawFn) -> tuple[bytes, str]:
+    """A multipart body with its framing damaged, and the content type that announces it."""
+    boundary = draw(st.text(alphabet="abcXYZ019-_'()+,./:=?", min_size=1, max_size=70))
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + SEEDS["png"]
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    data = bytearray(body)
+    for _ in range(draw(st.integers(0, 6))):
+        position = draw(st.integers(0, max(0, len(data) - 1)))
+        if draw(st.booleans()):
+            del data[position : position + draw(st.integers(1, 40))]
+        else:
+            data[position:position] = draw(st.sampled_from([b"\r\n", b"--", b'"', b";", b"\x00", b"\r\n\r\n"]))
+    announced = draw(st.sampled_from([boundary, boundary + "x", "", '"' + boundary + '"']))
+    return bytes(data), f"multipart/form-data; boundary={announced}" if announced else "multipart/form-data"
+
+
+@pytest.mark.slow
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=broken_multipart(), route=st.sampled_from(ROUTES))
+def test_server_never_answers_5xx_to_broken_multipart(
+    server: Server, task_server: Server, case: tuple[bytes, str], route: str
+) -> None:
+    body, content_type = case
+    url = f"{(server if route in ('/classify', '/embed') else task_server).url}{route}"
+    response = httpx.post(url, content=body, headers={"content-type": content_type}, timeout=30)
+    assert response.status_code in OK_STATUSES, response.text
+
+
 def test_server_still_serves_after_the_fuzzing(server: Server, task_server: Server) -> None:
     answer = httpx.post(f"{server.url}/classify", files={"image": PHOTOS["cat"]}, timeout=60).json()
     assert answer["prediction"]["label"] in CAT_LABELS

@@ -39,9 +39,12 @@ def test_model_without_a_layout_gets_one_instance_and_a_timed_cap() -> None:
     assert serving_layout(None, 4) == (Layout(1, 4, DEFAULT_MAX_BATCH), True)
     assert serving_layout(None, 4, instances=2) == (Layout(2, 2, DEFAULT_MAX_BATCH), True)
     assert serving_layout(None, 4, max_batch_size=5) == (Layout(1, 4, 5), False)
-    # a model whose backend serves best narrow (ONNX Runtime): one instance per core, at most MAX_NARROW
+    # a model whose backend serves best narrow (ONNX Runtime): one instance per core, at most MAX_NARROW,
     assert serving_layout(None, 2, narrow=True) == (Layout(2, 1, DEFAULT_MAX_BATCH), True)
     assert serving_layout(None, 16, narrow=True) == (Layout(4, 4, DEFAULT_MAX_BATCH), True)
+    # ... and a divisor of the cores, so that no core goes unused: 6 cores -> 3 instances of 2 threads
+    assert serving_layout(None, 6, narrow=True) == (Layout(3, 2, DEFAULT_MAX_BATCH), True)
+    assert serving_layout(None, 7, narrow=True) == (Layout(1, 7, DEFAULT_MAX_BATCH), True)
     assert serving_layout(None, 16, instances=1, narrow=True) == (Layout(1, 16, DEFAULT_MAX_BATCH), True)
 
 

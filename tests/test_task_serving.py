@@ -204,6 +204,47 @@ def test_concurrent_detections_are_one_model_call_and_the_metrics_name_the_task(
     assert batches < 6  # some of them shared a batch
 
 
+def test_classify_and_embed_requests_share_one_model_call(served: tuple[Server, int]) -> None:
+    """A model that does two tasks from one call: concurrent /classify and /embed requests ride the same
+    batches, and each gets its own task's answer."""
+    import asyncio
+
+    server, _ = served
+    images = {}
+    for name, colour in COLOURS.items():
+        buffer = io.BytesIO()
+        Image.new("RGB", (48, 40), colour).save(buffer, format="PNG")
+        images[name] = buffer.getvalue()
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(f"/{route}?model=both", files={"image": images[name]})
+                    for name in COLOURS
+                    for route in ("classify", "embed")
+                )
+            )
+
+    before = httpx.get(f"{server.url}/metrics", timeout=10).text
+    replies = asyncio.run(burst())
+    after = httpx.get(f"{server.url}/metrics", timeout=10).text
+    for name, reply in zip([name for name in COLOURS for _ in range(2)], replies, strict=True):
+        assert reply.status_code == 200, reply.text
+        answer = reply.json()
+        if "prediction" in answer:
+            assert answer["prediction"]["label"] == name
+        else:
+            np.testing.assert_allclose(answer["embedding"], np.array(COLOURS[name]) / 255, atol=0.01)
+    for task in ("classify", "embed"):
+        answered = metric_value(after, "torchrest_answers_total", model="both", task=task)
+        assert answered - metric_value(before, "torchrest_answers_total", model="both", task=task) == 3
+    batches = metric_value(after, "torchrest_batch_size_count", model="both") - metric_value(
+        before, "torchrest_batch_size_count", model="both"
+    )
+    assert batches < 6  # some classify and embed requests shared a batch
+
+
 def test_bad_options_and_other_tasks_are_400s_and_a_broken_output_fails_alone(served: tuple[Server, int]) -> None:
     server, _ = served
     photo, _ = photo_with_shapes((120, 80), {"red": (10, 10, 50, 50)}, 1)

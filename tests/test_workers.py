@@ -165,15 +165,15 @@ def test_a_front_end_decodes_small_uploads_on_its_loop_and_large_ones_on_a_threa
     threads: list[int] = []
     decode_into = remote.decode_into
 
-    def recorded(*args: object) -> None:
+    def recorded(*args: object) -> object:
         threads.append(threading.get_ident())
-        decode_into(*args)  # type: ignore[arg-type]
+        return decode_into(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(remote, "decode_into", recorded)
 
     async def decode(data: bytes) -> np.ndarray:
-        pixels, _, _ = await runtime._pixels_in(data, None)
-        assert pixels is not None
+        pixels, geometry, _ = await runtime._pixels_in(data, None)
+        assert pixels is not None and geometry.width > 0
         return pixels
 
     async def both() -> int:

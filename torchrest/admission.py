@@ -115,12 +115,14 @@ class Places:
 
 
 class Refusals:
-    """Paces refusals (503 queue_full) so that refusing work never takes more than `budget` of a core, at any
-    model speed: each refusal's cost on the loop is measured, and refusals past the rate that budget allows
-    wait their turn (up to their Retry-After) before they are sent, their connections held at no cost. A
-    client that retries at once then retries at the pace of its refusals, and a retry storm is throttled
-    where it starts; a few refusals at once (a burst of BURST) go out without waiting. A budget of 0: every
-    refusal at once."""
+    """Paces refusals (503 queue_full) so that refusing work takes about `budget` of a core at most, at any
+    model speed: each refusal's time in the handler (from its request's start to its answer sent) is
+    measured, and refusals past the rate that budget allows wait their turn (up to their Retry-After) before
+    they are sent, their connections held at no cost. A client that retries at once then retries at the pace
+    of its refusals, and a retry storm is throttled where it starts; a few at once (a burst of BURST) go out
+    without waiting. What the handler does not see (accepting the connection, parsing it in httptools,
+    closing it) comes on top: the share measured in benchmark/overload.py is the one to trust. Budget 0:
+    every refusal at once."""
 
     BURST = 16
     SMOOTHING = 0.1

@@ -182,9 +182,9 @@ class ServerConfig(ModelSource):
     max_queue: int = option(256, "admitted requests per model (decoding or queued) before 503")
     refusal_budget: float = option(
         0.1,
-        "the share of one core that answering 503 queue_full may take: past it, refusals wait their turn (up to "
-        "their Retry-After) with their connections held, so that a retry storm cannot starve the model (0: "
-        "refuse at once, unpaced)",
+        "about the share of one core that answering 503 queue_full may take (as the handler measures it): past "
+        "it, refusals wait their turn (up to their Retry-After) with their connections held, so that a retry "
+        "storm cannot starve the model (0: refuse at once, unpaced)",
     )
     max_connections: int = option(
         0,
@@ -197,6 +197,11 @@ class ServerConfig(ModelSource):
         30.0, "seconds a client has to send a request's headers, and again its body; past it, 408 and close"
     )
     max_body_mb: float = option(20.0, "largest request body accepted, in MiB; past it, 413")
+    max_receiving_mb: float = option(
+        512.0,
+        "request body bytes being received at once, all of a process's connections together, in MiB; past it, 503 "
+        "(a slow upload costs what it has sent; a body read in full counts against its model's queue instead)",
+    )
     max_image_megapixels: float = option(64.0, "largest decoded image, in megapixels; past it, 413")
     admin_token_file: Path | None = option(
         None, "file holding the token repository load/unload require (Authorization: Bearer); without one, they are off"
@@ -224,6 +229,10 @@ class ServerConfig(ModelSource):
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def max_receiving_bytes(self) -> int:
+        return int(self.max_receiving_mb * 1024 * 1024)
 
     @property
     def max_image_pixels(self) -> int:
@@ -270,6 +279,8 @@ class ServerConfig(ModelSource):
             raise ValueError("--max-connections cannot be negative (0: from the file descriptor limit)")
         if self.max_body_mb <= 0 or self.max_image_megapixels <= 0 or self.read_timeout <= 0:
             raise ValueError("--max-body-mb, --max-image-megapixels and --read-timeout must be positive")
+        if self.max_receiving_mb < self.max_body_mb:
+            raise ValueError("--max-receiving-mb must be at least --max-body-mb: one largest body must fit")
         if self.resize_size < 0:
             raise ValueError("--resize-size cannot be negative (0: 8/7 of the input)")
         try:

@@ -160,6 +160,14 @@ class TooManyConnections(TorchrestError):
     headers = {"retry-after": "1", "connection": "close"}
 
 
+class TooManyUploads(TorchrestError):
+    """The bodies this process is receiving hold `--max-receiving-mb` already: this one is refused mid-way."""
+
+    status = 503
+    code = "too_many_uploads"
+    headers = {"retry-after": "1", "connection": "close"}
+
+
 class QueueFull(TorchrestError):
     """The model's queue is full, or what is queued would keep this request past its deadline; retry after
     `Retry-After` seconds (the queue's expected wait, at least 1)."""

@@ -76,12 +76,13 @@ def serving_layout(
     `tuned` is config.json's (None for a model optimize never saw); `instances` and `max_batch_size`, when
     non-zero, are the operator's flags; `tune_batch` is --[no-]tune-batch (None: time the cap only when
     neither config.json nor the flags give one); `narrow`: without either, one instance per core (up to
-    MAX_NARROW), else one of every core."""
+    MAX_NARROW, and a divisor of `cores` so that every instance gets as many threads), else one instance with
+    every core."""
     cores = max(1, cores)
     if instances <= 0 and tuned is not None:
         instances = max(1, min(cores, round(tuned.instances * cores / tuned.cores)))
     elif instances <= 0:
-        instances = min(cores, MAX_NARROW) if narrow else 1
+        instances = max(n for n in range(1, min(cores, MAX_NARROW) + 1) if cores % n == 0) if narrow else 1
     given = max_batch_size or (tuned.max_batch_size if tuned is not None else 0)
     timed = not given if tune_batch is None else tune_batch
     return Layout(instances, max(1, cores // instances), given or DEFAULT_MAX_BATCH), timed

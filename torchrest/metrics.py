@@ -94,7 +94,7 @@ class Metrics:
         )
         self.answers = Counter(
             "torchrest_answers",
-            "Images the model answered, by task (classify, detect, segment, embed)",
+            "Images the model ran on, by task (classify, detect, segment, embed), its unusable outputs included",
             ["model", "task"],
             registry=r,
         )

@@ -30,7 +30,7 @@ log = logging.getLogger("torchrest.slots")
 SHM_DIR = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("/tmp")
 PREFIX = "torchrest-"
 SMALLEST_SLOT = 256 * 1024  # a 256 x 256 image; and room for any answer to a small model
-POOL_BYTES = 32 * 1024 * 1024  # one pool's share of /dev/shm: 128 slots of 256 KiB ... 8 of 4 MiB
+POOL_BYTES = 32 * 1024 * 1024  # one pool's share of /dev/shm: 64 slots (MAX_SLOTS) of 256 KiB ... 8 of 4 MiB
 MAX_SLOTS = 64  # images in flight per pool (more wait for a free slot: they are the engine's queue anyway)
 MIN_SLOTS = 4  # where /dev/shm has no room for this many, the pixels travel inline
 

@@ -122,9 +122,9 @@ class Tracing:
             child.end(end_time=self.wall_ns(max(start_s, end_s)))
         if times.model:
             span.set_attribute("torchrest.model", times.model)
+            span.set_attribute("torchrest.model_version", times.version)
         if times.task:
             span.set_attribute("torchrest.task", times.task)
-            span.set_attribute("torchrest.model_version", times.version)
         for key, value in status.items():
             span.set_attribute(key, value)
         if error:

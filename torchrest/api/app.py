@@ -19,8 +19,10 @@ from torchrest.access import AccessControl
 from torchrest.admission import Refusals
 from torchrest.api.cors import Cors
 from torchrest.api.http import (
+    UNBOUNDED,
     ClientDisconnected,
     Receive,
+    Receiving,
     Request,
     Response,
     Scope,
@@ -51,6 +53,7 @@ class AppState:
     models: ServedModels
     access: AccessControl = field(default_factory=AccessControl)
     refusals: Refusals = field(default_factory=Refusals)  # the pace of 503 queue_full, HTTP and gRPC alike
+    receiving: Receiving = UNBOUNDED  # the bytes of the bodies being received (--max-receiving-mb)
     startup: Hook | None = None
     shutdown: Hook | None = None
 
@@ -108,7 +111,7 @@ class App:
             await self._lifespan(receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive, time.monotonic())
+        request = Request(scope, receive, time.monotonic(), self.state.receiving)
         route, methods = self._resolve(request)
         tracing = current_tracing()
         span = None
@@ -133,7 +136,7 @@ class App:
                 self._latency[route].observe(time.monotonic() - request.started_s)
         self._requests.labels(route, status).inc()
         ended_s = time.monotonic()
-        if code == QueueFull.code:
+        if code == QueueFull.code and not request.body_read:  # refused before its body: the time is all ours
             self.state.refusals.observe(ended_s - request.started_s - waited_s)
         if span is not None and tracing is not None:
             request.times.mark("response", handled_s, ended_s)

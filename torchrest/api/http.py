@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from torchrest.errors import BodyTooLarge, TorchrestError
+from torchrest.errors import BodyTooLarge, TooManyUploads, TorchrestError
 from torchrest.timing import StageTimes
 
 Scope = MutableMapping[str, Any]
@@ -47,14 +47,40 @@ def error_response(error: TorchrestError, protocol_v2: bool = False) -> Response
     return json_response(error.status, payload, dict(error.headers))
 
 
+class Receiving:
+    """The body bytes a process is receiving, all connections together, under one budget: a chunk that would
+    pass it fails its request (503). Bytes count while they arrive; a body read in full is given back, as
+    its request then holds a place in its model's queue, which bounds it."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self.held_bytes = 0
+
+    def take(self, nbytes: int) -> None:
+        if self.held_bytes + nbytes > self.budget_bytes:
+            raise TooManyUploads(
+                f"the request bodies being received hold {self.held_bytes / 2**20:.0f} MiB, the limit "
+                f"(--max-receiving-mb {self.budget_bytes / 2**20:g}): retry in a moment"
+            )
+        self.held_bytes += nbytes
+
+    def give(self, nbytes: int) -> None:
+        self.held_bytes -= nbytes
+
+
+UNBOUNDED = Receiving(2**62)  # requests made without a server's budget (tests of the handlers alone)
+
+
 class Request:
     __slots__ = (
-        "scope", "receive", "method", "path", "headers", "request_id", "started_s", "params", "times", "_query"
+        "scope", "receive", "receiving", "method", "path", "headers", "request_id", "started_s", "params", "times",
+        "body_read", "_query",
     )  # fmt: skip
 
-    def __init__(self, scope: Scope, receive: Receive, started_s: float) -> None:
+    def __init__(self, scope: Scope, receive: Receive, started_s: float, receiving: Receiving = UNBOUNDED) -> None:
         self.scope = scope
         self.receive = receive
+        self.receiving = receiving
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         self.headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
@@ -62,6 +88,7 @@ class Request:
         self.started_s = started_s
         self.params: dict[str, str] = {}  # the {name} segments of a templated route
         self.times = StageTimes()  # where its time went (Server-Timing; with tracing, its span's children)
+        self.body_read = False  # whether the handler waited for the body (its time is then not the server's)
         self._query: dict[str, str] | None = None
 
     @property
@@ -87,18 +114,23 @@ class Request:
         if declared is not None and declared > limit_bytes:
             raise BodyTooLarge(f"body of {declared} bytes is over the limit of {limit_bytes}")
         received = 0
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnected()
-            chunk = message.get("body", b"")
-            received += len(chunk)
-            if received > limit_bytes:
-                raise BodyTooLarge(f"body is over the limit of {limit_bytes} bytes")
-            if chunk:
-                yield chunk
-            if not message.get("more_body", False):
-                return
+        self.body_read = True
+        try:
+            while True:
+                message = await self.receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnected()
+                chunk = message.get("body", b"")
+                if received + len(chunk) > limit_bytes:
+                    raise BodyTooLarge(f"body is over the limit of {limit_bytes} bytes")
+                if chunk:
+                    self.receiving.take(len(chunk))
+                    received += len(chunk)
+                    yield chunk
+                if not message.get("more_body", False):
+                    return
+        finally:
+            self.receiving.give(received)
 
     async def disconnected(self) -> None:
         """Return when the client closes the connection. Call it once the body has been read: from

@@ -2,11 +2,13 @@
 pixels. `/classify` keeps the seed's contract byte for byte.
 
     pick the model (?model=NAME: 404/503; 400 when it does not do this task) -> the task's options from the
-    query (400) -> admit (503 if full) -> read body (408/413/415/400) -> runtime: deadline (504), decode into
-    the batch (400/413), model (500) -> the task's answer (JSON, or a PNG mask: 413 past --max-body-mb);
-    a client that leaves while queued has its job cancelled
+    query (400) -> room in the queue (503 if full) -> read body (408/413/415/400) -> admit (503 if the queue
+    filled meanwhile) -> runtime: deadline (504), decode into the batch (400/413), model (500) -> the task's
+    answer (JSON, or a PNG mask: 413 past --max-body-mb); a client that leaves while queued has its job
+    cancelled
 
-Admission comes first, so an overloaded server answers 503 without reading or decoding anything.
+The room is checked first, so an overloaded server mostly answers 503 without reading or decoding anything;
+the place is taken only once the body is in, so a slow upload holds none.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """A request's life on the HTTP side, shared by every endpoint that runs a model (/classify, /v2 infer):
 
     deadline (server's --timeout-ms, or a shorter X-Request-Timeout-Ms)
-    -> with admitted(runtime, deadline): 503 when the bound is full or the queue would outlast the deadline
-    -> body read in time (408) -> the runtime's answer, unless the client leaves first (its queued jobs
-    are then cancelled before the model sees them)
+    -> room_for(runtime, deadline): 503 at once when the queue is full or would outlast the deadline, before
+    any body is read (a slow upload then holds no place) -> body read in time (408)
+    -> with admitted(runtime, deadline): the place itself (503 when it filled meanwhile) -> the runtime's
+    answer, unless the client leaves first (its queued jobs are then cancelled before the model sees them)
 
 Admission itself is the runtime's (torchrest.admission), so the gRPC front-end shares it too.
 """

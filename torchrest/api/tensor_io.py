@@ -63,10 +63,14 @@ def task_of(parsed: InferRequest, model: ServedModel) -> tuple[Task, Any]:
         chosen = fitting[0] if fitting else model.tasks[0]
     else:
         chosen = model.tasks[0]
+    task = TASKS[chosen]
+    unknown = [name for name in parsed.outputs or () if name not in task.outputs]
+    if unknown:  # before any image is decoded or run
+        raise BadRequest(f"unknown output {unknown[0]!r}: this model's {task.name} gives {', '.join(task.outputs)}")
     heads = model.heads
     if heads is None or chosen not in heads.by_task:
         raise TaskNotServed(f"model {model.name} is not bound to its outputs yet: retry once it is ready")
-    return TASKS[chosen], heads.by_task[chosen]
+    return task, heads.by_task[chosen]
 
 
 def images_of(parsed: InferRequest, runtime: ServedRuntime) -> list[bytes | np.ndarray]:
@@ -128,10 +132,7 @@ def output_tensors(
     parsed: InferRequest, answers: list[Answer], task: Task, head: Any, options: object, labels: list[str]
 ) -> list[Output]:
     """The task's outputs the request asked for (its defaults when it named none), each binary when asked."""
-    if parsed.outputs is not None:
-        unknown = [name for name in parsed.outputs if name not in task.outputs]
-        if unknown:
-            raise BadRequest(f"unknown output {unknown[0]!r}: this model's {task.name} gives {', '.join(task.outputs)}")
+    if parsed.outputs is not None:  # names task_of checked
         wanted = {name: binary or parsed.binary_by_default for name, binary in parsed.outputs.items()}
     else:
         wanted = {name: parsed.binary_by_default for name in task.default_outputs}

@@ -10,11 +10,12 @@ as /classify:
     GET  /v2/models[/{name}[/versions/{v}]]/stats   Triton's statistics extension
     GET|POST /v2/repository/index;  POST /v2/repository/models/{name}/load, /unload
 
-A classifier takes one input, whichever suits the client: `image` (BYTES [n], encoded images),
-`pixels` (UINT8 [n, S, S, 3]) or `tensor` (FP32 [n, 3, S, S], normalised with the ImageNet mean and
-std). Each image becomes one job in the model's batch queue, batched with /classify's. Outputs:
-`labels` (BYTES [n, k]) and `scores` (FP32 [n, k]) for the top k (request parameter `top_k`, default 1)
-by default, and `probabilities` (FP32 [n, classes]) when asked for. Errors are `{"error": "..."}`.
+A model takes one input, whichever suits the client: `image` (BYTES [n], encoded images), `pixels`
+(UINT8 [n, H, W, 3]) or `tensor` (FP32 [n, 3, H, W], normalised as the model's input says). Each image
+becomes one job in the model's batch queue, batched with the image routes'. The request parameter `task`
+picks one of the model's tasks (default: its first); its outputs are that task's (api/tensor_io.py;
+docs/tasks.md): a classifier's `labels`/`scores` for the top k (`top_k`) and `probabilities` when asked
+for, a detector's boxes, a segmenter's mask, an encoder's embedding. Errors are `{"error": "..."}`.
 """
 
 from __future__ import annotations

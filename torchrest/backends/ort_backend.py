@@ -8,6 +8,8 @@ and its workers do not spin between batches: the same cores decode the next batc
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,11 +66,16 @@ class OnnxRuntimeBackend:
         return np.empty((max_batch_size, *size, 3), dtype=np.uint8)
 
     def alone(self, threads: int) -> Callable[[np.ndarray], Outputs] | None:
-        """A second session of the same graph whose pool has `threads` threads (CPU; its own memory)."""
+        """A second session of the same graph whose pool has `threads` threads (CPU), shared by the model's
+        instances (one of them runs it at a time): one more copy of the weights per model, not per instance."""
         if self.device != "cpu" or threads <= self.threads:
             return None
-        session = self._session(threads)
-        return lambda batch: self.run(batch, session)
+        key = (str(self.path.resolve()), self.path.stat().st_mtime_ns, threads)
+        with _alone_lock:
+            held = _alone.get(key)
+            if held is None:
+                held = _alone[key] = _Session(self._session(threads))
+        return lambda batch: self.run(batch, held.session)
 
     def run(self, batch: np.ndarray, session: Any = None) -> Outputs:
         if self.batch:
@@ -80,6 +87,17 @@ class OnnxRuntimeBackend:
             batch = float_nchw(torch.from_numpy(batch), self.normalize).numpy()
         outputs = (session or self.session).run(None, {self.input_name: batch})
         return tuple(np.asarray(o, dtype=np.float32) if o.dtype.kind == "f" else np.asarray(o) for o in outputs)
+
+
+class _Session:
+    """A session the instances share, kept while any of them holds it (weakly cached below)."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+
+
+_alone: weakref.WeakValueDictionary[tuple[str, int, int], _Session] = weakref.WeakValueDictionary()
+_alone_lock = threading.Lock()
 
 
 def open_onnxruntime(path: Path, *, device: str, threads: int, options: dict[str, str]) -> OnnxRuntimeBackend:

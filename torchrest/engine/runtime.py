@@ -26,7 +26,7 @@ from torchrest.backends import Backend, Outputs
 from torchrest.engine.batching import BatchQueue, Job, Taken
 from torchrest.engine.instances import CoreLending, Instance, InstanceDied, Instances, is_fatal
 from torchrest.engine.stats import ModelStats, RecentActivity, RuntimeMetrics, watch_queue
-from torchrest.errors import DeadlineExceeded, ModelError, QueueFull, TorchrestError, first_line
+from torchrest.errors import DeadlineExceeded, ModelError, QueueFull, TaskNotServed, TorchrestError, first_line
 from torchrest.metrics import Metrics
 from torchrest.models.common import LoadedModel
 from torchrest.preprocess import Preprocessor
@@ -135,6 +135,8 @@ class ModelRuntime:
     ) -> asyncio.Future[Answer]:
         """As `infer`, without a coroutine: the future of the answer (the engine process answers each
         front-end's request from the future's callback). Cancelling it drops the job before the model."""
+        if task and task not in self.model.tasks:  # the handlers check first; this guards the engine's link too
+            raise TaskNotServed(f"model {self.name} does not {task}: it does {' and '.join(self.model.tasks)}")
         future: asyncio.Future[Answer] = self.loop.create_future()
         enqueued = time.monotonic()
         if times is not None:
@@ -273,6 +275,7 @@ class ModelRuntime:
             if alone is not None:
                 self.lending.release(lent)
         (figures.on_all_cores if lent or len(self.instances) == 1 else figures.on_own_threads).inc()
+        self._log_unusable(batch, answers)
         finished = time.monotonic()
         # the time this batch held the instance, from when it could start: the previous answer (busy) or
         # its first job's arrival (idle). Under load that counts what a batch's own timing misses: the
@@ -298,6 +301,14 @@ class ModelRuntime:
         )
         self.loop.call_soon_threadsafe(_settle, batch, answers)
 
+    def _log_unusable(self, batch: list[Job], answers: list[Decoded]) -> None:
+        """One line per batch for the images whose outputs could not be answered (NaN, a failed head)."""
+        failed = [(job, answer) for job, answer in zip(batch, answers, strict=True) if isinstance(answer, Exception)]
+        if failed:
+            ids = ", ".join(job.request_id for job, _ in failed)
+            count, first = len(failed), failed[0][1]
+            log.error("model %s: %d of %d answers unusable [%s]: %s", self.name, count, len(batch), ids, first)
+
     def _trace_batch(self, batch: list[Job], start_s: float, end_s: float, error: str = "") -> None:
         """With tracing on: the batch's span, linked to the spans of the requests it served."""
         if (tracing := current_tracing()) is not None:
@@ -312,16 +323,15 @@ class ModelRuntime:
         per_image_s = (time.monotonic() - started) / len(batch)
         for _ in batch:
             self.figures.preprocess.observe(per_image_s)
-        for job, geometry in zip(batch, fitted, strict=True):
-            job.geometry = geometry
-        failed = [isinstance(outcome, TorchrestError) for outcome in fitted]
-        if not any(failed):
-            return batch
-        live_rows = [row for row, error in enumerate(failed) if not error]
-        buffer[: len(live_rows)] = buffer[live_rows]
-        for job, error in zip(batch, failed, strict=True):
-            if error:
-                self.loop.call_soon_threadsafe(_fail, [job], job.geometry)
+        live_rows = []
+        for row, (job, outcome) in enumerate(zip(batch, fitted, strict=True)):
+            if isinstance(outcome, TorchrestError):
+                self.loop.call_soon_threadsafe(_fail, [job], outcome)
+            else:
+                job.geometry = outcome
+                live_rows.append(row)
+        if len(live_rows) < len(batch):
+            buffer[: len(live_rows)] = buffer[live_rows]
         return [batch[row] for row in live_rows]
 
     def _drop_dead(self, taken: Taken) -> None:

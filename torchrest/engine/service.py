@@ -195,6 +195,7 @@ class FrontEndLink(Connection):
             future.cancel()  # nobody is left to answer: drop the jobs before the model runs them
         for slots in self.slots.values():
             slots.close()
+        self.slots.clear()
         log.info("front-end %d disconnected", self.frontend)
 
     def received(self, message: Any) -> None:
@@ -232,7 +233,7 @@ class FrontEndLink(Connection):
             future = runtime.submit(
                 pixels, message.deadline_s, message.request_id, times, message.task, message.options
             )
-        except TorchrestError as error:  # the model is being unloaded
+        except TorchrestError as error:  # the model is being unloaded, or does not do this task
             runtime.release(1)
             self.send(Failed(message.call, WireError.of(error)))
             return

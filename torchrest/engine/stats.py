@@ -74,7 +74,7 @@ def write_queue_gauges(metrics: Metrics, queues: Iterable[tuple[str, int, int]])
 class RecentActivity:
     """The last requests' latencies and the last batches' sizes of one model, for the web page's charts:
     two bounded deques, appended to as requests finish (deque appends are atomic), read only when a page
-    asks (GET /web/stats), so no page open costs nothing but the appends."""
+    asks (GET /web/stats): with no page open, they cost only the appends."""
 
     LATENCIES = 1024
     BATCHES = 256

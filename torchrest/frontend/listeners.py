@@ -23,6 +23,7 @@ import uvicorn
 from torchrest.access import AccessControl
 from torchrest.admission import Refusals
 from torchrest.api import AppState, build_app
+from torchrest.api.http import Receiving
 from torchrest.api.protocol import guarded_protocol
 from torchrest.config import ServerConfig
 from torchrest.errors import StartupError, first_line
@@ -49,7 +50,12 @@ def serve(
     the event loop thread's nice value once the models are open; `announce` logs who may call what."""
     access = AccessControl.from_config(config)
     state = AppState(
-        config=config, metrics=metrics, models=models, access=access, refusals=Refusals(config.refusal_budget)
+        config=config,
+        metrics=metrics,
+        models=models,
+        access=access,
+        refusals=Refusals(config.refusal_budget),
+        receiving=Receiving(config.max_receiving_bytes),
     )
     grpc_listener = grpc_listener_for(state) if config.grpc_port else None
     server = http_server(state, tls_options(config), grpc_listener)
@@ -135,7 +141,7 @@ def http_server(state: AppState, tls: dict[str, Any], grpc_listener: GrpcListene
             loop="uvloop",
             http=guarded_protocol(
                 config.read_timeout,
-                connection_limit(config.max_connections),
+                connection_limit(config.max_connections, raise_fd_limit()),
                 state.metrics.requests.labels("other", 408).inc,
                 state.metrics.requests.labels("other", 503).inc,
             ),
@@ -155,10 +161,9 @@ def http_server(state: AppState, tls: dict[str, Any], grpc_listener: GrpcListene
     return server
 
 
-def connection_limit(configured: int) -> int:
-    """Open connections one process may hold: `configured`, or what its file descriptor limit allows, less a
-    reserve for the rest (models, logs, the engine's socket, shared memory); the soft limit is raised to the
-    hard one first (Linux defaults to 1,024 soft on a much higher hard limit)."""
+def raise_fd_limit() -> int:
+    """Raise this process's soft limit on open files to its hard one (Linux defaults to 1,024 soft on a much
+    higher hard limit); the soft limit now (RLIM_INFINITY: none)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
         try:
@@ -166,7 +171,13 @@ def connection_limit(configured: int) -> int:
             soft = hard
         except (ValueError, OSError):  # a sandbox that forbids it: the soft limit it is
             pass
-    allowed = FD_CAP if soft == resource.RLIM_INFINITY else max(64, min(FD_CAP, soft - FD_RESERVE))
+    return soft
+
+
+def connection_limit(configured: int, fd_limit: int) -> int:
+    """Open connections one process may hold: `configured`, or what its file descriptor limit allows, less a
+    reserve for the rest (models, logs, the engine's socket, shared memory)."""
+    allowed = FD_CAP if fd_limit == resource.RLIM_INFINITY else max(64, min(FD_CAP, fd_limit - FD_RESERVE))
     return min(configured, allowed) if configured > 0 else allowed
 
 

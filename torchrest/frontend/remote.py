@@ -1,9 +1,10 @@
 """The engine's models as a front-end process sees them: what the handlers may ask (torchrest.served), over
 the link to the engine.
 
-    handler -> RemoteModels.runtime(name) -> admitted(RemoteRuntime) (the engine's last Pulse: 503 before
-    the body is read) -> infer: decode into a slot (torchrest.slots) for the model's input size, Infer -->
-    engine ... Answered -> the answer copied out of the slot -> Answer, with the Geometry the decode gave
+    handler -> RemoteModels.runtime(name) -> room_for, then admitted(RemoteRuntime) (the engine's last
+    Pulse: 503 before the body is read, and again after it) -> infer: decode into a slot (torchrest.slots)
+    for the model's input size, Infer --> engine ... Answered -> the answer copied out of the slot -> Answer,
+    with the Geometry the decode gave
 
 What a handler reads without waiting (which models, their states, readiness) comes from the engine's
 last Snapshot; what changes per request (statistics, the web page's figures) and what acts (load,
@@ -22,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -91,6 +93,7 @@ class RemoteRuntime:
         self._shape = (*entry.model.input_spec.size, 3)
         self._total = link.metrics.stage_latency.labels(entry.model.name, "total")
         self._shed = link.metrics.dropped.labels(entry.model.name, "shed")
+        self._written_late: set[Held] = set()  # slots of cancelled requests that a decoding thread still fills
 
     @property
     def name(self) -> str:
@@ -109,6 +112,13 @@ class RemoteRuntime:
 
     def release(self, count: int = 1) -> None:
         pass  # the places were the engine's: it releases them as it answers
+
+    def _decoded_late(self, held: Held, decoding: asyncio.Future[Geometry]) -> None:
+        """A cancelled request's decoding thread has finished with its slot: give the slot back."""
+        self._written_late.discard(held)
+        if not decoding.cancelled():
+            decoding.exception()  # retrieved: nobody waits for it any more
+        self.link.release(held)
 
     def observe_total(self, seconds: float) -> None:
         self._total.observe(seconds)
@@ -129,11 +139,7 @@ class RemoteRuntime:
         in_slot = isinstance(image, bytes) or image.dtype == np.uint8
         held = await link.take_slot(math.prod(self._shape)) if in_slot else None
         decoding = time.monotonic()
-        try:
-            inline, geometry, decode_s = await self._pixels_in(image, held)
-        except BaseException:
-            link.release(held)
-            raise
+        inline, geometry, decode_s = await self._pixels_in(image, held)  # gives the slot back if it fails
         if times is not None:
             times.mark("decode (front-end)", decoding, decoding + decode_s)
         trace = times.link if times is not None else None
@@ -171,7 +177,17 @@ class RemoteRuntime:
     ) -> tuple[np.ndarray | None, Geometry, float]:
         """Write the image's pixels into the slot held (None back), or return them to travel inline; where
         they went, and the decode time. Decode errors (400, 413) are raised here, before the engine sees
-        anything."""
+        anything, and the slot goes back: at once, or when a decoding thread stops writing into it."""
+        try:
+            return await self._write_pixels(image, held)
+        except BaseException:
+            if held not in self._written_late:
+                self.link.release(held)
+            raise
+
+    async def _write_pixels(
+        self, image: bytes | np.ndarray, held: Held | None
+    ) -> tuple[np.ndarray | None, Geometry, float]:
         if isinstance(image, np.ndarray):
             height, width = (image.shape[0], image.shape[1]) if image.dtype == np.uint8 else image.shape[1:3]
             geometry = Geometry.identity(width, height)
@@ -183,7 +199,14 @@ class RemoteRuntime:
         target = held.pool.slots.pixels(held.slot, self._shape) if held is not None else np.empty(self._shape, np.uint8)
         spec, limit = self.model.input_spec, self.link.max_image_pixels
         if len(image) > DECODE_OFF_LOOP_BYTES:
-            geometry = await asyncio.to_thread(decode_into, image, spec, limit, target)
+            decoding = asyncio.get_running_loop().run_in_executor(None, decode_into, image, spec, limit, target)
+            try:
+                geometry = await asyncio.shield(decoding)
+            except asyncio.CancelledError:
+                if held is not None and not decoding.done():  # the thread still writes into the slot
+                    self._written_late.add(held)
+                    decoding.add_done_callback(partial(self._decoded_late, held))
+                raise
         else:
             geometry = decode_into(image, spec, limit, target)
         return (None if held is not None else target), geometry, time.monotonic() - started
@@ -442,6 +465,8 @@ class EngineLink(Connection):
         self.models.engine_lost()
         pending, self._pending = self._pending, {}
         waiting = [future for future, _ in pending.values()]
+        for _, held in pending.values():
+            self.release(held)  # no answer will come to free it
         for pool in self.pools.values():
             if pool is not None:
                 waiting += pool.waiters
