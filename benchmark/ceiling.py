@@ -18,7 +18,7 @@ serving a near-free model (built here as TorchScript: a channel mean and one lin
 Writes benchmark/results/<date>/ceiling.{json,md,png}. Needs wrk and the bench extras.
 
     python benchmark/ceiling.py [--base REF] [--rounds 3] [--duration 10] [--connections 1,8,32,100]
-                                [--workers 1,2] [--device cuda]
+                                [--workers 1,2] [--base-workers 1,2] [--device cuda]
 """
 
 from __future__ import annotations
@@ -275,6 +275,9 @@ def main() -> int:
     parser.add_argument(
         "--model", default=None, help="serve this model instead of the near-free one (a real model loses nothing?)"
     )
+    parser.add_argument(
+        "--base-workers", default="", help="the base's front-end counts too (comma-separated; default: as it serves)"
+    )
     parser.add_argument("--no-baseline", action="store_true", help="leave the naive baseline out")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -311,7 +314,10 @@ def main() -> int:
             tree = stack.enter_context(worktree(args.base))
             decode[args.base] = decode_times(tree, photos)
             base_model = model_for(tree, model, folder)
-            plans.insert(0, (f"torchrest ({args.base})", torchrest_command(str(base_model), 0, quiet), tree, tiny))
+            base_layouts = [["--workers", count] for count in args.base_workers.split(",") if count] or [[]]
+            for layout in reversed(base_layouts):
+                name = f"torchrest ({args.base}{', --workers ' + layout[1] if layout else ''})"
+                plans.insert(0, (name, torchrest_command(str(base_model), 0, [*quiet, *layout]), tree, tiny))
         if not args.no_baseline:
             plans.append(("naive baseline", baseline_command(str(model), 1, args.device), None, None))
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in plans}

@@ -8,7 +8,9 @@ For each process layout (--workers 1 and 2), one server (the default model), in 
   slow    the same beside 500 clients each sending a 100 kB upload's headers, then its body a byte a second
           (one the server answers 408 and closes starts again)
 and the server's file descriptors and resident memory (every process) before, at the end of each, and once
-the clients have gone (nothing may stay behind). Writes <out>/idle.{json,md,png}. Needs wrk.
+the clients have gone (nothing may stay behind). Writes <out>/idle.{json,md,png}. Needs wrk. Keep --duration
+at 20 s or less: past the keep-alive timeout (30 s) the server closes every idle connection at about the
+same moment and each is opened again with a request, a reconnect storm rather than idle connections.
 
     python benchmark/idle.py [--workers 1,2] [--duration 20] [--idle 10000] [--slow 500] [--out DIR]
 """

@@ -185,6 +185,43 @@ def test_a_front_end_decodes_small_uploads_on_its_loop_and_large_ones_on_a_threa
     assert threads[0] == loop_thread and threads[1] != loop_thread
 
 
+def test_a_front_end_counts_its_own_requests_waiting_before_the_engine() -> None:
+    """A front-end refuses (503) by the engine's last Pulse or by its own requests, those still waiting for a
+    slot included, as a share of every front-end's, whichever is more: a flood then waits nowhere unseen
+    past its deadline (no 504)."""
+    from types import SimpleNamespace
+
+    from torchrest.admission import admitted, room_for
+    from torchrest.errors import QueueFull
+    from torchrest.frontend import remote
+    from torchrest.messages import EntryInfo, ModelInfo
+    from torchrest.metrics import Metrics
+    from torchrest.served import RuntimeInfo
+
+    info = ModelInfo("m", "1", ["a"], InputSpec(224, 256), True, {}, {}, ("classify",), None)
+    link = SimpleNamespace(slots=None, metrics=Metrics(), max_image_pixels=10**8, frontends=2, queues={})
+    entry = EntryInfo("m", info, "READY", "", None, admission=(8, 1))
+    runtime = remote.RemoteRuntime(link, entry, RuntimeInfo("b", "cpu", 8, 1, 1))  # type: ignore[arg-type]
+    now = time.monotonic()
+    with contextlib.ExitStack() as held:
+        for _ in range(4):  # 4 here, as a share of 2 front-ends: 8, the queue's bound
+            room_for(runtime, now + 10)
+            held.enter_context(admitted(runtime, now + 10))
+        assert runtime.held == 4
+        with pytest.raises(QueueFull):
+            room_for(runtime, now + 10)
+    assert runtime.held == 0
+    link.queues = {"m": (7, 0.5)}  # the engine: 7 in flight, 0.5 s an image
+    with admitted(runtime, now + 10):
+        with pytest.raises(QueueFull, match="past this request's deadline"):
+            room_for(runtime, now + 2)  # (7 + 1) x 0.5 s ahead of it, 2 s left
+    with admitted(runtime, now + 10), admitted(runtime, now + 10), admitted(runtime, now + 10):
+        link.queues = {"m": (0, 1.0)}  # the Pulse saw none yet; these 3 of 2 front-ends: 6 ahead, 7 s
+        with pytest.raises(QueueFull, match="past this request's deadline"):
+            room_for(runtime, now + 5)
+        room_for(runtime, now + 9)
+
+
 def test_metrics_sum_every_process(workers: tuple[Server, int]) -> None:
     """/metrics from any front-end counts the requests of all of them, and the engine's batches."""
     served, _ = workers

@@ -182,7 +182,8 @@ class ServerConfig(ModelSource):
     max_queue: int = option(256, "admitted requests per model (decoding or queued) before 503")
     refusal_budget: float = option(
         0.1,
-        "about the share of one core that answering 503 queue_full may take (as the handler measures it): past "
+        "about the share of one core that answering 503 queue_full may take in each serving process (as the "
+        "handler measures it): past "
         "it, refusals wait their turn (up to their Retry-After) with their connections held, so that a retry "
         "storm cannot starve the model (0: refuse at once, unpaced)",
     )

@@ -109,7 +109,7 @@ class Supervisor:
 
     def _start_frontend(self, index: int) -> BaseProcess:
         self.started_s[index] = time.monotonic()
-        arguments = (self.config, index, self.socket_path, os.getpid(), self.metrics_dir)
+        arguments = (self.config, index, self.workers, self.socket_path, os.getpid(), self.metrics_dir)
         return self._start(run_frontend, f"torchrest-frontend-{index}", *arguments)
 
     def _replace(self, index: int, process: BaseProcess) -> bool:

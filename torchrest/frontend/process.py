@@ -29,13 +29,15 @@ from torchrest.slots import SlotPools
 log = logging.getLogger("torchrest.frontend")
 
 
-def run_frontend(config: ServerConfig, index: int, socket_path: Path, server_pid: int, metrics_dir: Path) -> None:
+def run_frontend(
+    config: ServerConfig, index: int, frontends: int, socket_path: Path, server_pid: int, metrics_dir: Path
+) -> None:
     child_process_setup(config, f"front-end {index}", f"torchrest-fe{index}")
     torch.set_num_threads(1)  # the resize runs here, one image at a time, beside the other front-ends
     metrics = Metrics(shared_dir=str(metrics_dir))
     slots = SlotPools(server_pid, index)
     try:
-        models = RemoteModels(socket_path, index, slots, config.max_image_pixels, metrics)
+        models = RemoteModels(socket_path, index, slots, config.max_image_pixels, metrics, frontends)
         sockets = listeners.bind_all(config, reuse_port=True)
         tracing.configure(config.tracing, f"front-end {index}")
         listeners.serve(sockets, config, metrics, models, loop_nice=0, announce=index == 0)

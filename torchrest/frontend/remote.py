@@ -90,6 +90,7 @@ class RemoteRuntime:
         self.model = entry.model
         self.info = info
         self.admission = Admission(*entry.admission)
+        self.held = 0  # places this front-end's requests hold, from admission to answer
         self._shape = (*entry.model.input_spec.size, 3)
         self._total = link.metrics.stage_latency.labels(entry.model.name, "total")
         self._shed = link.metrics.dropped.labels(entry.model.name, "shed")
@@ -100,18 +101,23 @@ class RemoteRuntime:
         return self.model.name
 
     def admit(self, count: int = 1, deadline_s: float | None = None) -> None:
-        """Refuse (503) what the engine's queue, as its last Pulse showed it, cannot take in time; the engine
-        admits for real when the request reaches it."""
+        """Refuse (503) what the queue ahead cannot take in time; the engine admits again when the request
+        reaches it. Ahead: the engine's in-flight count as its last Pulse showed it, or, when more, this
+        front-end's own requests (those still waiting for a slot or decoding included) as a share of every
+        front-end's, so that requests never wait here, unseen by the engine, past their deadline."""
         in_flight, per_image_s = self.link.queues.get(self.name, (0, 0.0))
-        self.admission.in_flight, self.admission.seconds_per_image = in_flight, per_image_s
+        admission = self.admission
+        admission.in_flight = max(in_flight, self.held * self.link.frontends)
+        admission.seconds_per_image = per_image_s
         try:
-            self.admission.admit(count, deadline_s)
+            admission.admit(count, deadline_s)
         except QueueFull:
             self._shed.inc(count)
             raise
+        self.held += count
 
     def release(self, count: int = 1) -> None:
-        pass  # the places were the engine's: it releases them as it answers
+        self.held -= count  # the engine releases its own places as it answers
 
     def _decoded_late(self, held: Held, decoding: asyncio.Future[Geometry]) -> None:
         """A cancelled request's decoding thread has finished with its slot: give the slot back."""
@@ -257,9 +263,15 @@ class RemoteModels:
     Snapshot or by a Call."""
 
     def __init__(
-        self, socket_path: Path, frontend: int, slots: SlotPools | None, max_image_pixels: int, metrics: Metrics
+        self,
+        socket_path: Path,
+        frontend: int,
+        slots: SlotPools | None,
+        max_image_pixels: int,
+        metrics: Metrics,
+        frontends: int = 1,
     ) -> None:
-        self.link = EngineLink(self, frontend, slots, max_image_pixels, metrics)
+        self.link = EngineLink(self, frontend, slots, max_image_pixels, metrics, frontends)
         self.socket_path = socket_path
         self.entries: dict[str, RemoteEntry] = {}
         self.default_name = ""
@@ -366,13 +378,20 @@ class EngineLink(Connection):
     """The front-end's end of its connection to the engine: calls in flight, and the slots they hold."""
 
     def __init__(
-        self, models: RemoteModels, frontend: int, slots: SlotPools | None, max_image_pixels: int, metrics: Metrics
+        self,
+        models: RemoteModels,
+        frontend: int,
+        slots: SlotPools | None,
+        max_image_pixels: int,
+        metrics: Metrics,
+        frontends: int = 1,
     ) -> None:
         super().__init__()
         self.models = models
         self.metrics = metrics
         self._observed: dict[str, list[float]] = {}
         self.frontend = frontend
+        self.frontends = frontends  # how many front-ends share the engine (the kernel spreads connections evenly)
         self.slots = slots  # None: every image travels inline (tests, benchmarks)
         self.pools: dict[int, Pool | None] = {}  # by slot size
         self.max_image_pixels = max_image_pixels
