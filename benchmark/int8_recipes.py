@@ -27,12 +27,14 @@ import numpy as np
 import torch
 from harness import ROOT, log, platform_name, write_results
 
+from torchrest.backends.inputs import FirstOutputs
 from torchrest.backends.openvino_backend import cpu_capabilities
 from torchrest.config import OptimizeConfig
 from torchrest.cores import available_cores
 from torchrest.models.registry import load_model
 from torchrest.optimize.candidates import Context, has_vnni, static_int8
 from torchrest.optimize.fidelity import compare
+from torchrest.optimize.gates import Bounds, Gate
 from torchrest.optimize.samples import sample_sets
 from torchrest.timing import median_call_s
 
@@ -54,8 +56,10 @@ def main() -> int:
     core = ov.Core()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="int8-recipes-") as scratch:
-        assert model.module is not None
-        ctx = Context(model.module, model.input_spec.crop_size, "cpu", threads, Path(scratch), samples.calibration)
+        assert model.module is not None and model.heads is not None
+        logits = FirstOutputs(model.module)  # the classifier's logits, not the features it also gives
+        gate = Gate(model.heads, Bounds())
+        ctx = Context(logits, model.input_spec.size, "cpu", threads, Path(scratch), samples.calibration, gate)
         fp32 = ctx.onnx()
         prepared, _ = ctx.quantizable()
 

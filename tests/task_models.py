@@ -147,12 +147,14 @@ TASK_MODELS: dict[str, tuple[nn.Module, str, str, str, list[str]]] = {
 }
 
 
-def write_task_repository(root: Path) -> Path:
-    """A repository of the models above, each folder as a user writes one by hand: its exported network
-    (float NCHW, pixels / 255), config.json naming its task, input and fitting, and its labels."""
+def write_task_repository(root: Path, names: list[str] | None = None) -> Path:
+    """A repository of the models above (or those `names`), each folder as a user writes one by hand: its
+    exported network (float NCHW, pixels / 255), config.json naming its task, input and fitting, its labels."""
     import json
 
     for name, (module, task, size, resize, labels) in TASK_MODELS.items():
+        if names is not None and name not in names:
+            continue
         folder = root / name
         (folder / "1").mkdir(parents=True, exist_ok=True)
         height, width = (int(side) for side in size.split("x"))

@@ -9,10 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import torch
 
 from tests.conftest import CAT_LABELS, DATA, PHOTOS, export_program, running_server, torchrest_command
+from tests.task_models import photo_with_shapes, write_task_repository
 from tests.test_cli import assert_one_line_failure
 
 pytestmark = pytest.mark.slow
@@ -287,3 +289,86 @@ def test_serve_rejects_a_broken_model_folder(tmp_path: Path) -> None:
     assert_one_line_failure(serve("--model-repository", str(tmp_path)), "names artifact 1/model.onnx, which is missing")
     (folder / "config.json").write_text("{not json")
     assert_one_line_failure(serve("--model-repository", str(tmp_path)), "is not readable JSON")
+
+
+# --- other tasks: each gated by its own measure --------------------------------------------------
+
+
+def shape_photos(folder: Path, count: int = 10) -> Path:
+    """Photos with red, green and blue rectangles of random sizes at random places: what the constructed
+    models of tests/task_models.py answer about."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        width, height = int(rng.integers(240, 720)), int(rng.integers(240, 720))
+        shapes = {}
+        for colour in ("red", "green", "blue"):
+            x1, y1 = int(rng.integers(0, width - 80)), int(rng.integers(0, height - 80))
+            shapes[colour] = (x1, y1, x1 + int(rng.integers(40, 80)), y1 + int(rng.integers(40, 80)))
+        (folder / f"shapes{index}.jpg").write_bytes(photo_with_shapes((width, height), shapes)[0])
+    return folder
+
+
+def test_a_detector_is_gated_by_its_boxes_and_int8_that_moves_them_is_rejected(tmp_path: Path) -> None:
+    # the shape detector of the task tests, as a user's model folder (config.json: detect, 320 x 320,
+    # letterbox): its INT8 graph quantizes the colour thresholds' inputs and moves the boxes
+    repository = write_task_repository(tmp_path / "models", ["shapes"])
+    photos = shape_photos(tmp_path / "photos")
+    out = tmp_path / "out"
+    result = optimize(
+        *("--model", str(repository / "shapes"), "--calibration", str(photos), "--out", str(out)),
+        *("--candidates", "onnxruntime-fp32,onnxruntime-int8", "--calibration-samples", "16"),
+        *("--batch-sizes", "1,2", "--seconds-per-point", "0.2", "--fidelity-samples", "48"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "chose onnxruntime-fp32" in result.stdout and "box match 100.0%" in result.stdout
+    folder = out / "shapes"
+    report = read_report(folder)
+    assert report["tasks"] == ["detect"] and report["bounds"]["min_box_match"] == 0.99
+    candidates = by_name(report)
+    for name in ("torch-eager", "onnxruntime-fp32"):
+        (verdict,) = candidates[name]["verdicts"]
+        assert verdict["measure"] == "box match" and verdict["value"] == 1.0 and verdict["passed"]
+        assert verdict["details"]["extra_boxes"] == 0.0 and verdict["details"]["reference_boxes"] > 48
+    int8 = candidates["onnxruntime-int8"]
+    assert int8["status"] == "rejected" and int8["reason"].startswith("boxes matched (IoU >= 0.9)")
+    assert int8["verdicts"][0]["value"] < 0.99
+    assert "detect (boxes matched; extra)" in (folder / "report.md").read_text()
+    config = json.loads((folder / "config.json").read_text())
+    assert config["task"] == "detect" and config["resize"] == "letterbox" and config["crop_size"] == 320
+    assert config["fidelity"] == {"task": "detect", "measure": "box match", "value": 1.0, "bound": 0.99}
+    assert config["fidelity_other_tasks"] == [] and config["speedup_vs_eager"] > 0
+    assert (folder / "labels.txt").read_text().split() == ["red", "green", "blue"]
+    # served as optimize left it: the boxes in the original photo's pixels
+    photo, _ = photo_with_shapes((500, 300), {"red": (20, 30, 120, 90), "blue": (300, 150, 420, 260)}, 6)
+    with running_server(tmp_path, "--model-repository", str(out)) as server:
+        answer = httpx.post(f"{server.url}/detect", files={"image": photo}, timeout=60).json()
+    found = {d["label"]: d["box"] for d in answer["detections"]}
+    assert set(found) == {"red", "blue"}
+    assert found["red"] == pytest.approx([20, 30, 120, 90], abs=2.5)
+    assert found["blue"] == pytest.approx([300, 150, 420, 260], abs=2.5)
+
+
+def test_a_classifier_that_embeds_is_gated_on_both_tasks(tmp_path: Path) -> None:
+    repository = write_task_repository(tmp_path / "models", ["both"])
+    out = tmp_path / "out"
+    result = optimize(
+        *("--model", str(repository / "both"), "--calibration", str(shape_photos(tmp_path / "photos")), "--out"),
+        *(str(out), "--candidates", "onnxruntime-fp32", "--min-cosine", "0.999", *QUICK),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = out / "both"
+    candidates = by_name(read_report(folder))
+    onnx = candidates["onnxruntime-fp32"]
+    assert [v["measure"] for v in onnx["verdicts"]] == ["top-1 agreement", "min cosine"]
+    assert onnx["status"] == "ok" and onnx["verdicts"][1]["value"] > 0.999
+    assert onnx["verdicts"][1]["details"]["neighbours_kept"] == 1.0
+    config = json.loads((folder / "config.json").read_text())
+    assert config["task"] == "classify,embed" and config["fidelity"]["measure"] == "top-1 agreement"
+    assert config["fidelity_other_tasks"][0]["measure"] == "min cosine"
+    assert "Its embed answers are gated too" in (folder / "report.md").read_text()
+    with running_server(tmp_path, "--model-repository", str(out)) as server:
+        photo = PHOTOS["cat"]
+        embedding = httpx.post(f"{server.url}/embed", files={"image": photo}, timeout=60).json()["embedding"]
+        assert len(embedding) == 3 and all(0 <= value <= 1 for value in embedding)  # the mean colour
+        assert httpx.post(f"{server.url}/classify", files={"image": photo}, timeout=60).status_code == 200

@@ -1,4 +1,5 @@
-"""The pure parts of optimize: fidelity maths, option parsing, sample sets, the model folder config."""
+"""The pure parts of optimize: fidelity maths and each task's gate, option parsing, sample sets, the model
+folder config."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from torchrest.config import InputSpec, ModelConfig, OptimizeConfig
+from torchrest.config import InputSpec, ModelConfig, OptimizeConfig, input_spec
 from torchrest.errors import StartupError
 from torchrest.optimize.fidelity import compare
+from torchrest.optimize.gates import Bounds, Gate, box_agreement, embedding_agreement
 from torchrest.optimize.measure import measure
 from torchrest.optimize.samples import sample_sets
+from torchrest.tasks.registry import Heads
 
 
 def test_identical_answers_agree_fully() -> None:
@@ -126,3 +129,115 @@ def test_model_config_missing_fields(tmp_path: Path) -> None:
     path.write_text('{"name": "m"}')
     with pytest.raises(ValueError, match="lacks backend, artifact"):
         ModelConfig.read(path)
+
+
+# --- each task's gate (torchrest.optimize.gates) ----------------------------------------------------
+
+
+def boxes(*rows: tuple[float, ...]) -> np.ndarray:
+    """(K, 6) x1, y1, x2, y2, score, class."""
+    return np.array(rows, np.float32).reshape(-1, 6)
+
+
+def test_identical_boxes_match_fully() -> None:
+    image = boxes((10, 10, 50, 50, 0.9, 0), (60, 60, 90, 100, 0.8, 2))
+    assert box_agreement([image, boxes()], [image.copy(), boxes()], 0.9) == (1.0, 0.0, 2)
+
+
+def test_a_moved_box_a_relabelled_box_and_an_extra_box_count_against() -> None:
+    reference = [boxes((10, 10, 50, 50, 0.9, 0), (60, 60, 100, 100, 0.8, 2)), boxes((0, 0, 20, 20, 0.7, 1))]
+    candidate = [
+        # the first box shifted by 2 px (IoU 0.90 with a 40 px side: still a match), the second moved by 8 px
+        boxes((12, 10, 52, 50, 0.9, 0), (68, 60, 108, 100, 0.8, 2)),
+        # same place, another class; and a box the reference does not have
+        boxes((0, 0, 20, 20, 0.7, 0), (30, 30, 40, 40, 0.5, 1)),
+    ]
+    matched, extra, total = box_agreement(reference, candidate, 0.9)
+    assert total == 3 and matched == pytest.approx(1 / 3)
+    assert extra == pytest.approx(3 / 3)  # the moved box, the relabelled one and the new one match nothing
+    assert box_agreement(reference, candidate, 0.6)[0] == pytest.approx(2 / 3)  # a looser IoU takes the move
+
+
+def test_each_candidate_box_matches_one_reference_box() -> None:
+    twice = boxes((10, 10, 50, 50, 0.9, 0), (10, 10, 50, 50, 0.8, 0))
+    assert box_agreement([twice], [twice[:1]], 0.9) == (0.5, 0.0, 2)
+
+
+def test_embeddings_cosine_and_nearest_neighbours() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(40, 16)).astype(np.float32)
+    assert embedding_agreement(reference, reference * 3) == (pytest.approx(1.0), 1.0)  # length does not matter
+    lowest, kept = embedding_agreement(reference, reference + rng.normal(scale=0.001, size=reference.shape))
+    assert 0.9999 < lowest < 1.0 and kept == 1.0
+    lowest, kept = embedding_agreement(reference, reference + rng.normal(scale=0.05, size=reference.shape))
+    assert 0.99 < lowest < 0.9999 and 0.5 < kept < 1.0  # close vectors, but some neighbours change
+    # two views of one photo are equally near a third: the candidate choosing either keeps the ranking
+    tie = np.array([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.9, 0.1, 0.0], [0.0, 0.0, 1.0]], np.float32)
+    assert embedding_agreement(tie, tie[[0, 2, 1, 3]])[1] == 1.0
+    shuffled = reference[rng.permutation(40)]  # each vector another's: far from its reference
+    lowest, kept = embedding_agreement(reference, shuffled)
+    assert lowest < 0.5 and kept < 0.5
+
+
+class _Head:
+    def __init__(self, task: str, output: int) -> None:
+        self.task, self.output = task, output
+
+
+def test_gate_judges_every_task_and_says_why_one_failed() -> None:
+    heads = Heads({"segment": _Head("segment", 0), "embed": _Head("embed", 1)}, 2)
+    gate = Gate(heads, Bounds(min_pixel_agreement=0.99, min_cosine=0.99))
+    maps = np.zeros((4, 8, 8), np.uint8)
+    vectors = np.eye(4, dtype=np.float32)
+    reference = {"segment": maps, "embed": vectors}
+    moved = maps.copy()
+    moved[0, 0, :2] = 1  # 2 of 256 pixels: 99.2% agree
+    verdicts = gate.judge(reference, {"segment": moved, "embed": vectors})
+    assert [(v.task, v.measure, v.passed) for v in verdicts] == [
+        ("segment", "pixel agreement", True),
+        ("embed", "min cosine", True),
+    ]
+    assert verdicts[0].value == pytest.approx(254 / 256) and verdicts[0].summary()["bound"] == 0.99
+    moved[1] = 1  # a whole map wrong
+    failed = gate.judge(reference, {"segment": moved, "embed": vectors[::-1]})
+    assert not failed[0].passed and failed[0].reason == "pixel agreement 74.22% < 99.00%"
+    assert not failed[1].passed and "min cosine 0.0000 < 0.9900" in failed[1].reason
+    assert "nearest neighbour kept" not in failed[1].reason  # four orthogonal vectors: every neighbour a tie
+
+
+def test_harm_is_kl_for_logits_and_relative_distance_for_other_outputs() -> None:
+    heads = Heads({"classify": _Head("classify", 0), "embed": _Head("embed", 1)}, 2)
+    gate = Gate(heads, Bounds())
+    logits, vectors = np.array([[2.0, 0.0, -1.0]], np.float32), np.array([[3.0, 4.0]], np.float32)
+    assert gate.harm((logits, vectors), (logits, vectors)) == pytest.approx(0.0, abs=1e-6)
+    # the embedding moved by a tenth of its length: 0.1 of harm, the logits none
+    assert gate.harm((logits, vectors), (logits, vectors + [[0.0, 0.5]])) == pytest.approx(0.1, abs=1e-6)
+
+
+def test_task_bounds_parse_and_refuse() -> None:
+    config = OptimizeConfig(min_box_match="95%", max_extra_boxes="0.02", min_cosine=0.98, calibration=Path("."))
+    bounds = config.task_bounds()
+    assert bounds["min_box_match"] == 0.95 and bounds["max_extra_boxes"] == 0.02 and bounds["min_cosine"] == 0.98
+    with pytest.raises(ValueError, match="--min-pixel-agreement must look like"):
+        OptimizeConfig(min_pixel_agreement="most").task_bounds()
+    with pytest.raises(ValueError, match="--box-iou must be above 0"):
+        OptimizeConfig(box_iou=0.0).task_bounds()
+
+
+def test_auto_batch_sizes_stop_at_8_for_a_large_input() -> None:
+    assert OptimizeConfig().batch_size_list(224 * 224) == [1, 2, 4, 8, 16, 32]
+    assert OptimizeConfig().batch_size_list(640 * 640) == [1, 2, 4, 8]
+    assert OptimizeConfig(batch_sizes="2,1").batch_size_list(640 * 640) == [1, 2]
+
+
+def test_a_detectors_views_are_letterboxed_as_the_server_letterboxes(tmp_path: Path) -> None:
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    Image.fromarray(np.full((40, 160, 3), 200, np.uint8)).save(folder / "wide.png")  # 4:1, light grey
+    spec = input_spec((64, 64), 0, "letterbox", "unit")
+    sets = sample_sets(folder, spec, 4, 4)
+    assert sets.calibration.shape == (4, 64, 64, 3)
+    first = sets.calibration[0]  # the photo as the server sees it: 64 x 16 of it in the middle, grey 114 around
+    assert (first[:20] == 114).all() and (first[-20:] == 114).all() and (first[28:36] == 200).all()
+    for view in sets.calibration[1:]:  # random crops (3:4 to 4:3 of the photo's area): padded too
+        assert (view[0] == 114).all() or (view[:, 0] == 114).all()

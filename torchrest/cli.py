@@ -165,12 +165,13 @@ def run_optimize(config: OptimizeConfig) -> int:
     chosen = next(c for c in report.candidates if c.chosen)
     served = next((layout for layout in report.layouts if layout.chosen), None)
     baseline = next((layout for layout in report.layouts if layout.baseline), None)
+    fidelity = ", ".join(f"{verdict.measure} {verdict.value:.1%}" for verdict in chosen.verdicts)
     layout = f"; served as {served.layout.describe()}: {served.throughput:.1f} img/s in process" if served else ""
     if served and baseline:
         layout += f" ({served.throughput / baseline.throughput:.2f}x torch eager served without a layout)"
     print(
         f"chose {chosen.name}: {chosen.best_throughput:.1f} img/s at batch {chosen.best_batch_size} "
-        f"({chosen.speedup:.2f}x torch eager), top-1 agreement {chosen.top1_agreement:.1%}{layout}\n"
+        f"({chosen.speedup:.2f}x torch eager), {fidelity}{layout}\n"
         f"wrote {outcome.folder} (report.md, report.png); serve it with: "
         f"torchrest serve --model-repository {outcome.folder.parent}"
     )

@@ -310,13 +310,26 @@ class ServerConfig(ModelSource):
 class OptimizeConfig(ModelSource):
     calibration: Path | None = option(None, "folder of sample images: INT8 calibration and the fidelity set")
     out: Path = option(Path("model-repository"), "model repository to write <out>/<model>/ into")
-    batch_sizes: str = option("1,2,4,8,16,32", "batch sizes to measure throughput at")
-    max_top1_disagreement: str = option("1%", "reject a candidate whose top-1 differs from fp32 more often")
+    batch_sizes: str = option(
+        "auto",
+        "batch sizes to measure throughput at (auto: 1,2,4,8,16,32, up to 8 for inputs larger than 320 x 320)",
+    )
+    max_top1_disagreement: str = option("1%", "classify: reject a candidate whose top-1 differs from fp32 more often")
     max_accuracy_drop: str = option(
         "",
         "with labelled photos (--calibration holding class-named sub-folders): reject a candidate whose top-1 "
         "accuracy on them is more than this below fp32's (e.g. 0.5%%), instead of judging agreement",
     )
+    min_cosine: float = option(0.99, "embed: the lowest cosine similarity to fp32's embedding a candidate may give")
+    min_neighbours_kept: str = option(
+        "99%", "embed: the share of held-out inputs whose nearest neighbour (by cosine) must stay fp32's"
+    )
+    min_box_match: str = option(
+        "99%", "detect: the share of fp32's boxes a candidate must match (same class, IoU at least --box-iou)"
+    )
+    box_iou: float = option(0.9, "detect: the IoU at which a candidate's box matches fp32's")
+    max_extra_boxes: str = option("1%", "detect: unmatched candidate boxes allowed, per fp32 box")
+    min_pixel_agreement: str = option("99%", "segment: the share of pixels whose class must stay fp32's")
     device: str = option("cpu", "cpu, cuda, cuda:N, or auto (cuda when available)")
     threads: int = option(0, "threads every candidate may use, as the server gives them (0: one per core)")
     candidates: str = option("all", "comma-separated candidate names to try (see report.md), or all")
@@ -336,7 +349,11 @@ class OptimizeConfig(ModelSource):
     def total_threads(self) -> int:
         return self.threads if self.threads > 0 else available_cores()
 
-    def batch_size_list(self) -> list[int]:
+    def batch_size_list(self, input_pixels: int = 224 * 224) -> list[int]:
+        """The sizes to measure; `auto` stops at 8 for a large input (a detector's 640 x 640 batch of 32 is
+        50 MB of pixels and seconds a call, and no faster per image on a CPU)."""
+        if self.batch_sizes.strip() == "auto":
+            return [1, 2, 4, 8] if input_pixels > 320 * 320 else [1, 2, 4, 8, 16, 32]
         try:
             sizes = sorted({int(part) for part in self.batch_sizes.split(",") if part.strip()})
         except ValueError:
@@ -349,6 +366,20 @@ class OptimizeConfig(ModelSource):
         """'1%' or '0.01' -> 0.01."""
         return _share(self.max_top1_disagreement, "--max-top1-disagreement")
 
+    def task_bounds(self) -> dict[str, float]:
+        """The bounds of the other tasks' gates, as fractions (ValueError with the flag's name otherwise)."""
+        bounds = {
+            "min_neighbours_kept": _share(self.min_neighbours_kept, "--min-neighbours-kept"),
+            "min_box_match": _share(self.min_box_match, "--min-box-match"),
+            "max_extra_boxes": _share(self.max_extra_boxes, "--max-extra-boxes"),
+            "min_pixel_agreement": _share(self.min_pixel_agreement, "--min-pixel-agreement"),
+        }
+        if not -1 <= self.min_cosine <= 1:
+            raise ValueError(f"--min-cosine must be from -1 to 1, got {self.min_cosine}")
+        if not 0 < self.box_iou <= 1:
+            raise ValueError(f"--box-iou must be above 0 and at most 1, got {self.box_iou}")
+        return bounds | {"min_cosine": self.min_cosine, "box_iou": self.box_iou}
+
     def accuracy_drop(self) -> float | None:
         """'0.5%' -> 0.005; None when not set (candidates are judged by agreement)."""
         return _share(self.max_accuracy_drop, "--max-accuracy-drop") if self.max_accuracy_drop.strip() else None
@@ -357,6 +388,7 @@ class OptimizeConfig(ModelSource):
         self.batch_size_list()
         self.disagreement_bound()
         self.accuracy_drop()
+        self.task_bounds()
         if self.calibration is None:
             raise ValueError("--calibration DIR is required: a folder of sample images")
         if self.fidelity_samples <= 0 or self.calibration_samples <= 0 or self.seconds_per_point <= 0:
@@ -365,10 +397,7 @@ class OptimizeConfig(ModelSource):
             raise ValueError("--threads cannot be negative")
         if self.objective not in ("throughput", "latency"):
             raise ValueError(f"--objective must be throughput or latency, got {self.objective!r}")
-        if task_names(self.task)[0] != "classify":
-            raise ValueError(
-                "optimize measures classifiers (--task classify); its fidelity gate knows no other task yet"
-            )
+        task_names(self.task)
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,6 +432,11 @@ class ModelConfig:
     # both ends, as optimize measured them: batch-1 ms on the whole budget, a lone request's p50 and img/s
     # in the served layout (its batches kept full)
     measured: dict[str, float] = field(default_factory=dict)
+    # what optimize's gate measured for the artifact served, against the fp32 reference (torchrest.optimize.gates):
+    # the model's first task's {task, measure, value, bound}, then any other task's
+    fidelity: dict[str, Any] = field(default_factory=dict)
+    fidelity_other_tasks: list[dict[str, Any]] = field(default_factory=list)
+    speedup_vs_eager: float = 0.0  # what it serves, in img/s, over torch eager's (optimize measured both)
 
     @property
     def input_spec(self) -> InputSpec:

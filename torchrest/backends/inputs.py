@@ -109,13 +109,17 @@ def in_fixed_batches(run: Callable[[np.ndarray], Outputs], batch: np.ndarray, si
     return tuple(np.concatenate(outputs) for outputs in zip(*parts, strict=True))
 
 
-class FirstOutput(nn.Module):
-    """A model's first output only: a built-in classifier's logits, without the features it also gives."""
+class FirstOutputs(nn.Module):
+    """A model's first `count` outputs only (one: that tensor alone), those its tasks read: a built-in
+    classifier's logits without the features it also gives, unless it embeds too."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, count: int = 1) -> None:
         super().__init__()
         self.model = model
+        self.count = count
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor) -> Any:
         result = self.model(pixels)
-        return result[0] if isinstance(result, (tuple, list)) else result
+        if not isinstance(result, (tuple, list)):
+            return result
+        return result[0] if self.count == 1 else tuple(result[: self.count])

@@ -190,8 +190,20 @@ def load_exported(path: Path, normalize: str = IMAGENET) -> tuple[nn.Module, int
     batch = 0 if isinstance(shape[0], torch.SymInt) else int(shape[0])
     height, width = shape[1:3] if pixels == UINT8_NHWC else shape[2:4]
     size = tuple(0 if isinstance(side, torch.SymInt) else int(side) for side in (height, width))
-    module = program.module()
+    module = _owning_constants(program.module())
     return (Uint8Network(module, normalize) if pixels == FLOAT_NCHW else module), batch, (size[0], size[1])
+
+
+def _owning_constants(module: nn.Module) -> nn.Module:
+    """A loaded program's lifted constants are views into the file's storage: each gets its own copy, or
+    exporting the module again (optimize's candidates) fails ("Can't detach views in-place")."""
+    for name, value in list(vars(module).items()):
+        if isinstance(value, torch.Tensor) and value._is_view():
+            setattr(module, name, value.clone())
+    for name, buffer in list(module.named_buffers(recurse=False)):
+        if buffer._is_view():
+            module.register_buffer(name, buffer.clone())
+    return module
 
 
 def load_torchscript(path: Path) -> nn.Module:

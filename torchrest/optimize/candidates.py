@@ -44,8 +44,8 @@ from torchrest.backends.torch_backend import KIND as TORCH
 from torchrest.backends.torch_backend import eval_mode
 from torchrest.errors import first_line
 from torchrest.export import ONNX_NAMES, export_failure, export_program, quiet, to_onnx
-from torchrest.optimize.fidelity import accuracy, compare
-from torchrest.optimize.mixed import MixedSearch, search_float_layers
+from torchrest.optimize.gates import CHUNK, Gate, Outputs
+from torchrest.optimize.mixed import RANKING_INPUTS, MixedSearch, search_float_layers
 
 log = logging.getLogger("torchrest.optimize")
 
@@ -58,16 +58,15 @@ PORTABLE = "exported.pt2"  # beside an AOTInductor package in a model folder: se
 class Context:
     """What every candidate builds from, and the forms they share."""
 
-    module: nn.Module  # fp32, uint8 NHWC in, logits out
-    crop_size: int
+    module: nn.Module  # fp32, uint8 NHWC in, the outputs the model's tasks read out
+    size: tuple[int, int]  # the input's (height, width)
     device: str
     threads: int
     workdir: Path
     calibration: np.ndarray
+    gate: Gate  # the model's tasks and their bounds: what a candidate must meet
     held_out: np.ndarray | None = None  # what the accuracy-aware INT8 search checks its bound on
-    bound: float = 0.01  # the largest top-1 disagreement with fp32 a candidate may have
-    held_out_labels: np.ndarray | None = None  # the held-out inputs' classes (-1: unlabelled)
-    max_accuracy_drop: float | None = None  # when set, the bound is on top-1 accuracy, not agreement
+    outputs: int = 1  # how many outputs the module gives (the tasks read them in order)
     progress: Callable[[str], None] = lambda text: None  # what the candidate being built is doing
     mixed: dict[str, MixedSearch] = field(default_factory=dict)  # the INT8 search, by the runtime it judged on
     _forms: dict[str, Path] = field(default_factory=dict)
@@ -83,7 +82,7 @@ class Context:
         return eval_mode(copy.deepcopy(self.module))
 
     def example(self, device: str = "cpu") -> torch.Tensor:
-        return torch.zeros((2, self.crop_size, self.crop_size, 3), dtype=torch.uint8, device=device)
+        return torch.zeros((2, *self.size, 3), dtype=torch.uint8, device=device)
 
     def exported(self, precision: str = "fp32") -> Path:
         """The module as a torch.export program in `precision` (fp32 on the CPU, fp16 on the GPU, bf16),
@@ -138,7 +137,7 @@ class Context:
         if "onnx" not in self._forms:
             path = self.workdir / "model.onnx"
             try:
-                to_onnx(self.program(), self.example(), path)
+                to_onnx(self.program(), self.example(), path, self.output_names)
             except Exception as exc:  # noqa: BLE001 - the exporter raises many types; the fallback says which
                 log.info("ONNX: the dynamo exporter failed (%s); trying the old exporter", export_failure(exc))
                 try:
@@ -158,11 +157,16 @@ class Context:
                 (self.example(),),
                 str(path),
                 dynamo=False,
-                dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
+                dynamic_axes={"pixels": {0: "batch"}} | {name: {0: "batch"} for name in self.output_names},
                 do_constant_folding=True,
-                output_names=["logits"],
+                output_names=self.output_names,
                 **ONNX_NAMES,
             )
+
+    @property
+    def output_names(self) -> list[str]:
+        """The ONNX graph's outputs: "logits" for a classifier's one, else output_0, output_1, ..."""
+        return ["logits"] if self.outputs == 1 else [f"output_{index}" for index in range(self.outputs)]
 
     def onnx_int8(self, keep_float: list[str] | None = None, path: Path | None = None) -> Path:
         """Static INT8 post-training quantization of the ONNX graph, in QDQ form, calibrated here.
@@ -215,39 +219,28 @@ class Context:
         round differently)."""
         key = f"onnx-int8-mixed-{runtime}"
         if key not in self._forms:
-            assert self.held_out is not None, "the accuracy-aware search checks its bound on the held-out set"
+            held_out = self.held_out
+            assert held_out is not None, "the accuracy-aware search checks its bound on the held-out set"
             _, weighted = self.quantizable()
             always = set(self.always_float())
             layers = [layer for layer in weighted if layer not in always]
-            run = self._quick_runner(runtime)
-            calibration_reference = run(self.onnx(), self.calibration)
-            held_out_reference = run(self.onnx(), self.held_out)
-            if self.max_accuracy_drop is not None and self.held_out_labels is not None:
-                labels, floor = self.held_out_labels, accuracy(held_out_reference, self.held_out_labels)
-                floor -= self.max_accuracy_drop
+            opened = self._quick_runner(runtime)
+            gate = self.gate
+            ranking = self.calibration[:RANKING_INPUTS]
+            calibration_reference = opened(self.onnx())(ranking)
+            held_out_reference = gate.run(opened(self.onnx()), held_out)
 
-                def judge(logits: np.ndarray) -> tuple[float, bool]:
-                    value = accuracy(logits, labels)
-                    return value, value >= floor - 1e-9
+            def judge(path: Path) -> tuple[float, bool]:
+                verdicts = gate.judge(held_out_reference, gate.run(opened(path), held_out))
+                return verdicts[0].value, all(verdict.passed for verdict in verdicts)
 
-                criterion = "top-1 accuracy"
-            else:
-
-                def judge(logits: np.ndarray) -> tuple[float, bool]:
-                    value = compare(held_out_reference, logits).top1_agreement
-                    return value, value >= 1 - self.bound - 1e-9
-
-                criterion = "top-1 agreement"
             ranked_before = next(iter(self.mixed.values()), None)
             path, self.mixed[runtime] = search_float_layers(
                 layers,
                 lambda keep, at: self.onnx_int8(keep, at),
-                run,
-                self.calibration,
-                calibration_reference,
-                self.held_out,
+                lambda graph: gate.harm(calibration_reference, opened(graph)(ranking)),
                 judge,
-                criterion,
+                gate.criterion,
                 self.workdir / runtime,
                 self.progress,
                 harm=ranked_before.harm if ranked_before is not None and ranked_before.harm else None,
@@ -255,18 +248,24 @@ class Context:
             self._forms[key] = path
         return self._forms[key]
 
-    def _quick_runner(self, runtime: str) -> Callable[[Path, np.ndarray], np.ndarray]:
-        """(ONNX graph, inputs) -> logits, on `runtime` (openvino or onnxruntime)."""
+    def _quick_runner(self, runtime: str) -> Callable[[Path], Callable[[np.ndarray], Outputs]]:
+        """ONNX graph -> a function of inputs giving its outputs on `runtime` (openvino or onnxruntime), the
+        graph opened once and run a chunk at a time."""
 
-        def run(path: Path, inputs: np.ndarray) -> np.ndarray:
+        def opened(path: Path) -> Callable[[np.ndarray], Outputs]:
             if runtime == OPENVINO.name:
                 backend: Backend = OpenVINOBackend(path, threads=self.threads, precision="fp32")
             else:
                 backend = OnnxRuntimeBackend(path, device="cpu", threads=self.threads)
             backend.prepare_thread()
-            return np.concatenate([backend.run(inputs[at : at + 16])[0] for at in range(0, len(inputs), 16)])
 
-        return run
+            def run(inputs: np.ndarray) -> Outputs:
+                parts = [backend.run(inputs[at : at + CHUNK]) for at in range(0, len(inputs), CHUNK)]
+                return tuple(np.concatenate(outputs) for outputs in zip(*parts, strict=True))
+
+            return run
+
+        return opened
 
 
 WEIGHTED_OPS = {"Conv", "Gemm", "MatMul"}
@@ -471,9 +470,12 @@ def tensorrt(ctx: Context) -> Built:
     the engines (serving it imports torch_tensorrt)."""
     import torch_tensorrt
 
-    side = ctx.crop_size
+    height, width = ctx.size
     spec = torch_tensorrt.Input(
-        min_shape=(1, side, side, 3), opt_shape=(8, side, side, 3), max_shape=(64, side, side, 3), dtype=torch.uint8
+        min_shape=(1, height, width, 3),
+        opt_shape=(8, height, width, 3),
+        max_shape=(64, height, width, 3),
+        dtype=torch.uint8,
     )
     with torch.no_grad(), quiet():
         compiled = torch_tensorrt.dynamo.compile(

@@ -8,8 +8,10 @@ The search finds a small set of them:
     -> keep the most harmful 1, 2, 4, ... in float until the held-out agreement meets the bound
     -> bisect back to the fewest that meet it -> the mixed QDQ graph, and the layers it keeps in float
 
-Harm is ranked on the calibration inputs (the mean KL divergence of the answers from fp32's, which
-moves even where top-1 does not); only the number of layers kept is chosen on the held-out set, which
+Harm is ranked on the calibration inputs by how far the raw outputs move from fp32's (a classifier's
+mean KL divergence, any other task's relative L2 distance: both move even where the task's measure does
+not; torchrest.optimize.gates); only the number of layers kept is chosen on the held-out set, by the
+task's own measure (box match, min cosine, pixel or top-1 agreement), which
 the candidate is then measured on like any other. Each step is a QDQ rewrite from the cached ranges plus
 one pass of the runtime that will serve it.
 """
@@ -21,16 +23,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from torchrest.tasks.classify import softmax
-
 RANKING_INPUTS = 64  # calibration inputs each layer's harm is measured on
 MOST_KEPT_SHARE = 0.5  # past half the layers in float, the graph is no longer worth calling INT8
 
 Quantize = Callable[[list[str], Path], Path]  # (layers kept in float, where) -> QDQ graph
-Answer = Callable[[Path, np.ndarray], np.ndarray]  # (graph, inputs) -> logits
-Judge = Callable[[np.ndarray], tuple[float, bool]]  # held-out logits -> (agreement or accuracy, meets the bound)
+Harm = Callable[[Path], float]  # graph -> how far its outputs on the ranking inputs are from fp32's
+Judge = Callable[[Path], tuple[float, bool]]  # graph -> (the task's measure on the held-out set, meets the bound)
 
 
 @dataclass
@@ -38,10 +36,10 @@ class MixedSearch:
     """What the search found, for the report: the harm of each layer, each step tried, and the answer."""
 
     layers: int = 0  # quantizable layers (Conv, Gemm, MatMul) in the graph
-    harm: dict[str, float] = field(default_factory=dict)  # layer -> mean KL from fp32, that layer alone in int8
+    harm: dict[str, float] = field(default_factory=dict)  # layer -> distance from fp32, that layer alone in int8
     steps: list[dict[str, float]] = field(default_factory=list)  # {"kept": n, "agreement": a}
     kept_float: list[str] = field(default_factory=list)
-    criterion: str = "top-1 agreement"  # what `agreement` measures: agreement with fp32, or accuracy
+    criterion: str = "top-1 agreement"  # what `agreement` measures: the first task's measure
     agreement: float = 0.0
     met_bound: bool = False
     seconds: float = 0.0
@@ -64,10 +62,7 @@ class MixedSearch:
 def search_float_layers(
     layers: list[str],
     quantize: Quantize,
-    answer: Answer,
-    calibration: np.ndarray,
-    calibration_reference: np.ndarray,
-    held_out: np.ndarray,
+    distance: Harm,
     judge: Judge,
     criterion: str,
     workdir: Path,
@@ -84,7 +79,7 @@ def search_float_layers(
 
     def agreement(kept: int) -> tuple[float, Path]:
         path = quantize(ranked[:kept], workdir / f"mixed-{kept}.onnx")
-        value, meets = judge(answer(path, held_out))
+        value, meets = judge(path)
         if meets:
             passed.add(kept)
         found.steps.append({"kept": kept, "agreement": value})
@@ -96,14 +91,12 @@ def search_float_layers(
     if 0 in passed:
         return _found(found, ranked, tried, 0, True, started)
 
-    ranking = calibration[:RANKING_INPUTS]
-    reference_p = softmax(calibration_reference[:RANKING_INPUTS].astype(np.float32))
     if harm is not None:
         found.harm = dict(harm)
     for index, layer in enumerate(layer for layer in layers if layer not in found.harm):
         progress(f"harm of layer {index + 1}/{len(layers)}")
         alone = quantize([other for other in layers if other != layer], workdir / "alone.onnx")
-        found.harm[layer] = _kl(reference_p, softmax(answer(alone, ranking).astype(np.float32)))
+        found.harm[layer] = distance(alone)
     ranked[:] = sorted(layers, key=lambda layer: -found.harm[layer])
 
     most = max(1, int(len(layers) * MOST_KEPT_SHARE))
@@ -130,8 +123,3 @@ def _found(
     found.met_bound = met
     found.seconds = time.perf_counter() - started
     return path, found
-
-
-def _kl(reference_p: np.ndarray, candidate_p: np.ndarray) -> float:
-    eps = 1e-9
-    return float(np.mean(np.sum(reference_p * (np.log(reference_p + eps) - np.log(candidate_p + eps)), axis=1)))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from torchrest.optimize.fidelity import Fidelity
+from torchrest.optimize.gates import Verdict
 from torchrest.optimize.serving import LayoutResult
 
 log = logging.getLogger("torchrest.optimize")
@@ -30,7 +31,8 @@ class CandidateResult:
     best_batch_size: int | None = None
     latency_bs1_ms: float | None = None
     speedup: float | None = None  # best throughput over the reference's
-    fidelity: Fidelity | None = None
+    fidelity: Fidelity | None = None  # a classifier's agreement figures
+    verdicts: list[Verdict] = field(default_factory=list)  # each task's gate (torchrest.optimize.gates)
     build_s: float | None = None
     chosen: bool = False
     accuracy: float | None = None  # top-1 accuracy on the labelled held-out inputs (when there are labels)
@@ -43,6 +45,7 @@ class CandidateResult:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["fidelity"] = None if self.fidelity is None else self.fidelity.to_dict()
+        data["verdicts"] = [verdict.to_dict() for verdict in self.verdicts]
         data["top1_agreement"] = self.top1_agreement
         data["throughput"] = {str(size): rate for size, rate in self.throughput.items()}
         return data
@@ -66,6 +69,8 @@ class Report:
     objective: str = "throughput"
     max_accuracy_drop: float | None = None  # the bound was on accuracy (labelled photos), not agreement
     layouts: list[LayoutResult] = field(default_factory=list)  # the served layouts measured (CPU only)
+    tasks: list[str] = field(default_factory=lambda: ["classify"])  # what the model serves, its own first
+    bounds: dict[str, Any] = field(default_factory=dict)  # every task's bound (torchrest.optimize.gates.Bounds)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -87,6 +92,9 @@ def write_report(report: Report, folder: Path) -> list[Path]:
 
 
 def markdown(report: Report) -> str:
+    if report.tasks[0] != "classify":
+        return _task_markdown(report)
+    others = report.tasks[1:]  # a classifier that also embeds: its embeddings' gate too
     bound = f"{report.max_top1_disagreement:.1%}"
     lines = [
         f"# torchrest optimize: {report.model}",
@@ -104,14 +112,17 @@ def markdown(report: Report) -> str:
                 else "."
             )
         ),
+        *(f"Its {task} answers are gated too: {_gate(report, task)}." for task in others),
         f"INT8 calibration used {report.samples['calibration']} inputs.",
         *(f"**Note:** {note}" for note in report.notes),
         "",
         f"**Chosen: {report.chosen or 'nothing (no candidate met the bound)'}**",
         "",
         "| candidate | precision | status | best img/s (batch) | vs eager | batch-1 ms | top-1 agree | "
-        "top-5 overlap | max Δp | top-1 accuracy | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "top-5 overlap | max Δp | top-1 accuracy | "
+        + "".join(f"{task} ({_measure_names(task)}) | " for task in others)
+        + "note |",
+        "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(others) + "---|",
     ]
     for c in report.candidates:
         best = f"{c.best_throughput:.1f} ({c.best_batch_size})" if c.best_throughput else "-"
@@ -125,8 +136,82 @@ def markdown(report: Report) -> str:
             f"| {name} | {c.precision} | {c.status}{' (chosen)' if c.chosen else ''} | {best} | "
             f"{_num(c.speedup, '{:.2f}x')} | {_num(c.latency_bs1_ms, '{:.1f}')} | "
             f"{_num(agreement, '{:.1%}')} | {_num(overlap, '{:.1%}')} | {_num(largest, '{:.3f}')} | "
-            f"{_num(c.accuracy, '{:.1%}')} | {c.reason or c.detail or c.route} |"
+            f"{_num(c.accuracy, '{:.1%}')} | "
+            + "".join(f"{_figures(v)} | " for v in c.verdicts if v.task in others)
+            + ("- | " * len(others) if not c.verdicts else "")
+            + f"{c.reason or c.detail or c.route} |"
         )
+    lines += _tail(report)
+    return "\n".join(lines)
+
+
+def _task_markdown(report: Report) -> str:
+    """The report of a model whose own task is not classify: each task's measure, in the table."""
+    lines = [
+        f"# torchrest optimize: {report.model} ({', '.join(report.tasks)})",
+        "",
+        f"{report.created} on {report.machine}, device {report.device}, {report.threads} threads per candidate.",
+        f"Fidelity on {report.samples['held_out']} held-out inputs ({report.samples['split']}), answers read as the "
+        "server reads them; a candidate is kept when "
+        + "; and ".join(f"{task}: {_gate(report, task)}" for task in report.tasks)
+        + ".",
+        f"INT8 calibration used {report.samples['calibration']} inputs.",
+        *(f"**Note:** {note}" for note in report.notes),
+        "",
+        f"**Chosen: {report.chosen or 'nothing (no candidate met the bound)'}**",
+        "",
+        "| candidate | precision | status | best img/s (batch) | vs eager | batch-1 ms | "
+        + " | ".join(f"{task} ({_measure_names(task)})" for task in report.tasks)
+        + " | note |",
+        "|---|---|---|---|---|---|" + "---|" * len(report.tasks) + "---|",
+    ]
+    for c in report.candidates:
+        best = f"{c.best_throughput:.1f} ({c.best_batch_size})" if c.best_throughput else "-"
+        name = f"**{c.name}**" if c.chosen else c.name
+        figures = {verdict.task: _figures(verdict) for verdict in c.verdicts}
+        lines.append(
+            f"| {name} | {c.precision} | {c.status}{' (chosen)' if c.chosen else ''} | {best} | "
+            f"{_num(c.speedup, '{:.2f}x')} | {_num(c.latency_bs1_ms, '{:.1f}')} | "
+            + " | ".join(figures.get(task, "-") for task in report.tasks)
+            + f" | {c.reason or c.detail or c.route} |"
+        )
+    lines += _tail(report)
+    return "\n".join(lines)
+
+
+def _gate(report: Report, task: str) -> str:
+    """What a task's gate asks, in words."""
+    bounds = report.bounds
+    return {
+        "embed": f"the lowest cosine similarity to fp32's embedding at least {bounds['min_cosine']:g}, and "
+        f"each input's nearest neighbour kept for {bounds['min_neighbours_kept']:.0%} of them",
+        "detect": f"fp32's boxes matched (same class, IoU at least {bounds['box_iou']:g}) for "
+        f"{bounds['min_box_match']:.0%} of them, and at most {bounds['max_extra_boxes']:.0%} extra",
+        "segment": f"the class of {bounds['min_pixel_agreement']:.0%} of pixels kept",
+        "classify": f"top-1 agreement at least {1 - report.max_top1_disagreement:.0%}",
+    }[task]
+
+
+def _measure_names(task: str) -> str:
+    return {
+        "classify": "top-1 agreement",
+        "embed": "min cosine; neighbours kept",
+        "detect": "boxes matched; extra",
+        "segment": "pixel agreement",
+    }[task]
+
+
+def _figures(verdict: Verdict) -> str:
+    if verdict.task == "embed":
+        return f"{verdict.value:.4f}; {verdict.details['neighbours_kept']:.1%}"
+    if verdict.task == "detect":
+        return f"{verdict.value:.1%}; {verdict.details['extra_boxes']:.1%}"
+    return f"{verdict.value:.1%}"
+
+
+def _tail(report: Report) -> list[str]:
+    """What every report ends with: throughput by batch size, the INT8 search, the served layouts."""
+    lines: list[str] = []
     measured = [c for c in report.candidates if c.throughput]
     if measured:
         lines += ["", "Throughput (img/s) by batch size:", ""]
@@ -139,8 +224,7 @@ def markdown(report: Report) -> str:
         lines += _mixed_section(runtime, search)
     lines += _layouts_section(report)
     versions = ", ".join(f"{name} {version}" for name, version in report.versions.items())
-    lines += ["", f"Versions: {versions}.", ""]
-    return "\n".join(lines)
+    return [*lines, "", f"Versions: {versions}.", ""]
 
 
 def _layouts_section(report: Report) -> list[str]:
@@ -183,7 +267,8 @@ def _mixed_section(runtime: str, mixed: dict[str, Any]) -> list[str]:
     lines = [
         "",
         f"Accuracy-aware INT8 on {runtime} (`{runtime}-int8-mixed`): layers ranked by the harm each does "
-        "quantized alone (mean KL divergence from fp32 on calibration inputs), then the most harmful kept in "
+        "quantized alone (how far the outputs move from fp32's on calibration inputs: a classifier's mean KL "
+        "divergence, else the relative L2 distance), then the most harmful kept in "
         f"float, as few as meet the bound on the held-out set. {len(mixed['kept_float'])} of {mixed['layers']} "
         f"layers kept in float, {mixed['agreement']:.1%} {mixed['criterion']} "
         f"({'meets' if mixed['met_bound'] else 'breaks'} the bound), in {mixed['seconds']:.0f} s.",
@@ -195,7 +280,7 @@ def _mixed_section(runtime: str, mixed: dict[str, Any]) -> list[str]:
     harm = sorted(mixed["harm"].items(), key=lambda item: -item[1])[:10]
     if harm:
         kept = set(mixed["kept_float"])
-        lines += ["", "| most harmful layers | KL from fp32 (alone in INT8) | kept in float |", "|---|---|---|"]
+        lines += ["", "| most harmful layers | distance from fp32 (alone in INT8) | kept in float |", "|---|---|---|"]
         lines += [f"| `{layer}` | {value:.4f} | {'yes' if layer in kept else ''} |" for layer, value in harm]
     return lines
 

@@ -1,9 +1,9 @@
 """`torchrest optimize`: every candidate measured on this machine, the unfaithful rejected, the fastest
 faithful one written as a model folder the server loads.
 
-    model (fp32 torch) -> reference answers on the held-out set
-    for each candidate: skip (why) | build -> answers -> fidelity -> speed per batch size | failed (why)
-    -> choose the fastest within the bound -> <out>/<model>/{config.json, labels.txt, 1/model.*, report.*}
+    model (fp32 torch, its tasks) -> reference answers on the held-out set (read as the server reads them)
+    for each candidate: skip (why) | build -> answers -> each task's gate -> speed per batch size | failed (why)
+    -> choose the fastest within the bounds -> <out>/<model>/{config.json, labels.txt, 1/model.*, report.*}
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -26,23 +26,24 @@ import torch
 from tqdm import tqdm
 
 from torchrest.backends import Backend, open_backend, resolve_device
-from torchrest.backends.inputs import FirstOutput
+from torchrest.backends.inputs import FirstOutputs
 from torchrest.config import ModelConfig, OptimizeConfig
 from torchrest.errors import StartupError, first_line
 from torchrest.models.common import LoadedModel
 from torchrest.models.registry import load_model
-from torchrest.models.repository import CONFIG_FILE
+from torchrest.models.repository import CONFIG_FILE, latest_version
 from torchrest.optimize.candidates import CANDIDATE_NAMES, CANDIDATES, REFERENCE, Built, Candidate, Context
 from torchrest.optimize.fidelity import accuracy, compare
+from torchrest.optimize.gates import Bounds, Gate, TaskAnswers
 from torchrest.optimize.measure import Speed, measure
 from torchrest.optimize.report import FAILED, OK, REJECTED, SKIPPED, CandidateResult, Report, write_report
 from torchrest.optimize.samples import SampleSets, sample_sets
 from torchrest.optimize.serving import LayoutResult, choose_layout, measure_layouts
+from torchrest.tasks import CLASSIFY
 
 log = logging.getLogger("torchrest.optimize")
 
 VERSION_DIR = "1"
-FIDELITY_BATCH = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,17 +58,22 @@ def optimize(config: OptimizeConfig) -> Outcome:
         config.validate()
     except ValueError as exc:
         raise StartupError(str(exc)) from None
-    assert config.calibration is not None
+    calibration = config.calibration
+    assert calibration is not None
     wanted = _wanted(config.candidates)
     device = resolve_device(config.device)
     out = _writable(config.out)
+    config, name = _from_folder(config)
     model = load_model(config, device)
+    model.name = name or model.name
     if model.module is None:
-        raise StartupError(f"{config.model} has no torch module to optimize")
-    samples = sample_sets(
-        config.calibration, model.input_spec, config.calibration_samples, config.fidelity_samples, model.labels
-    )
+        raise StartupError(f"{config.model} has no torch module to optimize: bring it as a .pt2 (torch.export)")
+    assert model.heads is not None  # bound to its outputs as it loaded
+    spec = model.input_spec
+    samples = sample_sets(calibration, spec, config.calibration_samples, config.fidelity_samples, model.labels)
     accuracy_drop = config.accuracy_drop()
+    if accuracy_drop is not None and CLASSIFY not in model.tasks:
+        raise StartupError("--max-accuracy-drop bounds a classifier's top-1 accuracy: this model does not classify")
     if accuracy_drop is not None and not samples.labelled:
         raise StartupError(
             f"--max-accuracy-drop needs labelled photos: put them in sub-folders of {config.calibration} named "
@@ -76,24 +82,24 @@ def optimize(config: OptimizeConfig) -> Outcome:
     threads = config.total_threads
     torch.set_num_threads(threads)
     bound = config.disagreement_bound()
-    batch_sizes = config.batch_size_list()
+    bounds = Bounds(bound, accuracy_drop, **config.task_bounds())
+    gate = Gate(model.heads, bounds, samples.held_out_labels if accuracy_drop is not None else None)
+    batch_sizes = config.batch_size_list(spec.size[0] * spec.size[1])
 
     with tempfile.TemporaryDirectory(prefix=".optimize-", dir=out) as scratch:
         work = Path(scratch)
         ctx = Context(
-            FirstOutput(model.module),  # the logits: a built-in model also gives its features
-            model.input_spec.crop_size,
+            FirstOutputs(model.module, model.heads.read),  # what its tasks read: a built-in also gives features
+            spec.size,
             device,
             threads,
             work,
             samples.calibration,
+            gate,
             samples.held_out,
-            bound,
+            model.heads.read,
         )
-        ctx.held_out_labels, ctx.max_accuracy_drop = samples.held_out_labels, accuracy_drop
-        results, artifacts, reference_top1 = _run_candidates(
-            ctx, wanted, samples, batch_sizes, config.seconds_per_point, bound, accuracy_drop
-        )
+        results, artifacts, reference = _run_candidates(ctx, wanted, samples, batch_sizes, config.seconds_per_point)
         fastest = _fastest(results)
         layouts = _search_layouts(results, artifacts, fastest, samples, model, device, threads, batch_sizes, config)
         chosen = next(r for r in results if r.name == layouts_chosen(layouts).candidate) if layouts else fastest
@@ -106,6 +112,8 @@ def optimize(config: OptimizeConfig) -> Outcome:
             versions=_versions(),
             batch_sizes=batch_sizes,
             max_top1_disagreement=bound,
+            tasks=list(model.tasks),
+            bounds=asdict(bounds),
             samples={
                 "photos": samples.photos,
                 "unreadable": samples.unreadable,
@@ -119,7 +127,7 @@ def optimize(config: OptimizeConfig) -> Outcome:
             candidates=results,
             created=dt.datetime.now().isoformat(timespec="seconds"),
             chosen=chosen.name,
-            notes=_notes(model, reference_top1),
+            notes=_notes(model, reference),
             mixed_int8={runtime: search.to_dict() for runtime, search in ctx.mixed.items()},
             objective=config.objective,
             layouts=layouts,
@@ -129,19 +137,12 @@ def optimize(config: OptimizeConfig) -> Outcome:
 
 
 def _run_candidates(
-    ctx: Context,
-    wanted: set[str],
-    samples: SampleSets,
-    batch_sizes: list[int],
-    seconds: float,
-    bound: float,
-    accuracy_drop: float | None,
-) -> tuple[list[CandidateResult], dict[str, Built], np.ndarray]:
+    ctx: Context, wanted: set[str], samples: SampleSets, batch_sizes: list[int], seconds: float
+) -> tuple[list[CandidateResult], dict[str, Built], TaskAnswers]:
     results: list[CandidateResult] = []
     artifacts: dict[str, Built] = {}  # what each candidate that ran would put in the model folder
-    reference: np.ndarray | None = None
+    reference: TaskAnswers | None = None
     reference_best: float | None = None
-    reference_accuracy = float("nan")
     progress = tqdm(CANDIDATES, desc="optimize", unit="candidate", dynamic_ncols=True)
     for candidate in progress:
         result = CandidateResult(candidate.name, candidate.precision, candidate.route, candidate.name in wanted)
@@ -174,35 +175,27 @@ def _run_candidates(
         result.detail = built.detail
         reference = answers if reference is None else reference
         reference_best = reference_best or speed.best_throughput
-        fidelity = result.fidelity = compare(reference, answers)
-        if samples.labelled:
-            result.accuracy = accuracy(answers, samples.held_out_labels)
-            reference_accuracy = result.accuracy if candidate.name == REFERENCE else reference_accuracy
+        result.verdicts = ctx.gate.judge(reference, answers)
+        if CLASSIFY in answers:
+            result.fidelity = compare(reference[CLASSIFY], answers[CLASSIFY])
+            if samples.labelled:
+                result.accuracy = accuracy(answers[CLASSIFY], samples.held_out_labels)
         result.throughput = speed.throughput
         result.best_throughput = speed.best_throughput
         result.best_batch_size = speed.best_batch_size
         result.latency_bs1_ms = speed.latency_bs1_ms
         result.speedup = speed.best_throughput / reference_best
-        if accuracy_drop is not None and result.accuracy is not None:
-            drop = reference_accuracy - result.accuracy
-            if drop > accuracy_drop + 1e-9:
-                result.status, result.reason = REJECTED, f"top-1 accuracy {drop:.1%} below fp32's > {accuracy_drop:.1%}"
-            else:
-                result.status = OK
-        elif fidelity.top1_disagreement > bound + 1e-9:
-            result.status = REJECTED
-            result.reason = f"top-1 disagreement {fidelity.top1_disagreement:.1%} > {bound:.1%}"
-        else:
-            result.status = OK
+        failed = [verdict.reason for verdict in result.verdicts if not verdict.passed]
+        result.status, result.reason = (REJECTED, "; ".join(failed)) if failed else (OK, "")
+        measures = ", ".join(f"{verdict.measure} {verdict.value:.1%}" for verdict in result.verdicts)
         progress.write(
             f"  {candidate.name:<22} {result.status:<8} {speed.best_throughput:7.1f} img/s (batch "
             f"{speed.best_batch_size}), {result.speedup:.2f}x eager, batch-1 {speed.latency_bs1_ms:.1f} ms, "
-            f"top-1 agreement {fidelity.top1_agreement:.1%}"
-            + (f", accuracy {result.accuracy:.1%}" if result.accuracy is not None else "")
+            f"{measures}" + (f", accuracy {result.accuracy:.1%}" if result.accuracy is not None else "")
         )
     progress.close()
     assert reference is not None  # the reference either ran or raised
-    return results, artifacts, reference.argmax(axis=1)
+    return results, artifacts, reference
 
 
 def _search_layouts(
@@ -239,6 +232,7 @@ def _search_layouts(
         return measure_layouts(
             result.name,
             opener,
+            model.tasks,
             model.input_spec,
             samples.files,
             threads,
@@ -282,7 +276,7 @@ def _trial(
     batch_sizes: list[int],
     seconds: float,
     step: Callable[[str], None],
-) -> tuple[Built, np.ndarray, Speed, float]:
+) -> tuple[Built, TaskAnswers, Speed, float]:
     """Build the candidate, answer the held-out set, time it; only the artifact outlives the call."""
     step("building")
     started = time.perf_counter()
@@ -292,15 +286,9 @@ def _trial(
     backend.prepare_thread()
     build_s = time.perf_counter() - started
     step(f"fidelity on {len(held_out)} inputs")
-    answers = _answer(backend, held_out)
+    answers = ctx.gate.run(backend.run, held_out)
     speed = measure(backend.run, held_out, batch_sizes, seconds, on_point=lambda size: step(f"batch {size}"))
     return replace(built, backend=None), answers, speed, build_s
-
-
-def _answer(backend: Backend, inputs: np.ndarray) -> np.ndarray:
-    return np.concatenate(
-        [backend.run(inputs[start : start + FIDELITY_BATCH])[0] for start in range(0, len(inputs), FIDELITY_BATCH)]
-    )
 
 
 def _fastest(results: list[CandidateResult]) -> CandidateResult:
@@ -322,14 +310,26 @@ def _write_model_folder(
     shutil.copyfile(built.artifact, staged / artifact)
     for name, path in built.companions.items():
         shutil.copyfile(path, staged / VERSION_DIR / name)
-    (staged / "labels.txt").write_text("\n".join(model.labels) + "\n")
+    if model.labels:  # a detector's or segmenter's classes may have no names
+        (staged / "labels.txt").write_text("\n".join(model.labels) + "\n")
+    spec = model.input_spec
+    height, width = spec.size
+    verdicts = [verdict.summary() for verdict in chosen.verdicts]
     ModelConfig(
         name=model.name,
         backend=built.kind,
         artifact=artifact,
         precision=chosen.precision,
-        crop_size=model.input_spec.crop_size,
-        resize_size=model.input_spec.resize_size,
+        crop_size=height if height == width else spec.crop_size,
+        resize_size=spec.resize_size,
+        task=",".join(model.tasks),
+        input_size=None if height == width else f"{height}x{width}",
+        resize=spec.resize,
+        normalize=spec.normalize,
+        fill=spec.fill,
+        fidelity=verdicts[0],
+        fidelity_other_tasks=verdicts[1:],
+        speedup_vs_eager=round(_speedup(chosen, report), 3),
         candidate=chosen.name,
         batch_sizes=tuple(report.batch_sizes),
         best_batch_size=(
@@ -351,6 +351,17 @@ def _write_model_folder(
     return folder
 
 
+def _speedup(chosen: CandidateResult, report: Report) -> float:
+    """What the folder serves against torch eager: the chosen served layout's img/s over the reference's served
+    as serve runs a model without a layout (measured side by side), else the best batch's img/s over eager's."""
+    baseline = next((layout for layout in report.layouts if layout.baseline), None)
+    if report.layouts and baseline is not None:
+        return layouts_chosen(report.layouts).throughput / baseline.throughput
+    if report.layouts and chosen.name == REFERENCE:
+        return 1.0
+    return chosen.speedup or 1.0
+
+
 def _both_ends(chosen: CandidateResult, report: Report) -> dict[str, float]:
     """What config.json records of the latency and the throughput end, for the candidate written."""
     measured = {"batch1_ms_all_cores": round(chosen.latency_bs1_ms or 0.0, 2)}
@@ -362,10 +373,13 @@ def _both_ends(chosen: CandidateResult, report: Report) -> dict[str, float]:
     return measured
 
 
-def _notes(model: LoadedModel, reference_top1: np.ndarray) -> list[str]:
+def _notes(model: LoadedModel, reference: TaskAnswers) -> list[str]:
     notes = []
     if not model.pretrained:
         notes.append(f"{model.name} has random weights: agreement with the reference says little about a trained model")
+    if CLASSIFY not in reference:
+        return notes
+    reference_top1 = reference[CLASSIFY].argmax(axis=1)
     distinct = len(set(reference_top1.tolist()))
     if distinct < min(10, len(reference_top1) // 10):
         notes.append(
@@ -373,6 +387,31 @@ def _notes(model: LoadedModel, reference_top1: np.ndarray) -> list[str]:
             "so top-1 agreement is easy to reach; pass more varied --calibration photos"
         )
     return notes
+
+
+def _from_folder(config: OptimizeConfig) -> tuple[OptimizeConfig, str]:
+    """A model folder (config.json beside its artifact) -> the options that load its artifact as it is served:
+    its task, input and labels; and its name. Anything else as it was."""
+    folder = Path(config.model or "")
+    if not (folder.is_dir() and (folder / CONFIG_FILE).is_file()):
+        return config, ""
+    try:
+        saved = ModelConfig.read(folder / CONFIG_FILE)
+        height, width = saved.input_spec.size
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    _, artifact = latest_version(folder, Path(saved.artifact))
+    labels = folder / saved.labels
+    return replace(
+        config,
+        model=str(artifact),
+        task=saved.task,
+        input_size=f"{height}x{width}",
+        resize=saved.resize,
+        resize_size=saved.resize_size,
+        normalize=saved.normalize,
+        labels=labels if labels.is_file() else config.labels,
+    ), saved.name
 
 
 def _wanted(text: str) -> set[str]:

@@ -1,9 +1,10 @@
 """The inputs optimize feeds candidates: a calibration set for INT8 and a held-out set for fidelity.
 
-Both come from the user's sample folder, already pre-processed as the server would ((N, crop, crop, 3)
-uint8). Each photo appears once as the server would see it, then as random crops, flips and colour
-jitter of itself. With ten photos or more, one in five is held out whole; with fewer, the two sets
-are different random views (different seeds) of the same photos, and the report says so.
+Both come from the user's sample folder, already pre-processed as the server would ((N, H, W, 3) uint8).
+Each photo appears once as the server would see it, then as random crops, flips and colour jitter of
+itself, each fitted to the input as the server fits images (a detector's letterboxed, padding and all).
+With ten photos or more, one in five is held out whole; with fewer, the two sets are different random
+views (different seeds) of the same photos, and the report says so.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageEnhance, ImageOps
 
-from torchrest.config import InputSpec
+from torchrest.config import CROP, InputSpec
 from torchrest.errors import StartupError, TorchrestError
 from torchrest.models.labels import class_index
 from torchrest.preprocess import decode_image, to_rgb
+from torchrest.resize import fit_into
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 MAX_PIXELS = 64_000_000
@@ -31,8 +33,8 @@ Photo = tuple[bytes, Image.Image, int]  # the file, its pixels upright, its clas
 
 @dataclass(frozen=True, slots=True)
 class SampleSets:
-    calibration: np.ndarray  # (N, crop, crop, 3) uint8
-    held_out: np.ndarray  # (M, crop, crop, 3) uint8
+    calibration: np.ndarray  # (N, H, W, 3) uint8
+    held_out: np.ndarray  # (M, H, W, 3) uint8
     photos: int
     unreadable: list[str]
     split: str  # how the held-out set was kept apart from calibration
@@ -105,15 +107,25 @@ def _views(photos: list[Photo], spec: InputSpec, count: int, seed: int) -> tuple
     labels = [label for _, _, label in photos[:count]]
     while len(views) < count:
         _, image, label = photos[int(rng.integers(len(photos)))]
-        views.append(_random_view(image, spec.crop_size, rng))
+        views.append(_random_view(image, spec, rng))
         labels.append(label)
     return np.stack(views), np.asarray(labels, dtype=np.int64)
 
 
-def _random_view(image: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A random crop (30-100% of the area, aspect 3:4 to 4:3) resized to `size` x `size`, maybe mirrored,
-    with colour jitter."""
-    return np.asarray(_jittered(image, _random_box(image, rng), (size, size), rng), dtype=np.uint8)
+def _random_view(image: Image.Image, spec: InputSpec, rng: np.random.Generator) -> np.ndarray:
+    """A random crop (30-100% of the area, aspect 3:4 to 4:3), maybe mirrored, with colour jitter, fitted to
+    the input: resized to it for a centre-cropping model (the crop is the augmentation), else as the server
+    fits an image (letterboxed or stretched)."""
+    height, width = spec.size
+    box = _random_box(image, rng)
+    if spec.resize == CROP:
+        return np.asarray(_jittered(image, box, (width, height), rng), dtype=np.uint8)
+    scale = min(1.0, 2 * max(height, width) / max(box[2] - box[0], box[3] - box[1]))  # no more pixels than needed
+    size = (max(1, round((box[2] - box[0]) * scale)), max(1, round((box[3] - box[1]) * scale)))
+    view = np.array(_jittered(image, box, size, rng), dtype=np.uint8)  # writable: torch wraps it
+    out = np.empty((height, width, 3), np.uint8)
+    fit_into(view, spec, out, size)
+    return out
 
 
 def encoded_views(photos: list[bytes], count: int, seed: int) -> list[bytes]:

@@ -31,6 +31,8 @@ from torchrest.layout import Layout, splits
 from torchrest.metrics import Metrics
 from torchrest.models.common import LoadedModel
 from torchrest.preprocess import Preprocessor
+from torchrest.tasks import CLASSIFY
+from torchrest.tasks.registry import task_named
 
 THROUGHPUT, LATENCY = "throughput", "latency"
 OBJECTIVES = (THROUGHPUT, LATENCY)
@@ -61,6 +63,7 @@ class LayoutResult:
 def measure_layouts(
     candidate: str,
     open_backend: Callable[[int, int], Backend],  # (threads, instances) -> one instance's backend
+    tasks: tuple[str, ...],
     spec: InputSpec,
     files: list[bytes],
     cores: int,
@@ -78,7 +81,7 @@ def measure_layouts(
         for cap in sorted(caps):
             progress(f"{instances} x {threads} threads, batches of {cap}")
             lone = p50_ms == 0.0
-            rate, latency = asyncio.run(_drive(backends, spec, files, cores, cap, seconds, lone, threads))
+            rate, latency = asyncio.run(_drive(backends, spec, files, cores, cap, seconds, lone, threads, tasks))
             p50_ms = p50_ms or latency
             results.append(LayoutResult(candidate, instances, threads, cap, rate, p50_ms, baseline=baseline))
         del backends
@@ -119,10 +122,11 @@ async def _drive(
     seconds: float,
     lone: bool,
     threads: int,
+    tasks: tuple[str, ...] = (CLASSIFY,),
 ) -> tuple[float, float]:
     """(img/s with the queue kept full, p50 ms with one request in flight (0 unless `lone`)). A lone
     request runs on every core even in a layout of many instances, as in the server (engine.runtime)."""
-    model = LoadedModel("layout-search", None, [], spec, True, "optimize")
+    model = LoadedModel("layout-search", None, [], spec, True, "optimize", tasks=tasks)
     runtime = ModelRuntime(
         model,
         backends,
@@ -150,15 +154,16 @@ async def _drive(
 
 
 async def _load(runtime: ModelRuntime, files: list[bytes], in_flight: int, seconds: float) -> list[float]:
-    """`in_flight` clients, each sending the next file as soon as its last is answered, for `seconds`;
-    returns every answer's latency."""
+    """`in_flight` clients, each sending the next file as soon as its last is answered (asking the model's own
+    task, with its default options), for `seconds`; returns every answer's latency."""
     ends = time.perf_counter() + seconds
     sequence = itertools.cycle(files)
     latencies: list[float] = []
+    options = task_named(runtime.model.tasks[0]).http_options({})
 
     async def client(index: int) -> None:
         while (sent := time.perf_counter()) < ends:
-            await runtime.infer(next(sequence), time.monotonic() + 60, f"layout-{index}")
+            await runtime.infer(next(sequence), time.monotonic() + 60, f"layout-{index}", options=options)
             latencies.append(time.perf_counter() - sent)
 
     await asyncio.gather(*(client(index) for index in range(in_flight)))

@@ -63,6 +63,7 @@ class Heads:
     that names no task asks of it."""
 
     by_task: dict[str, Any] = field(default_factory=dict)
+    read: int = 0  # how many of the model's outputs its tasks read (the first ones)
 
     @classmethod
     def bind(cls, tasks: Sequence[str], outputs: Sequence[OutputShape], input_size: tuple[int, int]) -> Heads:
@@ -72,7 +73,7 @@ class Heads:
             head, used = task_named(name).bind(outputs, first, input_size)
             heads[name] = head
             first += used
-        return cls(heads)
+        return cls(heads, first)
 
     @property
     def tasks(self) -> tuple[str, ...]:
