@@ -1,20 +1,27 @@
-"""The web page, in a real browser: Debian's Chromium driven by Playwright, against a real server with
-the two-model repository. Set TORCHREST_SCREENSHOTS=DIR to keep the two screenshots (try, watch) there;
-docs/ holds the ones the README shows."""
+"""The web page, in a real browser: Debian's Chromium driven by Playwright, against real servers: the
+two-model repository (classify, embed), and the constructed detect, segment and embed models of
+tests/task_models.py, whose answers are known by construction (conftest's session-wide `task_server`). Set
+TORCHREST_SCREENSHOTS=DIR to keep the screenshots (try, watch, detect, segment, embed) there; docs/ holds
+the ones the README shows."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.conftest import CAT_LABELS, DATA, PHOTOS, Server, running_server, write_repository
+from tests.task_models import photo_with_shapes
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
@@ -35,22 +42,37 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
-@pytest.fixture()
-def page(browser: Browser, server: Server) -> Iterator[Page]:
+@contextlib.contextmanager
+def opened(browser: Browser, server: Server) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1100, "height": 900})
-    opened = context.new_page()
+    page = context.new_page()
     errors: list[str] = []
-    opened.on("pageerror", lambda error: errors.append(str(error)))
-    opened.goto(f"{server.url}/")
-    opened.wait_for_selector("#model option", state="attached")
-    yield opened
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{server.url}/")
+    page.wait_for_selector("#model option", state="attached")
+    yield page
     context.close()
     assert errors == [], errors  # no script error on the page, whatever the test did
 
 
-def screenshot(page: Page, name: str) -> None:
+@pytest.fixture()
+def page(browser: Browser, server: Server) -> Iterator[Page]:
+    with opened(browser, server) as page:
+        yield page
+
+
+@pytest.fixture()
+def task_page(browser: Browser, task_server: Server) -> Iterator[Page]:
+    with opened(browser, task_server) as page:
+        yield page
+
+
+def screenshot(page: Page, name: str, selector: str | None = None) -> None:
+    """The whole page, or the element `selector` picks."""
     folder = os.environ.get("TORCHREST_SCREENSHOTS")
-    if folder:
+    if folder and selector:
+        page.locator(selector).screenshot(path=str(Path(folder) / name))
+    elif folder:
         page.screenshot(path=str(Path(folder) / name), full_page=True)
 
 
@@ -116,12 +138,13 @@ def test_the_model_list_is_the_repository_index(page: Page, server: Server) -> N
     index = httpx.get(f"{server.url}/v2/repository/index", timeout=10).json()
     options = page.eval_on_selector_all("#model option", "options => options.map((o) => o.value)")
     assert options == [row["name"] for row in index if row["state"] == "READY"]
+    assert task_choice(page) == (["classify"], "classify", False)
     page.select_option("#model", "tiny")
+    assert task_choice(page) == (["classify"], "classify", False)
     page.set_input_files("#file", str(DATA / "cat.jpg"))
     page.wait_for_selector("#labels li")
     assert page.inner_text("#labels li:first-child .label") in {"north", "east", "south", "west"}
-    rows = page.eval_on_selector_all("#models tbody tr", "rows => rows.map((r) => r.cells[0].textContent)")
-    assert rows == ["lite0 (default)", "tiny"]
+    assert table(page) == {"lite0 (default)": "classify", "tiny": "classify"}
 
 
 def test_the_charts_move_after_a_burst(page: Page, server: Server) -> None:
@@ -163,5 +186,163 @@ def test_keyboard_and_a_phone_width(page: Page) -> None:
     assert page.evaluate("document.activeElement.id") in {"camera", "file", "model"}
     for control in ("#model", "#file"):
         assert page.locator(f"label[for={control[1:]}]").count() == 1
+    page.set_viewport_size({"width": 375, "height": 800})
+    assert page.evaluate("document.scrollingElement.scrollWidth") <= 376
+
+
+def task_choice(page: Page) -> tuple[list[str], str, bool]:
+    """The task picker's options, its value and whether it can be changed."""
+    options, value, enabled = page.eval_on_selector(
+        "#task", "select => [[...select.options].map((o) => o.value), select.value, !select.disabled]"
+    )
+    return options, value, enabled
+
+
+def table(page: Page) -> dict[str, str]:
+    """The watch table: model -> its tasks."""
+    page.wait_for_selector("#models tbody tr")
+    rows = page.eval_on_selector_all(
+        "#models tbody tr", "rows => rows.map((r) => [...r.cells].map((c) => c.textContent))"
+    )
+    return {row[0]: row[1] for row in rows}
+
+
+def photo_file(folder: Path, name: str, photo: bytes) -> str:
+    path = folder / name
+    path.write_bytes(photo)
+    return str(path)
+
+
+# a 640x480 photo stored turned (EXIF orientation 6): the browser shows it upright, as the server answers
+DETECT_SHAPES = {"red": (40, 60, 200, 180), "green": (300, 100, 420, 300), "blue": (450, 260, 600, 440)}
+
+
+def drawn_boxes(page: Page) -> list[tuple[str, list[float], list[int]]]:
+    """Each box over the photo: its tag, where it is drawn (in the photo's pixels, from where it shows on
+    the page) and the photo's size as the browser sees it."""
+    return page.evaluate(
+        """() => {
+            const photo = document.getElementById("preview"), at = photo.getBoundingClientRect();
+            const scale = photo.naturalWidth / at.width;
+            return [...document.querySelectorAll("#boxes .box")].map((box) => {
+                const r = box.getBoundingClientRect();
+                return [box.querySelector(".tag").textContent, [r.left - at.left, r.top - at.top, r.right - at.left,
+                    r.bottom - at.top].map((v) => v * scale), [photo.naturalWidth, photo.naturalHeight]];
+            });
+        }"""
+    )
+
+
+def test_detect_draws_the_boxes_over_the_photo(task_page: Page, task_server: Server, tmp_path: Path) -> None:
+    page = task_page
+    tasks = {name.removesuffix(" (default)"): task for name, task in table(page).items()}
+    assert tasks == {"shapes": "detect", "shapes_nms": "detect", "regions": "segment", "colour": "embed"} | {
+        "fragile": "classify",
+        "both": "classify, embed",
+    }
+    page.select_option("#model", "shapes")
+    assert task_choice(page) == (["detect"], "detect", False)
+    photo, _ = photo_with_shapes((640, 480), DETECT_SHAPES, orientation=6)
+    page.set_input_files("#file", photo_file(tmp_path, "shapes.jpg", photo))
+    page.wait_for_selector("#timing-bar span")
+    answer = httpx.post(f"{task_server.url}/detect?model=shapes", files={"image": photo}, timeout=30).json()
+    assert answer["image"] == {"width": 640, "height": 480}
+    served = {d["label"]: d["box"] for d in answer["detections"]}
+    for width, tolerance in ((1100, 1.5), (375, 2.5)):  # a pixel of the page's, as wide as it is at each
+        page.set_viewport_size({"width": width, "height": 900})
+        drawn = drawn_boxes(page)
+        assert len(drawn) == 3
+        for tag, box, natural in drawn:
+            name = tag.split()[0]
+            assert tag == f"{name} 95.0%" and natural == [640, 480]
+            assert np.allclose(box, served[name], atol=tolerance), (width, name, box, served[name])
+            assert np.allclose(box, DETECT_SHAPES[name], atol=4), (width, name, box)  # and where the shape is
+    assert page.evaluate("document.scrollingElement.scrollWidth") <= 376
+    page.set_viewport_size({"width": 1100, "height": 900})
+    items = page.eval_on_selector_all("#detections li", "items => items.map((i) => i.textContent)")
+    assert sorted(item.split()[0] for item in items) == ["blue", "green", "red"]
+    assert "inference" in page.inner_text("#timing")
+    screenshot(page, "web-detect.png", "#try")
+
+
+def test_segment_draws_the_mask_and_names_its_classes(task_page: Page, task_server: Server, tmp_path: Path) -> None:
+    page = task_page
+    page.select_option("#model", "regions")
+    shapes = {"red": (40, 40, 200, 160), "blue": (260, 180, 440, 320)}  # no green
+    photo, _ = photo_with_shapes((480, 360), shapes)
+    page.set_input_files("#file", photo_file(tmp_path, "regions.jpg", photo))
+    page.wait_for_selector("#mask:not([hidden])")
+    answer = httpx.post(f"{task_server.url}/segment?model=regions", files={"image": photo}, timeout=30).json()
+    legend = page.eval_on_selector_all(
+        "#legend li", "items => items.map((i) => [i.textContent, getComputedStyle(i.firstChild).backgroundColor])"
+    )
+    names = [text.split()[0] for text, _ in legend]
+    assert names == [c["label"] for c in answer["classes"]] == ["background", "red", "blue"]
+    for (text, _), entry in zip(legend, answer["classes"], strict=True):
+        assert text.split()[1] == f"{100 * entry['pixels'] / (480 * 360):.1f}%"
+    assert abs(float(legend[1][0].split()[1][:-1]) - 100 * 160 * 120 / (480 * 360)) < 1  # red's share
+    # the overlay: the photo's size, over it, each class in its legend colour, the background clear
+    overlay = page.evaluate(
+        """() => {
+            const canvas = document.getElementById("mask"), context = canvas.getContext("2d");
+            const pixel = (x, y) => [...context.getImageData(x, y, 1, 1).data];
+            const on = canvas.getBoundingClientRect();
+            const photo = document.getElementById("preview").getBoundingClientRect();
+            return {size: [canvas.width, canvas.height], red: pixel(120, 100), blue: pixel(350, 250),
+                    background: pixel(10, 340), offset: [on.left - photo.left, on.top - photo.top,
+                    on.width - photo.width, on.height - photo.height]};
+        }"""
+    )
+    assert overlay["size"] == [480, 360] and np.allclose(overlay["offset"], 0, atol=0.5)
+    assert overlay["background"][3] == 0
+    expected = Image.open(io.BytesIO(base64.b64decode(answer["mask"])))
+    assert expected.size == (480, 360) and expected.getpixel((120, 100)) == 1 and expected.getpixel((350, 250)) == 3
+    for (_, colour), pixel in ((legend[1], overlay["red"]), (legend[2], overlay["blue"])):
+        rgb = [int(v) for v in colour[colour.index("(") + 1 : -1].split(",")]
+        assert np.allclose(pixel[:3], rgb, atol=2) and pixel[3] > 100, (pixel, colour)
+    assert legend[1][1] != legend[2][1]
+    screenshot(page, "web-segment.png", "#try")
+    # a file that is no image: the server's error, the last answer cleared
+    page.set_input_files("#file", files=[{"name": "photo.jpg", "mimeType": "image/jpeg", "buffer": b"not an image"}])
+    page.wait_for_selector("#error:not([hidden])")
+    assert "400 invalid_image" in page.inner_text("#error")
+    assert page.locator("#legend li").count() == 0 and page.is_hidden("#mask")
+
+
+def test_embed_compares_two_photos(task_page: Page, task_server: Server) -> None:
+    page = task_page
+    page.select_option("#model", "both")  # classify and embed: its own task first, embed on request
+    assert task_choice(page) == (["classify", "embed"], "classify", True)
+    page.select_option("#task", "embed")
+    assert page.is_hidden("#drop") and page.is_visible("#drop-a") and page.is_visible("#drop-b")
+    with httpx.Client(base_url=task_server.url, timeout=30) as client:
+        cat, rocket = (
+            np.array(client.post("/embed?model=both", files={"image": PHOTOS[name]}).json()["embedding"])
+            for name in ("cat", "rocket")
+        )
+    expected = float(cat @ rocket / np.linalg.norm(cat) / np.linalg.norm(rocket))
+    # the same photo as A and B: alike, exactly
+    page.set_input_files("#file-a", str(DATA / "cat.jpg"))
+    page.set_input_files("#file-b", str(DATA / "cat.jpg"))
+    page.wait_for_selector("#similarity:not([hidden])")
+    assert abs(float(page.get_attribute("#cosine-value", "data-cosine") or "nan") - 1) < 1e-6
+    for slot in ("a", "b"):
+        assert page.inner_text(f"#about-{slot}").startswith(f"{len(cat)} dimensions")
+    # a photo from the page's own picker goes to A, the older one: a cat and a rocket, less alike
+    page.set_input_files("#file", str(DATA / "rocket.jpg"))
+    page.wait_for_function(
+        """() => !document.getElementById("similarity").hidden
+            && Number(document.getElementById("cosine-value").dataset.cosine) < 0.99"""
+    )
+    cosine = float(page.get_attribute("#cosine-value", "data-cosine") or "nan")
+    assert abs(cosine - expected) < 1e-5, (cosine, expected)
+    assert page.inner_text("#cosine-value") == f"{cosine:.4f}"
+    assert "inference" in page.inner_text("#timing")
+    screenshot(page, "web-embed.png", "#try")
+    # each photo's zone opens its own picker from the keyboard; the pair fits a phone
+    page.evaluate("window.picked = 0; document.getElementById('file-b').click = () => { window.picked += 1; }; 0")
+    page.focus("#drop-b")
+    page.keyboard.press("Enter")
+    assert page.evaluate("window.picked") == 1
     page.set_viewport_size({"width": 375, "height": 800})
     assert page.evaluate("document.scrollingElement.scrollWidth") <= 376

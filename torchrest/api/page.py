@@ -5,8 +5,15 @@
     /web/stats    the small JSON feed its charts poll, built only when asked: per model, cumulative
                   answers by outcome, recent latency percentiles and batch size, queue depth, in-flight
 
-The page tries a model (file, drop, paste or camera -> POST /classify?top_k=5, the Server-Timing header
-split into queue, decode and inference) and watches the server (charts over the last three minutes).
+The page tries a model (file, drop, paste or camera -> POST to the route of the task picked among the
+model's tasks, its own first; the Server-Timing header split into queue, decode and inference):
+
+    classify  /classify?top_k=5: the top five labels
+    detect    /detect: the boxes drawn over the photo (they are in its original pixels), and listed
+    segment   /segment: the mask's class ids coloured over the photo, and a legend of the classes present
+    embed     /embed: two photos, A and B: each one's dimensions, then their cosine similarity
+
+and watches the server (a table of the models and their tasks, charts over the last three minutes).
 """
 
 from __future__ import annotations

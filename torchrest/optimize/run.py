@@ -30,7 +30,7 @@ from torchrest.backends.inputs import FirstOutputs
 from torchrest.config import ModelConfig, OptimizeConfig
 from torchrest.errors import StartupError, first_line
 from torchrest.models.common import LoadedModel
-from torchrest.models.registry import load_model
+from torchrest.models.registry import load_model, probe
 from torchrest.models.repository import CONFIG_FILE, latest_version
 from torchrest.optimize.candidates import CANDIDATE_NAMES, CANDIDATES, REFERENCE, Built, Candidate, Context
 from torchrest.optimize.fidelity import accuracy, compare
@@ -39,7 +39,8 @@ from torchrest.optimize.measure import Speed, measure
 from torchrest.optimize.report import FAILED, OK, REJECTED, SKIPPED, CandidateResult, Report, write_report
 from torchrest.optimize.samples import SampleSets, sample_sets
 from torchrest.optimize.serving import LayoutResult, choose_layout, measure_layouts
-from torchrest.tasks import CLASSIFY
+from torchrest.tasks import CLASSIFY, task_names
+from torchrest.tasks.registry import Heads
 
 log = logging.getLogger("torchrest.optimize")
 
@@ -68,6 +69,9 @@ def optimize(config: OptimizeConfig) -> Outcome:
     model.name = name or model.name
     if model.module is None:
         raise StartupError(f"{config.model} has no torch module to optimize: bring it as a .pt2 (torch.export)")
+    tasks = task_names(config.task)
+    if model.tasks != tasks:  # a built-in classifier also embeds: what --task names is what is optimized
+        model.tasks, model.heads = tasks, Heads.bind(tasks, probe(model, device), model.input_spec.size)
     assert model.heads is not None  # bound to its outputs as it loaded
     spec = model.input_spec
     samples = sample_sets(calibration, spec, config.calibration_samples, config.fidelity_samples, model.labels)

@@ -1,5 +1,6 @@
-// torchrest's page: try a model (POST /classify) and watch the server (GET /web/stats, once a second
-// while the page is visible). Plain JavaScript and <canvas>, no library, nothing loaded from elsewhere.
+// torchrest's page: try a model (POST a photo to its task's route: /classify, /detect, /segment or /embed)
+// and watch the server (GET /web/stats, once a second while the page is visible). Plain JavaScript,
+// <canvas> and CSS, no library, nothing loaded from elsewhere.
 "use strict";
 
 const HISTORY = 180; // points kept per series: three minutes at one poll a second
@@ -7,11 +8,46 @@ const $ = (id) => document.getElementById(id);
 const history = new Map(); // model name -> {last, series: {name: [values]}}
 
 // -- try a model ------------------------------------------------------------------------------------
+const TASKS = {
+  classify: { route: "/classify", query: { top_k: "5" }, working: "classifying…",
+    help: "The five most probable labels." },
+  detect: { route: "/detect", query: {}, working: "detecting…",
+    help: "What is where: a box, a label and a score for each thing found." },
+  segment: { route: "/segment", query: {}, working: "segmenting…",
+    help: "A class for every pixel, drawn over the photo." },
+  embed: { route: "/embed", query: {}, working: "embedding…",
+    help: "Two photos, A and B: each one's embedding, and how alike the model finds them." },
+};
+const tasksOf = new Map(); // model name -> its tasks, its own first
+const pending = { photo: 0, a: 0, b: 0 }; // each place's newest request: an answer overtaken is dropped
+const vectors = { a: null, b: null }; // embed: each photo's embedding
+let nextSlot = "a"; // embed: where a photo chosen, pasted or captured goes (then the other one)
+
+// a fixed colour per class: detect class k gets PALETTE[k], segment class k > 0 PALETTE[k - 1] (0 is the
+// background, left clear); past the list, hues a golden angle apart
+const PALETTE = [[209, 73, 63], [42, 157, 85], [47, 111, 223], [217, 130, 43], [142, 68, 173], [19, 141, 144],
+  [194, 24, 91], [130, 119, 23], [92, 107, 192], [109, 76, 65], [0, 131, 143], [69, 90, 100]];
+const MASK_ALPHA = 140; // of 255: the photo shows through
+
+function rgb(index) {
+  if (index < PALETTE.length) return PALETTE[index];
+  const hue = (index * 137.508) % 360, s = 0.6, l = 0.42; // HSL to RGB (the CSS Color formula)
+  const f = (n) => {
+    const k = (n + hue / 30) % 12;
+    return Math.round(255 * (l - s * Math.min(l, 1 - l) * Math.max(-1, Math.min(k - 3, 9 - k, 1))));
+  };
+  return [f(0), f(8), f(4)];
+}
+const css = (index) => `rgb(${rgb(index).join(", ")})`;
+const percent = (fraction) => `${(100 * fraction).toFixed(1)}%`;
+const norm = (vector) => Math.sqrt(vector.reduce((sum, v) => sum + v * v, 0));
+
 async function loadModels() {
   const [index, stats] = await Promise.all([
     fetch("/v2/repository/index").then((r) => r.json()),
     fetch("/web/stats").then((r) => r.json()),
   ]);
+  for (const model of stats.models) tasksOf.set(model.name, model.tasks);
   const select = $("model");
   const chosen = select.value;
   select.replaceChildren();
@@ -21,8 +57,229 @@ async function loadModels() {
   }
   const fallback = stats.models.find((m) => m.default);
   select.value = chosen || (fallback ? fallback.name : select.value);
+  chooseModel();
   $("server").textContent = `version ${stats.version} · ${stats.ready ? "ready" : "not ready"} · ` +
     `${index.length} model${index.length === 1 ? "" : "s"}`;
+}
+
+// the task picker offers the model's tasks, its own first (chosen); with one there is nothing to pick
+function chooseModel() {
+  const tasks = (tasksOf.get($("model").value) || ["classify"]).filter((task) => task in TASKS);
+  const select = $("task");
+  select.replaceChildren(...tasks.map((task) => new Option(task, task)));
+  select.value = tasks[0];
+  select.disabled = tasks.length < 2;
+  chooseTask();
+}
+
+// embed takes two photos (its own drop zones), every other task one
+function chooseTask() {
+  const task = $("task").value;
+  $("drop").hidden = task === "embed";
+  $("pair").hidden = task !== "embed";
+  $("task-help").textContent = TASKS[task]?.help || "";
+  clearAnswer();
+  $("stage").hidden = true;
+  for (const slot of ["a", "b"]) {
+    vectors[slot] = null;
+    $(`preview-${slot}`).hidden = true;
+    $(`about-${slot}`).textContent = "";
+  }
+  nextSlot = "a";
+}
+
+function clearAnswer() {
+  for (const place of Object.keys(pending)) pending[place] += 1; // answers on their way are not shown
+  $("error").hidden = true;
+  for (const id of ["labels", "detections", "legend", "boxes", "timing-bar"]) $(id).replaceChildren();
+  $("mask").hidden = true;
+  $("similarity").hidden = true;
+  $("timing").textContent = "";
+}
+
+function showPhoto(image, file) {
+  if (image.src.startsWith("blob:")) URL.revokeObjectURL(image.src);
+  image.src = URL.createObjectURL(file);
+  image.hidden = false;
+}
+
+// a photo from anywhere (picker, drop, paste, camera): to the chosen task
+function send(file) {
+  if (!file) return;
+  if ($("task").value === "embed") embed(nextSlot, file);
+  else tryPhoto(file);
+}
+
+// POST `file` to the chosen task's route. {ok, answer, stages, current}; or {ok: false} with the error
+// shown; or {stale: true} when a newer request took this place meanwhile.
+async function request(file, place) {
+  const ticket = ++pending[place];
+  const current = () => ticket === pending[place];
+  const task = TASKS[$("task").value];
+  const query = new URLSearchParams(task.query);
+  if ($("model").value) query.set("model", $("model").value);
+  const form = new FormData();
+  form.append("image", file, file.name || "image");
+  let response;
+  try {
+    const headers = { accept: "application/json" }; // segment: the mask inside JSON, not a bare PNG
+    response = await fetch(`${task.route}?${query}`, { method: "POST", body: form, headers });
+  } catch (error) {
+    if (!current()) return { stale: true };
+    showError(`the server could not be reached (${error.message})`);
+    return { ok: false };
+  }
+  const answer = await response.json().catch(() => ({}));
+  if (!current()) return { stale: true };
+  if (!response.ok) {
+    showError(`${response.status} ${answer.code || ""}: ${answer.message || answer.error || "no message"}`);
+    return { ok: false };
+  }
+  return { ok: true, answer, stages: parseTiming(response.headers.get("server-timing")), current };
+}
+
+async function tryPhoto(file) {
+  const task = $("task").value;
+  clearAnswer();
+  showPhoto($("preview"), file);
+  $("stage").hidden = false;
+  $("timing").textContent = TASKS[task].working;
+  const result = await request(file, "photo");
+  if (!result.ok) return;
+  if (task === "classify") showLabels(result.answer);
+  else if (task === "detect") showDetections(result.answer);
+  else if (task === "segment" && !(await showMask(result.answer, result.current))) return;
+  showTiming(result.stages);
+}
+
+function showLabels(answer) {
+  for (const prediction of answer.top_k) {
+    const item = document.createElement("li");
+    const share = percent(prediction.confidence);
+    item.innerHTML = `<span class="label"></span> <span class="muted">${share}</span>` +
+      `<div class="bar"><span style="width:${share}"></span></div>`;
+    item.querySelector(".label").textContent = prediction.label;
+    $("labels").append(item);
+  }
+}
+
+function swatch(color) {
+  const span = document.createElement("span");
+  span.className = "swatch";
+  if (color) span.style.background = color;
+  else span.classList.add("clear");
+  return span;
+}
+
+// each box over the photo in percent of its size (the boxes are in its original pixels, EXIF orientation
+// applied, as the browser shows it), so they follow the photo however it is scaled; and listed beside it
+function showDetections(answer) {
+  const { width, height } = answer.image;
+  for (const detection of answer.detections) {
+    const [x1, y1, x2, y2] = detection.box;
+    const color = css(detection.class_id);
+    const name = `${detection.label} ${percent(detection.confidence)}`;
+    const box = document.createElement("div");
+    box.className = "box";
+    box.classList.toggle("inside", y1 / height < 0.08); // no room above it: the tag goes inside
+    box.classList.toggle("end", x1 / width > 0.5); // on the right: the tag ends at its right edge
+    Object.assign(box.style, {
+      left: percent(x1 / width), top: percent(y1 / height),
+      width: percent((x2 - x1) / width), height: percent((y2 - y1) / height), borderColor: color,
+    });
+    const tag = document.createElement("span");
+    tag.className = "tag";
+    tag.style.background = color;
+    tag.textContent = name;
+    box.append(tag);
+    $("boxes").append(box);
+    const item = document.createElement("li");
+    const at = [x1, y1, x2, y2].map(Math.round);
+    item.append(swatch(color), ` ${name} `, Object.assign(document.createElement("span"), {
+      className: "muted", textContent: `at x ${at[0]}–${at[2]}, y ${at[1]}–${at[3]}`,
+    }));
+    $("detections").append(item);
+  }
+  if (!answer.detections.length) {
+    const none = Object.assign(document.createElement("li"), { className: "muted", textContent: "nothing found" });
+    $("detections").append(none);
+  }
+}
+
+// the legend (the classes present, their share of the photo), then the mask: a PNG whose grey levels are
+// class ids, coloured pixel by pixel on a canvas over the photo. False when a newer request came meanwhile.
+async function showMask(answer, current) {
+  const { width, height } = answer.image;
+  for (const entry of answer.classes) {
+    const item = document.createElement("li");
+    const share = Object.assign(document.createElement("span"), {
+      className: "muted", textContent: percent(entry.pixels / (width * height)),
+    });
+    item.append(swatch(entry.class_id ? css(entry.class_id - 1) : null), ` ${entry.label} `, share);
+    $("legend").append(item);
+  }
+  if (answer.classes.some((entry) => entry.class_id > 255)) { // a 16-bit PNG: the browser keeps 8 bits
+    $("legend").append(Object.assign(document.createElement("li"), {
+      className: "muted", textContent: "class ids past 255: the mask is not drawn",
+    }));
+    return true;
+  }
+  const bytes = Uint8Array.from(atob(answer.mask), (c) => c.charCodeAt(0));
+  // its grey levels as they are: no colour management, no premultiplying
+  const bitmap = await createImageBitmap(new Blob([bytes], { type: "image/png" }),
+    { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+  if (!current()) return false;
+  const canvas = $("mask");
+  canvas.width = width;
+  canvas.height = height;
+  const context = canvas.getContext("2d");
+  context.drawImage(bitmap, 0, 0);
+  const pixels = context.getImageData(0, 0, width, height);
+  const lookup = new Uint8Array(256 * 4); // class id -> RGBA; class 0 stays clear
+  for (let id = 1; id < 256; id += 1) lookup.set([...rgb(id - 1), MASK_ALPHA], id * 4);
+  const data = pixels.data;
+  for (let i = 0; i < data.length; i += 4) {
+    const at = data[i] * 4;
+    data[i] = lookup[at]; data[i + 1] = lookup[at + 1]; data[i + 2] = lookup[at + 2]; data[i + 3] = lookup[at + 3];
+  }
+  context.putImageData(pixels, 0, 0);
+  canvas.hidden = false;
+  return true;
+}
+
+// embed: photo A or B -> its embedding; once both are in, their cosine similarity
+async function embed(slot, file) {
+  nextSlot = slot === "a" ? "b" : "a";
+  $("error").hidden = true;
+  showPhoto($(`preview-${slot}`), file);
+  vectors[slot] = null;
+  showSimilarity();
+  const about = $(`about-${slot}`);
+  about.textContent = TASKS.embed.working;
+  const result = await request(file, slot);
+  if (result.stale) return;
+  if (!result.ok) {
+    about.textContent = "no embedding: see the error";
+    return;
+  }
+  const vector = result.answer.embedding;
+  vectors[slot] = vector;
+  about.textContent = `${result.answer.dimensions} dimensions · length ${norm(vector).toPrecision(4)}`;
+  showTiming(result.stages);
+  showSimilarity();
+}
+
+function showSimilarity() {
+  const [a, b] = [vectors.a, vectors.b];
+  $("similarity").hidden = !(a && b);
+  if (!(a && b)) return;
+  let dot = 0;
+  for (let i = 0; i < a.length; i += 1) dot += a[i] * b[i];
+  const cosine = a.length === b.length ? dot / (norm(a) * norm(b)) : NaN;
+  $("cosine").value = Number.isFinite(cosine) ? cosine : 0;
+  const shown = $("cosine-value");
+  shown.textContent = Number.isFinite(cosine) ? cosine.toFixed(4) : "– (a vector of zeros)";
+  shown.dataset.cosine = String(cosine);
 }
 
 function parseTiming(header) {
@@ -51,39 +308,6 @@ function showTiming(stages) {
   }
 }
 
-async function classify(file) {
-  if (!file) return;
-  const preview = $("preview");
-  preview.src = URL.createObjectURL(file);
-  preview.hidden = false;
-  $("error").hidden = true;
-  $("labels").replaceChildren();
-  $("timing").textContent = "classifying…";
-  $("timing-bar").replaceChildren();
-  const form = new FormData();
-  form.append("image", file, file.name || "image");
-  const model = encodeURIComponent($("model").value);
-  let response;
-  try {
-    response = await fetch(`/classify?top_k=5${model ? `&model=${model}` : ""}`, { method: "POST", body: form });
-  } catch (error) {
-    return showError(`the server could not be reached (${error.message})`);
-  }
-  const answer = await response.json().catch(() => ({}));
-  if (!response.ok) {
-    return showError(`${response.status} ${answer.code || ""}: ${answer.message || answer.error || "no message"}`);
-  }
-  for (const prediction of answer.top_k) {
-    const item = document.createElement("li");
-    const percent = (100 * prediction.confidence).toFixed(1);
-    item.innerHTML = `<span class="label"></span> <span class="muted">${percent}%</span>` +
-      `<div class="bar"><span style="width:${percent}%"></span></div>`;
-    item.querySelector(".label").textContent = prediction.label;
-    $("labels").append(item);
-  }
-  showTiming(parseTiming(response.headers.get("server-timing")));
-}
-
 function showError(message) {
   const error = $("error");
   error.textContent = message;
@@ -91,32 +315,42 @@ function showError(message) {
   $("timing").textContent = "";
 }
 
-function wireInputs() {
-  const drop = $("drop");
-  $("file").addEventListener("change", (event) => classify(event.target.files[0]));
-  drop.addEventListener("click", () => $("file").click());
-  drop.addEventListener("keydown", (event) => {
+// a drop zone: click, Enter or Space opens its file picker; a photo dropped on it goes to `take`
+function wireDrop(zone, input, take) {
+  zone.addEventListener("click", () => input.click());
+  zone.addEventListener("keydown", (event) => {
     if (event.key === "Enter" || event.key === " ") {
       event.preventDefault();
-      $("file").click();
+      input.click();
     }
   });
   for (const name of ["dragenter", "dragover"]) {
-    drop.addEventListener(name, (event) => { event.preventDefault(); drop.classList.add("over"); });
+    zone.addEventListener(name, (event) => { event.preventDefault(); zone.classList.add("over"); });
   }
-  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-  drop.addEventListener("drop", (event) => {
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (event) => {
     event.preventDefault();
-    drop.classList.remove("over");
-    classify(event.dataTransfer.files[0]);
+    zone.classList.remove("over");
+    take(event.dataTransfer.files[0]);
   });
+  input.addEventListener("change", () => {
+    const file = input.files[0];
+    input.value = ""; // the same photo chosen again is sent again
+    take(file);
+  });
+}
+
+function wireInputs() {
+  $("model").addEventListener("change", chooseModel);
+  $("task").addEventListener("change", chooseTask);
+  wireDrop($("drop"), $("file"), send);
+  for (const slot of ["a", "b"]) wireDrop($(`drop-${slot}`), $(`file-${slot}`), (file) => file && embed(slot, file));
   document.addEventListener("paste", (event) => {
     const file = [...(event.clipboardData?.files || [])].find((f) => f.type.startsWith("image/"));
-    if (file) classify(file);
+    if (file) send(file);
   });
   wireCamera();
 }
-
 function wireCamera() {
   const button = $("camera");
   const video = $("video");
@@ -146,7 +380,7 @@ function wireCamera() {
     stream = null;
     video.hidden = true;
     button.textContent = "Use the camera";
-    canvas.toBlob((blob) => classify(new File([blob], "camera.jpg", { type: "image/jpeg" })), "image/jpeg", 0.92);
+    canvas.toBlob((blob) => send(new File([blob], "camera.jpg", { type: "image/jpeg" })), "image/jpeg", 0.92);
   });
 }
 
@@ -188,7 +422,8 @@ function renderTable(stats) {
   body.replaceChildren();
   for (const model of stats.models) {
     const row = body.insertRow();
-    for (const value of [model.name + (model.default ? " (default)" : ""), model.version, model.state, model.backend || "–"]) {
+    const name = model.name + (model.default ? " (default)" : "");
+    for (const value of [name, (model.tasks || []).join(", "), model.version, model.state, model.backend || "–"]) {
       row.insertCell().textContent = value;
     }
   }
