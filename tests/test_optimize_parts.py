@@ -241,3 +241,34 @@ def test_a_detectors_views_are_letterboxed_as_the_server_letterboxes(tmp_path: P
     assert (first[:20] == 114).all() and (first[-20:] == 114).all() and (first[28:36] == 200).all()
     for view in sets.calibration[1:]:  # random crops (3:4 to 4:3 of the photo's area): padded too
         assert (view[0] == 114).all() or (view[:, 0] == 114).all()
+
+
+def test_answers_read_by_real_heads_and_errors_agree_with_nothing() -> None:
+    # a segmenter (4 classes, 6 x 8 maps of a 12 x 16 input) that also embeds; NaN outputs are answers the
+    # server would refuse (500 invalid_model_output): a candidate's count against it, fp32's are left out
+    heads = Heads.bind(("segment", "embed"), [(4, 6, 8), (5,)], (12, 16))
+    gate = Gate(heads, Bounds())
+    rng = np.random.default_rng(1)
+    scores, vectors = rng.normal(size=(3, 4, 6, 8)).astype(np.float32), rng.normal(size=(3, 5)).astype(np.float32)
+    reference = gate.answers((scores, vectors))
+    assert reference["segment"].shape == (3, 6, 8) and np.array_equal(reference["segment"], scores.argmax(axis=1))
+    broken = gate.answers((np.full_like(scores, np.nan), np.full_like(vectors, np.nan)))  # every image fails
+    segment, embed = gate.judge(reference, broken)
+    assert not segment.passed and segment.value == 0.0
+    assert not embed.passed and embed.value == 0.0
+    # fp32 itself failing on one image: that image is left out, the others compared
+    scores[1, 0, 0, 0], vectors[1, 0] = np.nan, np.nan
+    flawed = gate.answers((scores, vectors))
+    segment, embed = gate.judge(flawed, flawed)
+    assert segment.passed and segment.details["left_out"] == 1
+    assert embed.passed and embed.value == pytest.approx(1.0) and embed.details["left_out"] == 1
+
+
+def test_a_dense_detectors_harm_weighs_its_scores_apart_from_its_boxes() -> None:
+    heads = Heads.bind(("detect",), [(4 + 2, 50)], (64, 64))
+    gate = Gate(heads, Bounds())
+    rng = np.random.default_rng(2)
+    dense = np.concatenate((rng.uniform(0, 640, (1, 4, 50)), rng.uniform(0, 1, (1, 2, 50))), axis=1)
+    moved_scores = dense.copy()
+    moved_scores[:, 4:] *= 1.1  # a tenth on every class score: tiny next to boxes in pixels, counted alone
+    assert gate.harm((dense,), (moved_scores,)) == pytest.approx(0.1, rel=1e-3)

@@ -165,7 +165,7 @@ def run_optimize(config: OptimizeConfig) -> int:
     chosen = next(c for c in report.candidates if c.chosen)
     served = next((layout for layout in report.layouts if layout.chosen), None)
     baseline = next((layout for layout in report.layouts if layout.baseline), None)
-    fidelity = ", ".join(f"{verdict.measure} {verdict.value:.1%}" for verdict in chosen.verdicts)
+    fidelity = ", ".join(f"{verdict.measure} {verdict.shown}" for verdict in chosen.verdicts)
     layout = f"; served as {served.layout.describe()}: {served.throughput:.1f} img/s in process" if served else ""
     if served and baseline:
         layout += f" ({served.throughput / baseline.throughput:.2f}x torch eager served without a layout)"

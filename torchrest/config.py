@@ -351,7 +351,7 @@ class OptimizeConfig(ModelSource):
 
     def batch_size_list(self, input_pixels: int = 224 * 224) -> list[int]:
         """The sizes to measure; `auto` stops at 8 for a large input (a detector's 640 x 640 batch of 32 is
-        50 MB of pixels and seconds a call, and no faster per image on a CPU)."""
+        39 MB of pixels and seconds a call, and no faster per image on a CPU)."""
         if self.batch_sizes.strip() == "auto":
             return [1, 2, 4, 8] if input_pixels > 320 * 320 else [1, 2, 4, 8, 16, 32]
         try:

@@ -120,6 +120,8 @@ class FirstOutputs(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> Any:
         result = self.model(pixels)
+        if isinstance(result, dict):  # torchvision's segmenters: {"out": ..., "aux": ...}, in order
+            result = list(result.values())
         if not isinstance(result, (tuple, list)):
             return result
         return result[0] if self.count == 1 else tuple(result[: self.count])

@@ -63,6 +63,11 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def shown(self) -> str:
+        """The value as the report prints it: a cosine as a number, a share as a percentage."""
+        return shown(self.measure, self.value)
+
     def summary(self) -> dict[str, Any]:
         """config.json's record: the measure, its value and its bound."""
         return {"task": self.task, "measure": self.measure, "value": round(self.value, 6), "bound": self.bound}
@@ -91,18 +96,28 @@ class Gate:
         return self.bounds.max_accuracy_drop is not None and self.labels is not None
 
     def answers(self, outputs: Outputs) -> TaskAnswers:
-        """Each task's answers for a batch's outputs (an image whose answer is an error: an empty one)."""
+        """Each task's answers for a batch's outputs. An image whose answer is an error (NaN in its outputs)
+        keeps NaN (classify, embed), gets the class map of -1 (segment) or None (detect): it agrees with
+        nothing, and where it is the reference's, the image is left out of the comparison."""
         count = len(outputs[0])
         found: TaskAnswers = {}
         for task, head in self.heads.by_task.items():
-            if task == CLASSIFY:
-                found[task] = np.asarray(outputs[head.output], dtype=np.float32).copy()
+            if task in (CLASSIFY, EMBED):  # the raw logits or vectors: what the head's answer is made of
+                found[task] = np.array(outputs[head.output], dtype=np.float32)
                 continue
             options = [DetectOptions() if task == DETECT else None] * count
-            decoded = head.decode(outputs, slice(0, count), options)
-            found[task] = [None if isinstance(item, TorchrestError) else item[0] for item in decoded]
-            if task != DETECT:
-                found[task] = _stacked(found[task], task)
+            decoded = [
+                None if isinstance(item, TorchrestError) else item[0]
+                for item in head.decode(outputs, slice(0, count), options)
+            ]
+            if task == SEGMENT:
+                maps = np.full((count, *outputs[head.output].shape[2:]), -1, np.int16)
+                for row, value in enumerate(decoded):
+                    if value is not None:
+                        maps[row] = value
+                found[task] = maps
+            else:
+                found[task] = decoded
         return found
 
     def run(self, run: Callable[[np.ndarray], Outputs], inputs: np.ndarray) -> TaskAnswers:
@@ -111,16 +126,25 @@ class Gate:
         return {task: _joined([part[task] for part in parts]) for task in self.tasks}
 
     def judge(self, reference: TaskAnswers, candidate: TaskAnswers) -> list[Verdict]:
-        return [self._judge(task, reference[task], candidate[task]) for task in self.tasks]
+        verdicts = []
+        for task in self.tasks:
+            valid = _valid(task, reference[task])
+            left_out = len(valid) - int(valid.sum())
+            ref, cand = _kept(reference[task], valid), _kept(candidate[task], valid)
+            verdict = self._judge(task, ref, cand, None if self.labels is None else self.labels[valid])
+            if left_out:
+                verdict.details["left_out"] = left_out  # inputs fp32 itself gave no answer for
+            verdicts.append(verdict)
+        return verdicts
 
-    def _judge(self, task: str, reference: Any, candidate: Any) -> Verdict:
+    def _judge(self, task: str, reference: Any, candidate: Any, labels: np.ndarray | None) -> Verdict:
         bounds = self.bounds
         if task == CLASSIFY:
             fidelity = compare(reference, candidate)
             details = fidelity.to_dict()
             if self._by_accuracy:
-                assert self.labels is not None and bounds.max_accuracy_drop is not None
-                value, baseline = accuracy(candidate, self.labels), accuracy(reference, self.labels)
+                assert labels is not None and bounds.max_accuracy_drop is not None
+                value, baseline = accuracy(candidate, labels), accuracy(reference, labels)
                 drop, most = baseline - value, bounds.max_accuracy_drop
                 reason = f"top-1 accuracy {drop:.1%} below fp32's > {most:.1%}" if drop > most + 1e-9 else ""
                 return Verdict(task, "top-1 accuracy", value, baseline - most, not reason, reason, details)
@@ -157,9 +181,12 @@ class Gate:
         for task, head in self.heads.by_task.items():
             if task == CLASSIFY:
                 total += kl_divergence(reference[head.output], candidate[head.output])
-                continue
-            read = [head.output] if hasattr(head, "output") else range(head.first, head.first + 3)  # post-NMS
-            total += relative_l2([reference[i] for i in read], [candidate[i] for i in read])
+            elif getattr(head, "layout", "") == "dense":  # boxes in pixels and class scores, each its own scale
+                ref, cand = reference[head.output], candidate[head.output]
+                total += relative_l2([ref[:, :4]], [cand[:, :4]]) + relative_l2([ref[:, 4:]], [cand[:, 4:]])
+            else:
+                read = [head.output] if hasattr(head, "output") else range(head.first, head.first + 3)  # post-NMS
+                total += relative_l2([reference[i] for i in read], [candidate[i] for i in read])
         return total
 
 
@@ -187,7 +214,8 @@ def box_agreement(
     matched = extra = total = 0
     empty = np.zeros((0, 6), np.float32)
     for ref, cand in zip(reference, candidate, strict=True):
-        ref = empty if ref is None else ref
+        if ref is None:  # fp32 gave no answer for this image: nothing to match
+            continue
         cand = empty if cand is None else cand
         total += len(ref)
         if len(ref) == 0 or len(cand) == 0:
@@ -228,8 +256,8 @@ def kl_divergence(reference_logits: np.ndarray, logits: np.ndarray) -> float:
 
 def relative_l2(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> float:
     """||candidate - reference|| / ||reference|| over all the given outputs (NaN: infinitely far)."""
-    moved = sum(float(np.sum((c.astype(np.float64) - r) ** 2)) for r, c in zip(reference, candidate, strict=True))
-    size = sum(float(np.sum(np.asarray(r, np.float64) ** 2)) for r in reference)
+    moved = sum(_squares(np.subtract(c, r, dtype=np.float32)) for r, c in zip(reference, candidate, strict=True))
+    size = sum(_squares(np.asarray(r, np.float32)) for r in reference)
     value = (moved / max(size, 1e-12)) ** 0.5
     return value if np.isfinite(value) else float("inf")
 
@@ -247,14 +275,30 @@ def _similarity(unit: np.ndarray) -> np.ndarray:
     return similarity
 
 
-def _stacked(answers: list[np.ndarray | None], task: str) -> np.ndarray:
-    """One array of every image's answer; an image whose answer was an error gets a zero vector (embed) or
-    the class map of -1 (segment): it agrees with nothing."""
-    shape = next((a.shape for a in answers if a is not None), None)
-    if shape is None:
-        return np.zeros((len(answers), 0), np.float32)
-    filler = np.zeros(shape, np.float32) if task == EMBED else np.full(shape, -1, np.int32)
-    return np.stack([filler if a is None else a.astype(filler.dtype) for a in answers])
+def _squares(values: np.ndarray) -> float:
+    """The sum of squares, in float64 (a float32 dot product of the flat array: no temporary copy)."""
+    flat = values.reshape(-1)
+    return float(np.dot(flat, flat).astype(np.float64))
+
+
+def _valid(task: str, reference: Any) -> np.ndarray:
+    """Which inputs fp32 gave an answer for (an error: NaN logits or vectors, a map of -1, no boxes list)."""
+    if task == DETECT:
+        return np.array([answer is not None for answer in reference], bool)
+    if task == SEGMENT:
+        return (reference >= 0).all(axis=tuple(range(1, reference.ndim)))
+    return np.isfinite(reference).all(axis=1)
+
+
+def _kept(answers: Any, valid: np.ndarray) -> Any:
+    if isinstance(answers, list):
+        return [answer for answer, keep in zip(answers, valid, strict=True) if keep]
+    return answers[valid]
+
+
+def shown(measure: str, value: float) -> str:
+    """A measure's value as the report prints it: a cosine as a number, a share as a percentage."""
+    return f"{value:.4f}" if measure == "min cosine" else f"{value:.1%}"
 
 
 def _joined(parts: list[Any]) -> Any:

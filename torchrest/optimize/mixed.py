@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from torchrest.optimize.gates import shown
+
 RANKING_INPUTS = 64  # calibration inputs each layer's harm is measured on
 MOST_KEPT_SHARE = 0.5  # past half the layers in float, the graph is no longer worth calling INT8
 
@@ -83,7 +85,7 @@ def search_float_layers(
         if meets:
             passed.add(kept)
         found.steps.append({"kept": kept, "agreement": value})
-        progress(f"{kept} layers in float: {criterion} {value:.1%}")
+        progress(f"{kept} layers in float: {criterion} {shown(criterion, value)}")
         return value, path
 
     ranked = list(layers)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from torchrest.optimize.fidelity import Fidelity
-from torchrest.optimize.gates import Verdict
+from torchrest.optimize.gates import Verdict, shown
 from torchrest.optimize.serving import LayoutResult
 
 log = logging.getLogger("torchrest.optimize")
@@ -184,11 +184,11 @@ def _gate(report: Report, task: str) -> str:
     bounds = report.bounds
     return {
         "embed": f"the lowest cosine similarity to fp32's embedding at least {bounds['min_cosine']:g}, and "
-        f"each input's nearest neighbour kept for {bounds['min_neighbours_kept']:.0%} of them",
+        f"each input's nearest neighbour kept for {bounds['min_neighbours_kept']:.1%} of them",
         "detect": f"fp32's boxes matched (same class, IoU at least {bounds['box_iou']:g}) for "
-        f"{bounds['min_box_match']:.0%} of them, and at most {bounds['max_extra_boxes']:.0%} extra",
-        "segment": f"the class of {bounds['min_pixel_agreement']:.0%} of pixels kept",
-        "classify": f"top-1 agreement at least {1 - report.max_top1_disagreement:.0%}",
+        f"{bounds['min_box_match']:.1%} of them, and at most {bounds['max_extra_boxes']:.1%} extra",
+        "segment": f"the class of {bounds['min_pixel_agreement']:.1%} of pixels kept",
+        "classify": f"top-1 agreement at least {1 - report.max_top1_disagreement:.1%}",
     }[task]
 
 
@@ -270,12 +270,12 @@ def _mixed_section(runtime: str, mixed: dict[str, Any]) -> list[str]:
         "quantized alone (how far the outputs move from fp32's on calibration inputs: a classifier's mean KL "
         "divergence, else the relative L2 distance), then the most harmful kept in "
         f"float, as few as meet the bound on the held-out set. {len(mixed['kept_float'])} of {mixed['layers']} "
-        f"layers kept in float, {mixed['agreement']:.1%} {mixed['criterion']} "
+        f"layers kept in float, {shown(mixed['criterion'], mixed['agreement'])} {mixed['criterion']} "
         f"({'meets' if mixed['met_bound'] else 'breaks'} the bound), in {mixed['seconds']:.0f} s.",
         "",
         f"| layers in float | held-out {mixed['criterion']} |",
         "|---|---|",
-        *(f"| {step['kept']} | {step['agreement']:.1%} |" for step in mixed["steps"]),
+        *(f"| {step['kept']} | {shown(mixed['criterion'], step['agreement'])} |" for step in mixed["steps"]),
     ]
     harm = sorted(mixed["harm"].items(), key=lambda item: -item[1])[:10]
     if harm:

@@ -39,7 +39,7 @@ from torchrest.optimize.measure import Speed, measure
 from torchrest.optimize.report import FAILED, OK, REJECTED, SKIPPED, CandidateResult, Report, write_report
 from torchrest.optimize.samples import SampleSets, sample_sets
 from torchrest.optimize.serving import LayoutResult, choose_layout, measure_layouts
-from torchrest.tasks import CLASSIFY, task_names
+from torchrest.tasks import CLASSIFY, DETECT, task_names
 from torchrest.tasks.registry import Heads
 
 log = logging.getLogger("torchrest.optimize")
@@ -191,7 +191,7 @@ def _run_candidates(
         result.speedup = speed.best_throughput / reference_best
         failed = [verdict.reason for verdict in result.verdicts if not verdict.passed]
         result.status, result.reason = (REJECTED, "; ".join(failed)) if failed else (OK, "")
-        measures = ", ".join(f"{verdict.measure} {verdict.value:.1%}" for verdict in result.verdicts)
+        measures = ", ".join(f"{verdict.measure} {verdict.shown}" for verdict in result.verdicts)
         progress.write(
             f"  {candidate.name:<22} {result.status:<8} {speed.best_throughput:7.1f} img/s (batch "
             f"{speed.best_batch_size}), {result.speedup:.2f}x eager, batch-1 {speed.latency_bs1_ms:.1f} ms, "
@@ -381,6 +381,15 @@ def _notes(model: LoadedModel, reference: TaskAnswers) -> list[str]:
     notes = []
     if not model.pretrained:
         notes.append(f"{model.name} has random weights: agreement with the reference says little about a trained model")
+    boxes = reference.get(DETECT)
+    if boxes is not None:
+        found = sum(len(answer) for answer in boxes if answer is not None)
+        classes = len({int(c) for answer in boxes if answer is not None for c in answer[:, 5]})
+        if found < 10 * max(1, classes) or classes < 2:
+            notes.append(
+                f"fp32 found {found} boxes of {classes} classes over the held-out set: the box gate checks little; "
+                "pass --calibration photos of what the model detects"
+            )
     if CLASSIFY not in reference:
         return notes
     reference_top1 = reference[CLASSIFY].argmax(axis=1)
