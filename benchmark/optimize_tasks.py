@@ -105,7 +105,7 @@ def run(flags: list[str], calibration: Path, out: Path, keep: Path, models: Path
                 "img_per_s": c["best_throughput"],
                 "batch": c["best_batch_size"],
                 "speedup": c["speedup"],
-                "measures": {v["task"]: {"value": v["value"], **v["details"]} for v in c["verdicts"]},
+                "measures": measures(c["verdicts"]),
                 "reason": c["reason"],
             }
             for c in ran
@@ -131,10 +131,7 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         rows = []
         for c in part["candidates"]:
-            measures = "; ".join(
-                f"{name}: " + ", ".join(f"{key} {value:.4g}" for key, value in figures.items())
-                for name, figures in c["measures"].items()
-            )
+            measures = "; ".join(f"{task}: {measured(figures)}" for task, figures in c["measures"].items())
             rows.append(
                 [
                     c["name"],
@@ -148,6 +145,25 @@ def markdown(results: dict[str, Any]) -> str:
         lines += markdown_table(["candidate", "status", "img/s (batch)", "vs eager", "measures", "why rejected"], rows)
         lines.append("")
     return "\n".join(lines)
+
+
+def measures(verdicts: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each gate's value and figures, by task and measure ("detect box match")."""
+    return {f"{v['task']} {v['measure']}": {"value": v["value"], **v["details"]} for v in verdicts}
+
+
+SHOWN = {  # what each figure of a measure is called in the table (the bounds are in the command's line)
+    "value": "",
+    "top5_overlap": "top-5 overlap",
+    "max_probability_diff": "max Δp",
+    "neighbours_kept": "neighbours kept",
+    "extra_boxes": "extra",
+    "reference_boxes": "of fp32's boxes:",
+}
+
+
+def measured(figures: dict[str, float]) -> str:
+    return ", ".join(f"{SHOWN[key]} {value:.4g}".strip() for key, value in figures.items() if key in SHOWN)
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -176,4 +192,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--render"]:  # the .md and .png again from a run's .json
+        saved = Path(sys.argv[2])
+        rendered = json.loads(saved.read_text())
+        saved.with_suffix(".md").write_text(markdown(rendered))
+        plot(rendered, saved.with_suffix(".png"))
+        raise SystemExit(0)
     raise SystemExit(main())
