@@ -55,6 +55,9 @@ SERVE_EXAMPLES = """examples:
 OPTIMIZE_EXAMPLES = """examples:
   torchrest optimize --calibration photos/               EfficientNet-Lite0, every candidate
   torchrest optimize --model resnet18 --calibration photos/ --candidates torch-eager,openvino-fp32
+  torchrest optimize --model yolov8n.pt2 --task detect --input-size 640 --normalize unit --calibration photos/
+                                                         a detector, gated by its boxes (IoU 0.9)
+  torchrest optimize --task classify,embed --calibration photos/   the default model, gated on its embeddings too
 """
 
 
