@@ -78,7 +78,8 @@ bench-web: install-dev browser
 	$(BIN)/python benchmark/web.py $(ARGS)
 
 # torchrest beside mosec, LitServe, Ray Serve, KServe, BentoML, TorchServe and the naive baseline, each peer
-# in its own environment under .peers/ (needs wrk, python3.11, and Java 17 for TorchServe). ARGS="--quick".
+# in its own environment under .peers/ (needs wrk, python3.11, and Java 17 for TorchServe). ARGS="--quick";
+# ARGS="--rows detect": the detection row alone (a random-weights detector, with LitServe, mosec, naive).
 bench-peers: install-dev
 	$(BIN)/python benchmark/peers.py $(ARGS)
 

@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,21 +69,31 @@ def detect(folder: Path, rounds: int, duration: float) -> dict[str, Any]:
     log(f"detect: a YOLOv8n-sized network ({parameters(network) / 1e6:.2f} M parameters) exported to {path.name}")
     alone = onnx_runtime_alone(path, 640)
     log("  ONNX Runtime alone (images/s by batch): " + ", ".join(f"{b}: {r:.1f}" for b, r in alone.items()))
-    torchrest = [
-        *(sys.executable, "-m", "torchrest", "serve", "--model", str(path), "--task", "detect"),
-        *("--input-size", "640", "--normalize", "unit", "--host", "127.0.0.1", "--port", "0", "--log-level", "warning"),
-    ]
-    naive = [
-        *(sys.executable, "-m", "gunicorn", "-k", "uvicorn_worker.UvicornWorker", "-w", "1", "--timeout", "120"),
-        *("--chdir", str(ROOT / "benchmark" / "baseline"), "--log-level", "warning", "-b", "127.0.0.1:0"),
-        *("--env", f"BASELINE_MODEL={path}", "--env", "BASELINE_SIZE=640", "naive_detector:app"),
-    ]
     runs: dict[str, list[dict[str, Any]]] = {"torchrest": [], "naive FastAPI": []}
+    commands = (("torchrest", serve_detector(path)), ("naive FastAPI", naive_detector(path)))
     for number in range(rounds):
-        for name, command in (("torchrest", torchrest), ("naive FastAPI", naive)):
+        for name, command in commands:
             log(f"  round {number + 1}/{rounds}: {name}")
             runs[name].append(measure(command, "/detect", PHOTO, duration))
     return {"parameters": parameters(network), "onnx_runtime_alone": alone, "servers": medians(runs)}
+
+
+def serve_detector(path: Path, extra: Sequence[str] = ()) -> list[str]:
+    """`torchrest serve` for the detector file (port 0: `bench.bind` gives it one)."""
+    return [
+        *(sys.executable, "-m", "torchrest", "serve", "--model", str(path), "--task", "detect"),
+        *("--input-size", "640", "--normalize", "unit", "--host", "127.0.0.1", "--port", "0", "--log-level", "warning"),
+        *extra,
+    ]
+
+
+def naive_detector(path: Path, workers: int = 1) -> list[str]:
+    """The naive server (benchmark/baseline/naive_detector.py) for the detector file, under gunicorn (port 0)."""
+    return [
+        *(sys.executable, "-m", "gunicorn", "-k", "uvicorn_worker.UvicornWorker", "-w", str(workers)),
+        *("--timeout", "120", "--chdir", str(ROOT / "benchmark" / "baseline"), "--log-level", "warning"),
+        *("-b", "127.0.0.1:0", "--env", f"BASELINE_MODEL={path}", "--env", "BASELINE_SIZE=640", "naive_detector:app"),
+    ]
 
 
 def onnx_runtime_alone(path: Path, size: int, seconds: float = 4.0) -> dict[int, float]:

@@ -5,7 +5,9 @@ inference processes on the CPU, as LitServe's docs advise.
 
 POST /classify with JSON {"image": "<base64 JPEG>"}, the image input of LitServe's examples. (A
 multipart upload reaches `decode_request` as a form that LitServe 0.2.19 cannot hand to its inference
-process: "Pickling an AuthenticationString object is disallowed".)
+process: "Pickling an AuthenticationString object is disallowed".) With PEER_TASK=detect: POST /detect, the
+same JSON, and the detector (detector.py) instead: decode_request letterboxes, predict runs the batch and each
+image's NMS.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import litserve as ls
 import numpy as np
 from classifier import Classifier, env_int, preprocess
+from detector import Detector, letterbox
 
 
 class ClassifierAPI(ls.LitAPI):
@@ -39,11 +42,32 @@ class ClassifierAPI(ls.LitAPI):
         return {"label": output[0], "confidence": output[1]}
 
 
+class DetectorAPI(ls.LitAPI):
+    def setup(self, device: str) -> None:
+        self.detector = Detector()
+
+    def decode_request(self, request):  # type: ignore[no-untyped-def]  # unannotated: LitServe parses JSON
+        return letterbox(base64.b64decode(request["image"]))  # the pixels and where they went
+
+    def batch(self, inputs: list[tuple[np.ndarray, Any]]) -> tuple[np.ndarray, list[Any]]:
+        return np.stack([pixels for pixels, _ in inputs]), [placed for _, placed in inputs]
+
+    def predict(self, batch: tuple[np.ndarray, list[Any]]) -> list[list[dict[str, Any]]]:
+        return self.detector.detect(*batch)
+
+    def unbatch(self, output: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+        return output
+
+    def encode_response(self, output: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"detections": output}
+
+
 if __name__ == "__main__":
-    api = ClassifierAPI(
+    task = os.environ.get("PEER_TASK", "classify")
+    api = (DetectorAPI if task == "detect" else ClassifierAPI)(
         max_batch_size=env_int("PEER_MAX_BATCH", 16),
         batch_timeout=env_int("PEER_WAIT_MS", 10) / 1000,
-        api_path="/classify",
+        api_path=f"/{task}",
     )
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=env_int("PEER_WORKERS", 1), timeout=30)
     server.run(host="127.0.0.1", port=int(os.environ["PEER_PORT"]), num_api_servers=1, generate_client_file=False)
