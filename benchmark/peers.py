@@ -373,16 +373,7 @@ def contenders(row: str, repository: Path, cores: int, only: set[str] | None) ->
         ours = Contender("torchrest", "multipart", "/classify", "/health", torchrest, batching_grid(0)(cores))
     everyone = [
         ours,
-        Contender(
-            "naive FastAPI",
-            "multipart",
-            "/classify",
-            "/health",
-            naive,
-            [Settings(workers) for workers in (1, 2)],
-            note="the model called per request, in the handler",
-            describe=lambda settings: f"{settings.workers} gunicorn worker(s)",
-        ),
+        naive_contender("/classify", naive, "the model called per request, in the handler"),
         *(
             Contender(
                 p.name, p.request, p.path, p.health, peer_start(p), p.grid(cores), note=p.note, after_stop=p.after_stop
@@ -391,6 +382,22 @@ def contenders(row: str, repository: Path, cores: int, only: set[str] | None) ->
         ),
     ]
     return [c for c in everyone if only is None or c.name in only or c.name == "torchrest"]
+
+
+def naive_contender(
+    route: str, start: Callable[[Settings, int, Path], tuple[list[str], dict[str, str], Path]], note: str
+) -> Contender:
+    """The naive FastAPI server of a row: one or two gunicorn workers, each calling the model per request."""
+    return Contender(
+        "naive FastAPI",
+        "multipart",
+        route,
+        "/health",
+        start,
+        [Settings(workers) for workers in (1, 2)],
+        note=note,
+        describe=lambda settings: f"{settings.workers} gunicorn worker(s)",
+    )
 
 
 def model_env(row: str, repository: Path, work: Path) -> dict[str, str]:
@@ -433,16 +440,7 @@ def detect_contenders(
             "torchrest", "multipart", "/detect", "/health", torchrest, batching_grid(0)(cores), note="the file as is"
         ),
         *([optimized_detector(folder)] if folder is not None else []),
-        Contender(
-            "naive FastAPI",
-            "multipart",
-            "/detect",
-            "/health",
-            naive,
-            [Settings(workers) for workers in (1, 2)],
-            note="the file called per request, in the handler",
-            describe=lambda settings: f"{settings.workers} gunicorn worker(s)",
-        ),
+        naive_contender("/detect", naive, "the file called per request, in the handler"),
         *(
             Contender(p.name, p.request, "/detect", p.health, peer_start(p), p.grid(cores), note=p.note)
             for p in PEERS
