@@ -34,8 +34,7 @@ COPY torchrest /src/torchrest
 # The default model's OpenVINO form (torchrest.models.converted) is made here, so that a container starts
 # without converting it (its /tmp cache would not outlive the container anyway).
 RUN pip install --no-deps /src \
- && TORCHREST_CACHE_DIR=/opt/torchrest/cache python3 -c \
-      "from torchrest.models.converted import convert; print(convert('efficientnet_lite0'))" \
+ && python3 -c "from pathlib import Path; from torchrest.models.converted import convert as c; print(c('efficientnet_lite0', Path('/opt/torchrest/cache')))" \
  && pip uninstall -y pip \
  && cd /opt/torchrest/lib/python3.11/site-packages/torch \
  && rm -rf include share/cmake test \

@@ -27,8 +27,9 @@ install-dev: $(VENV)/.installed-dev
 serve: install
 	$(BIN)/torchrest serve $(ARGS)
 
+# One worker per core (pytest-xdist), each taking whole modules (their servers are per module), longest first.
 test: install-dev browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto --dist loadscope $(PYTEST_ARGS)
 
 # The web page's tests drive Debian's Chromium (installed with apt-get where it is missing; needs root).
 browser:

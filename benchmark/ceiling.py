@@ -44,7 +44,8 @@ from bench import baseline_command, bind, make_large_photo
 from harness import ROOT, cpu_per_request, log, platform_name, serving_process, torchrest_command, write_results, wrk
 from PIL import Image
 
-from torchrest.config import InputSpec, ServerConfig
+from torchrest.config import ServerConfig
+from torchrest.model_input import InputSpec
 from torchrest.models.registry import load_model
 from torchrest.optimize.fidelity import preprocessing_fidelity
 from torchrest.optimize.samples import encoded_views
@@ -59,7 +60,7 @@ DECODE_TIMER = """
 import json, statistics, sys, time, torch
 torch.set_num_threads(1)
 from torchrest import preprocess
-from torchrest.config import InputSpec
+from torchrest.model_input import InputSpec
 spec, times = InputSpec(224, 256), {}
 if sys.argv[1] == "reference_pixels":
     run = lambda data: preprocess.reference_pixels(data, spec)

@@ -3,7 +3,8 @@
 The same near-free model and the same decoded 224x224 pixels, K requests in flight, in two ways:
   - in process: ModelRuntime.infer on this process's event loop, as one torchrest process runs it;
   - across processes: a real engine process (torchrest.engine.service) and this process as its front-end
-    (torchrest.frontend.remote: pixels copied into a shared-memory slot, Infer, Answered, the row read back).
+    (torchrest.frontend.remote over torchrest.frontend.link: pixels copied into a shared-memory slot, Infer,
+    Answered, the row read back).
 It reports images/s and CPU time per image (this process, and the engine's), rounds interleaved; the
 difference is the hand-off's cost. Writes benchmark/results/<date>/handoff.{json,md,png}.
 

@@ -28,7 +28,7 @@ def triton(address: str, admin_token: str) -> dict[str, Any]:
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from torchrest.config import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+    from torchrest.model_input import IMAGENET_MEAN, IMAGENET_STD, InputSpec
     from torchrest.preprocess import decode_image
 
     client = grpcclient.InferenceServerClient(address)
@@ -122,7 +122,7 @@ def kserve(address: str, admin_token: str) -> dict[str, Any]:
     async def infer() -> dict[str, Any]:
         """The image as raw_input_contents (binary_data), and its pixels as typed uint_contents (the
         client sends BYTES as contents only when they are UTF-8 text, which an image is not)."""
-        from torchrest.config import InputSpec
+        from torchrest.model_input import InputSpec
         from torchrest.preprocess import decode_image
 
         client = InferenceGRPCClient(address)

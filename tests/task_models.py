@@ -147,9 +147,10 @@ TASK_MODELS: dict[str, tuple[nn.Module, str, str, str, list[str]]] = {
 }
 
 
-def write_task_repository(root: Path, names: list[str] | None = None) -> Path:
+def write_task_repository(root: Path, names: list[str] | None = None, layout: dict[str, int] | None = None) -> Path:
     """A repository of the models above (or those `names`), each folder as a user writes one by hand: its
-    exported network (float NCHW, pixels / 255), config.json naming its task, input and fitting, its labels."""
+    exported network (float NCHW, pixels / 255), config.json naming its task, input and fitting, its labels
+    (and `layout`, the serving layout, where given: no batch sizes are then timed at start-up)."""
     import json
 
     for name, (module, task, size, resize, labels) in TASK_MODELS.items():
@@ -162,6 +163,6 @@ def write_task_repository(root: Path, names: list[str] | None = None) -> Path:
         if labels:
             labels_file(folder, labels)
         config = {"name": name, "backend": "torch", "artifact": "1/model.pt2", "task": task}
-        config |= {"input_size": size, "resize": resize, "normalize": "unit"}
+        config |= {"input_size": size, "resize": resize, "normalize": "unit"} | ({"layout": layout} if layout else {})
         (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return root

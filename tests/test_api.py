@@ -23,6 +23,8 @@ from tests.conftest import (
     write_model_folder,
 )
 
+pytestmark = pytest.mark.slow(seconds=36)
+
 
 def classify(server: Server, image: bytes, **params: object) -> httpx.Response:
     files = {"image": ("photo.jpg", image, "image/jpeg")}

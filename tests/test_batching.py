@@ -149,9 +149,9 @@ class PeaksAtFour:
 def test_warm_up_caps_batches_at_the_fastest_size() -> None:
     import asyncio
 
-    from torchrest.config import InputSpec
     from torchrest.engine.runtime import ModelRuntime
     from torchrest.metrics import Metrics
+    from torchrest.model_input import InputSpec
     from torchrest.models.common import LoadedModel
     from torchrest.preprocess import Preprocessor
 

@@ -67,11 +67,9 @@ def test_naive_baseline_serves_the_same_answer(tmp_path: Path, server: Server) -
 
 
 @pytest.mark.slow
-def test_naive_baseline_serves_a_repository_model(tmp_path: Path) -> None:
+def test_naive_baseline_serves_a_repository_model(tmp_path: Path, lite0_repository: Path) -> None:
     """BASELINE_REPOSITORY: the baseline runs the model file a repository holds (the peers' second row)."""
-    from tests.conftest import write_repository
-
-    repository = write_repository(tmp_path / "repository")
+    repository = lite0_repository
     with naive_baseline(tmp_path, "BASELINE_MODEL=lite0", f"BASELINE_REPOSITORY={repository}") as baseline:
 
         def classify(_: int) -> dict[str, Any]:

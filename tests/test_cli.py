@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -16,20 +15,9 @@ from tests.conftest import (
     Tiny,
     export_program,
     running_server,
-    torchrest_command,
     write_model_folder,
 )
-
-
-def start(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(torchrest_command("serve", *args), capture_output=True, text=True, timeout=120)
-
-
-def assert_one_line_failure(result: subprocess.CompletedProcess[str], fragment: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("torchrest: error:")]
-    assert len(errors) == 1 and fragment in errors[0], result.stderr
+from tests.helpers import assert_one_line_failure, run_cli, start
 
 
 def test_unknown_model_name() -> None:
@@ -63,7 +51,7 @@ def test_exported_program_for_another_image_size(tmp_path: Path) -> None:
 
 
 def test_optimize_help() -> None:
-    result = subprocess.run(torchrest_command("optimize", "--help"), capture_output=True, text=True, timeout=60)
+    result = run_cli("optimize", "--help")
     assert result.returncode == 0, result.stderr
     assert "--max-accuracy-drop" in result.stdout and "0.5%" in result.stdout
 
@@ -81,7 +69,7 @@ def test_bad_option_value() -> None:
 
 
 def test_help_lists_options_with_env_names() -> None:
-    result = subprocess.run(torchrest_command("serve", "--help"), capture_output=True, text=True, timeout=60)
+    result = run_cli("serve", "--help")
     assert result.returncode == 0
     assert "--max-batch-size" in result.stdout and "TORCHREST_MAX_BATCH_SIZE" in result.stdout
 

@@ -10,11 +10,14 @@ import pytest
 from PIL import ExifTags, Image
 
 from tests.conftest import PHOTOS
-from torchrest.config import InputSpec, ServerConfig
+from torchrest.config import ServerConfig
+from torchrest.model_input import InputSpec
 from torchrest.models.registry import load_model
 from torchrest.optimize.fidelity import preprocessing_fidelity
 from torchrest.optimize.samples import encoded_views
 from torchrest.preprocess import decode_image, reference_pixels
+
+pytestmark = pytest.mark.slow(seconds=15)
 
 SPEC = InputSpec(224, 256)
 VIEWS = 200

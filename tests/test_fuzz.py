@@ -16,9 +16,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tests.conftest import CAT_LABELS, PHOTOS, Server
-from torchrest.config import InputSpec
 from torchrest.errors import ImageTooLarge, InvalidImage
+from torchrest.model_input import InputSpec
 from torchrest.preprocess import decode_image
+
+pytestmark = pytest.mark.slow(seconds=25)
 
 
 def encoded(format: str, **options: object) -> bytes:

@@ -6,13 +6,12 @@ ModelInfer, deadlines, SIGTERM, and the .proto checked against the protocol's de
 from __future__ import annotations
 
 import filecmp
-import json
 import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -22,41 +21,31 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.conftest import (
-    ADMIN_TOKEN,
     CAT_LABELS,
     Server,
     admin_token_file,
-    free_port,
     metric_value,
     running_server,
-    write_repository,
+    wait_for,
 )
+from tests.helpers import assert_one_line_failure, clients, infer_request, start
+
+pytestmark = pytest.mark.slow(seconds=30)
 
 ROOT = Path(__file__).parent.parent
-CLIENTS = Path(__file__).with_name("grpc_clients.py")
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_repository(tmp_path_factory.mktemp("repository"))
+def repository(lite0_repository: Path) -> Path:
+    return lite0_repository
 
 
 @pytest.fixture(scope="module")
 def served(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
     folder = tmp_path_factory.mktemp("grpc")
-    port = free_port()
-    args = ("--model-repository", str(repository), "--grpc-port", str(port))
+    args = ("--model-repository", str(repository), "--grpc-port", "0")
     with running_server(folder, *args, "--admin-token-file", str(admin_token_file(folder))) as server:
-        yield server, f"127.0.0.1:{port}"
-
-
-def clients(scenario: str, address: str, argument: str = ADMIN_TOKEN) -> dict:  # type: ignore[type-arg]
-    """tests/grpc_clients.py SCENARIO ADDRESS ARGUMENT (the admin token, or the model for `answers`)."""
-    result = subprocess.run(
-        [sys.executable, str(CLIENTS), scenario, address, argument], capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+        yield server, f"127.0.0.1:{server.grpc_port}"
 
 
 def test_tritonclient_grpc_covers_the_protocol(served: tuple[Server, str]) -> None:
@@ -119,27 +108,6 @@ def test_generated_modules_are_fresh(tmp_path: Path) -> None:
         assert filecmp.cmp(tmp_path / "torchrest/grpc" / name, ROOT / "torchrest/grpc" / name, shallow=False), name
 
 
-def infer_request(model: str, photo: bytes, images: int = 1) -> bytes:
-    """A ModelInferRequest for `model` with `images` copies of one image, as raw protobuf (the protocol's
-    field numbers), so this process needs no generated module of the `inference` package."""
-
-    def field(number: int, payload: bytes) -> bytes:
-        return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-    tensor = field(1, b"image") + field(2, b"BYTES") + _varint(3 << 3 | 0) + _varint(images)
-    raw = (len(photo).to_bytes(4, "little") + photo) * images
-    return field(1, model.encode()) + field(5, tensor) + field(7, raw)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 def _model_infer(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
     return channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
 
@@ -150,12 +118,14 @@ def test_a_short_deadline_on_a_busy_server_is_never_computed(served: tuple[Serve
     before = server.metrics()
     with grpc.insecure_channel(address) as channel:
         call = _model_infer(channel)
-        # 64 calls, so that the queue is still long after the 0.3 s below: on a fast 2-core machine (AVX-512)
-        # 24 calls were all answered by then, and the late call found nothing ahead of it
+        # 64 calls (under the 100 streams a connection carries at once), the late one sent once 32 of their
+        # images wait: about a third of a second of work ahead of it, past its deadline of 0.2 s, which leaves
+        # the refusal time to come back on a busy machine
         busy = [call.future(infer_request("lite0", photo), timeout=120) for _ in range(64)]
-        time.sleep(0.3)
+        queued = partial(metric_value, name="torchrest_queue_depth", model="lite0")
+        wait_for(lambda: queued(server.metrics()) >= 32, what="a queue of 32 images")
         with pytest.raises(grpc.RpcError) as late:
-            call(infer_request("lite0", photo), timeout=0.05)
+            call(infer_request("lite0", photo), timeout=0.2)
         # the queue ahead would outlast its deadline: refused at once (as HTTP's 503), not queued to expire
         assert late.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "past this request's deadline" in (late.value.details() or "")
@@ -171,17 +141,20 @@ def test_a_short_deadline_on_a_busy_server_is_never_computed(served: tuple[Serve
 
 
 def test_sigterm_finishes_admitted_grpc_calls(repository: Path, tmp_path: Path) -> None:
-    port = free_port()
-    args = ("--model-repository", str(repository), "--grpc-port", str(port), "--max-batch-size", "1")
+    args = ("--model-repository", str(repository), "--grpc-port", "0", "--max-batch-size", "1")
     photo = (ROOT / "tests/data/cat.jpg").read_bytes()
-    with running_server(tmp_path, *args) as server, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with running_server(tmp_path, *args) as server, grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         call = _model_infer(channel)
-        # 8 calls of 8 images each: long enough in the server that all 64 places are seen taken at once
+        # 8 calls of 8 images each, one image at a time (a second or more): SIGTERM once every call is admitted
+        # (its images in flight, or already computed) and some are still in flight
         calls = [call.future(infer_request("lite0", photo, images=8), timeout=120) for _ in range(8)]
-        deadline = time.monotonic() + 30
-        while metric_value(server.metrics(), "torchrest_in_flight", model="lite0") < 64:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+
+        def all_admitted() -> bool:
+            metrics = server.metrics()
+            in_flight = metric_value(metrics, "torchrest_in_flight", model="lite0")
+            return in_flight >= 1 and in_flight + metric_value(metrics, "torchrest_batch_size_sum", model="lite0") >= 64
+
+        wait_for(all_admitted, what="every call admitted, some still in flight", every_s=0.01)
         server.process.send_signal(signal.SIGTERM)
         answers = [future.result() for future in calls]
         assert all(len(answer) > 0 for answer in answers)
@@ -191,8 +164,6 @@ def test_sigterm_finishes_admitted_grpc_calls(repository: Path, tmp_path: Path) 
 
 
 def test_grpc_port_in_use_fails_the_start_in_one_line(repository: Path) -> None:
-    from tests.test_cli import assert_one_line_failure, start
-
     with socket.socket() as busy:
         busy.bind(("0.0.0.0", 0))
         busy.listen()

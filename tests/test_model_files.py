@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import PHOTOS, Server, export_program, free_port, running_server, torchrest_command
-from tests.test_grpc import clients
+from tests.conftest import PHOTOS, Server, export_program, running_server, torchrest_command
+from tests.helpers import clients
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=85)
 ROOT = Path(__file__).parent.parent
 
 
@@ -64,11 +64,9 @@ def lite0_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def served_file(tmp_path_factory: pytest.TempPathFactory, lite0_file: Path) -> Iterator[tuple[Server, int]]:
-    grpc_port = free_port()
-    with running_server(
-        tmp_path_factory.mktemp("served"), "--model", str(lite0_file), "--grpc-port", str(grpc_port)
-    ) as s:
-        yield s, grpc_port
+    with running_server(tmp_path_factory.mktemp("served"), "--model", str(lite0_file), "--grpc-port", "0") as s:
+        assert s.grpc_port is not None
+        yield s, s.grpc_port
 
 
 def top5(server: Server, photo: bytes, model: str | None = None) -> list[tuple[str, float]]:
@@ -180,7 +178,7 @@ def test_a_package_compiled_for_another_cpu_falls_back_to_the_portable_program_o
 ) -> None:
     """optimize's AOTInductor folder records the torch that compiled it and keeps the exported program
     beside the package; a package whose metadata names a CPU feature this one lacks is not run."""
-    from torchrest.config import ModelConfig
+    from torchrest.models.repository import ModelConfig
 
     folder = tmp_path / "repository" / "small"
     (folder / "1").mkdir(parents=True)
@@ -213,8 +211,9 @@ def test_a_package_compiled_for_another_cpu_falls_back_to_the_portable_program_o
     rewritten.replace(folder / "1" / "model.pt2")
     config.backend_options.pop("torch")
     config.write(folder / "config.json")
+    # a subprocess: the load fails after the port is open (one process loads its models while serving)
     result = subprocess.run(
-        torchrest_command("serve", "--model-repository", str(tmp_path / "repository"), "--port", str(free_port())),
+        torchrest_command("serve", "--model-repository", str(tmp_path / "repository"), "--port", "0"),
         capture_output=True,
         text=True,
         timeout=120,

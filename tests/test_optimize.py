@@ -14,16 +14,21 @@ import pytest
 import torch
 
 from tests.conftest import CAT_LABELS, DATA, PHOTOS, export_program, running_server, torchrest_command
+from tests.helpers import assert_one_line_failure, run_cli, start
 from tests.task_models import photo_with_shapes, write_task_repository
-from tests.test_cli import assert_one_line_failure
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=270)
 
 QUICK = ("--batch-sizes", "1,2", "--seconds-per-point", "0.2", "--fidelity-samples", "200")
 
 
 def optimize(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(torchrest_command("optimize", *args), capture_output=True, text=True, timeout=600)
+
+
+def optimize_error(*args: str) -> subprocess.CompletedProcess[str]:
+    """`torchrest optimize ARGS` that fails before it measures anything: run in this process."""
+    return run_cli("optimize", *args)
 
 
 def read_report(folder: Path) -> dict:
@@ -251,13 +256,13 @@ def test_candidate_that_crashes_on_export_is_reported_failed_and_the_rest_go_on(
     ],
 )
 def test_bad_arguments_fail_in_one_line(args: tuple[str, ...], fragment: str, tmp_path: Path) -> None:
-    assert_one_line_failure(optimize("--calibration", str(DATA), "--out", str(tmp_path), *args), fragment)
+    assert_one_line_failure(optimize_error("--calibration", str(DATA), "--out", str(tmp_path), *args), fragment)
 
 
 def test_non_model_file_fails_in_one_line(tmp_path: Path) -> None:
     notes = tmp_path / "notes.pt2"
     notes.write_text("these are not weights")
-    result = optimize("--model", str(notes), "--calibration", str(DATA), "--out", str(tmp_path / "out"))
+    result = optimize_error("--model", str(notes), "--calibration", str(DATA), "--out", str(tmp_path / "out"))
     assert_one_line_failure(result, "is not a model file torchrest reads")
 
 
@@ -266,29 +271,26 @@ def test_calibration_folder_without_images_fails_in_one_line(tmp_path: Path) -> 
     empty.mkdir()
     (empty / "readme.txt").write_text("no pictures here")
     (empty / "fake.jpg").write_bytes(b"not a jpeg at all")
-    result = optimize("--calibration", str(empty), "--out", str(tmp_path / "out"))
+    result = optimize_error("--calibration", str(empty), "--out", str(tmp_path / "out"))
     assert_one_line_failure(result, "holds no image torchrest can decode")
-    assert_one_line_failure(optimize("--out", str(tmp_path / "out")), "--calibration DIR is required")
+    assert_one_line_failure(optimize_error("--out", str(tmp_path / "out")), "--calibration DIR is required")
 
 
 def test_unwritable_output_fails_in_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    result = optimize("--calibration", str(DATA), "--out", str(blocker / "repository"))
+    result = optimize_error("--calibration", str(DATA), "--out", str(blocker / "repository"))
     assert_one_line_failure(result, "cannot write to output folder")
 
 
 def test_serve_rejects_a_broken_model_folder(tmp_path: Path) -> None:
-    def serve(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(torchrest_command("serve", *args), capture_output=True, text=True, timeout=120)
-
-    assert_one_line_failure(serve("--model-repository", str(tmp_path)), "holds no model folder")
+    assert_one_line_failure(start("--model-repository", str(tmp_path)), "holds no model folder")
     folder = tmp_path / "broken"
     folder.mkdir()
     (folder / "config.json").write_text('{"name": "broken", "backend": "onnxruntime", "artifact": "1/model.onnx"}')
-    assert_one_line_failure(serve("--model-repository", str(tmp_path)), "names artifact 1/model.onnx, which is missing")
+    assert_one_line_failure(start("--model-repository", str(tmp_path)), "names artifact 1/model.onnx, which is missing")
     (folder / "config.json").write_text("{not json")
-    assert_one_line_failure(serve("--model-repository", str(tmp_path)), "is not readable JSON")
+    assert_one_line_failure(start("--model-repository", str(tmp_path)), "is not readable JSON")
 
 
 # --- other tasks: each gated by its own measure --------------------------------------------------

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from torchrest.config import InputSpec, ModelConfig, OptimizeConfig, input_spec
+from torchrest.config import OptimizeConfig
 from torchrest.errors import StartupError
+from torchrest.model_input import InputSpec, input_spec
+from torchrest.models.repository import ModelConfig
 from torchrest.optimize.fidelity import compare
 from torchrest.optimize.gates import Bounds, Gate, box_agreement, embedding_agreement
 from torchrest.optimize.measure import measure

@@ -179,7 +179,7 @@ def test_box_check_wants_the_reference_boxes() -> None:
 def test_peer_letterbox_is_torchrest_letterbox() -> None:
     """Pillow's letterbox (the peers' and the naive server's) and torchrest's put the same pixels in the
     same place."""
-    from torchrest.config import input_spec
+    from torchrest.model_input import input_spec
     from torchrest.preprocess import decode_fitted
 
     spec = input_spec((640, 640), 0, "letterbox", "unit")

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from tests.conftest import PHOTOS
-from tests.test_errors import forged_png
-from torchrest.config import InputSpec
+from tests.helpers import forged_png
 from torchrest.errors import ImageTooLarge, InvalidImage
+from torchrest.model_input import InputSpec
 from torchrest.preprocess import decode_image
 
 SPEC = InputSpec(224, 256)

@@ -10,17 +10,9 @@ import httpx
 import pytest
 
 from tests.conftest import CAT_LABELS, PHOTOS, Server, running_server
+from tests.helpers import thread_nice_values
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
-
-
-def thread_nice_values(pid: int) -> dict[int, int]:
-    """Every thread of `pid`: its nice value (field 19 of /proc/PID/task/TID/stat)."""
-    values = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        values[int(task.name)] = int(fields[16])  # fields after the command name start at field 3
-    return values
 
 
 def test_the_event_loop_runs_below_the_model_threads(server: Server) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import io
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,30 +16,30 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import Server, free_port, metric_value, running_server, torchrest_command
+from tests.conftest import Server, metric_value, running_server
 from tests.grpc_clients import SHAPES
-from tests.task_models import COLOURS, ShapeDetector, export, photo_with_shapes, write_task_repository
-from tests.test_grpc import clients
+from tests.helpers import clients, start
+from tests.task_models import COLOURS, ShapeDetector, export, photo_with_shapes
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=65)
 SIZE = (900, 600)  # the photo, upright: wider than tall
 CLASS_OF = {"red": 0, "green": 1, "blue": 2}
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_task_repository(tmp_path_factory.mktemp("task-models"))
+def repository(task_repository: Path) -> Path:
+    return task_repository
 
 
 @pytest.fixture(scope="module", params=["1", "2"], ids=["one-process", "two-front-ends"])
 def served(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, repository: Path
 ) -> Iterator[tuple[Server, int]]:
-    grpc_port = free_port()
-    args = ("--model-repository", str(repository), "--grpc-port", str(grpc_port), "--workers", request.param)
+    args = ("--model-repository", str(repository), "--grpc-port", "0", "--workers", request.param)
     args += ("--max-wait-ms", "50")  # concurrent requests wait a little for each other: they batch
     with running_server(tmp_path_factory.mktemp("tasks"), *args) as server:
-        yield server, grpc_port
+        assert server.grpc_port is not None
+        yield server, server.grpc_port
 
 
 def post(server: Server, route: str, data: bytes, **params: object) -> httpx.Response:
@@ -193,15 +192,18 @@ def test_concurrent_detections_are_one_model_call_and_the_metrics_name_the_task(
             )
         return [reply.status_code for reply in replies]
 
-    before = httpx.get(f"{server.url}/metrics", timeout=10).text
-    assert asyncio.run(burst()) == [200] * 6
-    after = httpx.get(f"{server.url}/metrics", timeout=10).text
-    answered = metric_value(after, "torchrest_answers_total", model="shapes", task="detect")
-    assert answered - metric_value(before, "torchrest_answers_total", model="shapes", task="detect") == 6
-    batches = metric_value(after, "torchrest_batch_size_count", model="shapes") - metric_value(
-        before, "torchrest_batch_size_count", model="shapes"
-    )
-    assert batches < 6  # some of them shared a batch
+    def calls_for_a_burst() -> float:
+        before = httpx.get(f"{server.url}/metrics", timeout=10).text
+        assert asyncio.run(burst()) == [200] * 6
+        after = httpx.get(f"{server.url}/metrics", timeout=10).text
+        answered = metric_value(after, "torchrest_answers_total", model="shapes", task="detect")
+        assert answered - metric_value(before, "torchrest_answers_total", model="shapes", task="detect") == 6
+        return metric_value(after, "torchrest_batch_size_count", model="shapes") - metric_value(
+            before, "torchrest_batch_size_count", model="shapes"
+        )
+
+    # some of them share a batch; on a machine busy with other work a burst may trickle in, so up to 3 bursts
+    assert any(calls_for_a_burst() < 6 for _ in range(3))
 
 
 def test_classify_and_embed_requests_share_one_model_call(served: tuple[Server, int]) -> None:
@@ -287,13 +289,6 @@ def test_a_model_that_does_not_fit_its_task_is_one_line_and_exit_2(tmp_path: Pat
         ("segment", "task segment expects an output of shape (N, classes >= 2, height, width); output 0 is (N, 7, 9)"),
         ("classify", "task classify expects an output of shape (N, classes); output 0 is (N, 7, 9)"),
     ):
-        result = subprocess.run(
-            torchrest_command(
-                "serve", "--model", str(path), "--task", task, "--input-size", "64", "--port", str(free_port())
-            ),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = start("--model", str(path), "--task", task, "--input-size", "64")
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip().splitlines() == [f"torchrest: error: {expected}"]

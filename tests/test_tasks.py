@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from torchrest.config import InputSpec
 from torchrest.errors import InvalidModelOutput, ModelLoadError
+from torchrest.model_input import InputSpec
 from torchrest.resize import fit_into
 from torchrest.tasks.base import Answer, Geometry
 from torchrest.tasks.detect import DetectOptions, suppressed_boxes

@@ -17,10 +17,10 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import PHOTOS, Server, free_port, running_server, write_repository
-from tests.test_grpc import clients
+from tests.conftest import PHOTOS, Server, free_port, running_server
+from tests.helpers import clients
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=70)
 STAGES = {"admission", "body read", "queue wait", "decode", "inference", "response"}
 
 
@@ -112,8 +112,8 @@ def tracing_env(endpoint: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_repository(tmp_path_factory.mktemp("repository"))
+def repository(lite0_repository: Path) -> Path:
+    return lite0_repository
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-front-ends"])
@@ -121,12 +121,11 @@ def traced(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, repository: Path
 ) -> Iterator[tuple[Server, Receiver, int]]:
     receiver = Receiver()
-    grpc_port = free_port()
     args = ("--model-repository", str(repository), "--default-model", "lite0", "--tracing", "--log-format", "json")
     # batches of up to 8 that wait 300 ms for company (the cap timed at start-up can be 1 on a small CPU)
     more = (
         "--grpc-port",
-        str(grpc_port),
+        "0",
         "--workers",
         str(request.param),
         "--max-wait-ms",
@@ -135,7 +134,8 @@ def traced(
         "8",
     )
     with running_server(tmp_path_factory.mktemp("traced"), *args, *more, env=tracing_env(receiver.endpoint)) as s:
-        yield s, receiver, grpc_port
+        assert s.grpc_port is not None
+        yield s, receiver, s.grpc_port
     receiver.close()
 
 
@@ -240,8 +240,8 @@ def test_a_collector_that_is_down_or_slow_never_slows_or_fails_requests(
                 response = client.post("/classify", files={"image": PHOTOS["cat"]})
                 took.append(time.perf_counter() - started)
                 assert response.status_code == 200
-        # exports go every 0.1 s and a slow one takes 3 s: a request that waited for one would show it
-        assert max(took) < 1.5, took
+        # exports go every 0.1 s and a slow one takes 3 s: a request that waited for one would take as long
+        assert max(took) < 2.5, took
     if slow:
         assert slow.spans  # it was reached, slowly
         slow.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import shutil
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,16 +29,18 @@ from tests.conftest import (
     Tiny,
     admin_token_file,
     running_server,
+    wait_for,
     write_model_folder,
-    write_repository,
 )
-from torchrest.config import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+from torchrest.model_input import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 from torchrest.preprocess import decode_image
+
+pytestmark = pytest.mark.slow(seconds=40)
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_repository(tmp_path_factory.mktemp("repository"))
+def repository(lite0_repository: Path) -> Path:
+    return lite0_repository
 
 
 @pytest.fixture(scope="module")
@@ -289,11 +290,11 @@ def test_rollout_and_unload_under_traffic_fail_no_request(repository: Path, tmp_
         lite0, tiny = Traffic(server.url, "lite0"), Traffic(server.url, "tiny")
         lite0.start()
         tiny.start()
-        time.sleep(1.0)
+        wait_for(lambda: tiny.versions["1"] >= 3 and sum(lite0.statuses.values()) >= 3, what="traffic on version 1")
         write_model_folder(repository, "tiny", Tiny(0.5), TINY_LABELS, version=2)
         client.load_model("tiny", headers=ADMIN)  # rollout: version 2 swaps in, version 1 drains
         assert client.get_model_metadata("tiny")["versions"] == ["2"]
-        time.sleep(1.0)
+        wait_for(lambda: tiny.versions["2"] >= 3, what="traffic on version 2")
         tiny_statuses = tiny.stop()
         assert set(tiny_statuses) == {200}, tiny_statuses
         assert tiny.versions["1"] > 0 and tiny.versions["2"] > 0, tiny.versions
@@ -306,7 +307,8 @@ def test_rollout_and_unload_under_traffic_fail_no_request(repository: Path, tmp_
         assert gone.status_code == 503 and gone.json()["code"] == "not_ready"
         client.load_model("tiny", headers=ADMIN)
         assert client.is_model_ready("tiny")
-        time.sleep(0.5)
+        answered = lite0.statuses[200]
+        wait_for(lambda: lite0.statuses[200] >= max(answered + 3, 11), what="lite0 answering after tiny's reload")
         lite0_statuses = lite0.stop()
         assert set(lite0_statuses) == {200}, lite0_statuses
         assert sum(lite0_statuses.values()) > 10

@@ -20,17 +20,18 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.conftest import CAT_LABELS, DATA, PHOTOS, Server, running_server, write_repository
+from tests.conftest import CAT_LABELS, DATA, PHOTOS, Server, running_server
 from tests.task_models import photo_with_shapes
+
+pytestmark = pytest.mark.slow(seconds=20)
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    repository = write_repository(tmp_path_factory.mktemp("repository"))
-    with running_server(tmp_path_factory.mktemp("web"), "--model-repository", str(repository)) as running:
+def server(tmp_path_factory: pytest.TempPathFactory, lite0_repository: Path) -> Iterator[Server]:
+    with running_server(tmp_path_factory.mktemp("web"), "--model-repository", str(lite0_repository)) as running:
         yield running
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,17 +19,14 @@ from tests.conftest import (
     PHOTOS,
     Server,
     admin_token_file,
-    free_port,
     metric_value,
     running_server,
-    torchrest_command,
-    write_repository,
+    wait_for,
 )
-from tests.test_grpc import clients
-from tests.test_priority import thread_nice_values
-from torchrest.config import InputSpec
+from tests.helpers import clients, start, thread_nice_values
+from torchrest.model_input import InputSpec
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=45)
 SHM = Path("/dev/shm")
 
 
@@ -49,15 +45,6 @@ def left_behind(pid: int) -> list[Path]:
     return list(SHM.glob(f"torchrest-{pid}-*"))
 
 
-def wait_for(condition: object, timeout_s: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout_s} s: {what}")
-
-
 def fresh(server: Server, method: str, path: str, **kwargs: object) -> httpx.Response:
     """One request on a new connection: the kernel picks the front-end by a hash of it."""
     with httpx.Client(base_url=server.url, timeout=60) as client:
@@ -65,18 +52,18 @@ def fresh(server: Server, method: str, path: str, **kwargs: object) -> httpx.Res
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_repository(tmp_path_factory.mktemp("repository"))
+def repository(lite0_repository: Path) -> Path:
+    return lite0_repository
 
 
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory: pytest.TempPathFactory, repository: Path) -> Iterator[tuple[Server, int]]:
     folder = tmp_path_factory.mktemp("workers")
-    grpc_port = free_port()
     args = ("--workers", "2", "--model-repository", str(repository), "--default-model", "lite0")
-    extra = ("--admin-token-file", str(admin_token_file(folder)), "--grpc-port", str(grpc_port))
+    extra = ("--admin-token-file", str(admin_token_file(folder)), "--grpc-port", "0")
     with running_server(folder, *args, *extra) as server:
-        yield server, grpc_port
+        assert server.grpc_port is not None
+        yield server, server.grpc_port
 
 
 def test_two_front_ends_and_an_engine_answer_classify_v2_and_grpc(workers: tuple[Server, int], server: Server) -> None:
@@ -112,7 +99,7 @@ def test_pixels_and_tensors_cross_as_images_do(workers: tuple[Server, int]) -> N
     """uint8 pixels travel in a slot, float tensors inline: both give the encoded photo's answer."""
     import tritonclient.http as http_client
 
-    from torchrest.config import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+    from torchrest.model_input import IMAGENET_MEAN, IMAGENET_STD, InputSpec
     from torchrest.preprocess import decode_image
 
     served, _ = workers
@@ -281,36 +268,21 @@ def tiny_with_two_front_ends(repository: Path) -> tuple[str, ...]:
     return ("--workers", "2", "--model-repository", str(repository), "--model", "tiny")
 
 
-def run_until_ready(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], str, Path]:
-    port = free_port()
-    log = tmp_path / "server.log"
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            torchrest_command("serve", "--host", "127.0.0.1", "--port", str(port), *args),
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert process.poll() is None, log.read_text()
-        with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
-        return False
-
-    wait_for(ready, 120, "server ready")
-    return process, url, log
+def engine_folder(engine_pid: int) -> Path:
+    """The supervisor's temporary folder (the engine's socket, the metrics files), as its engine was told."""
+    environment = Path(f"/proc/{engine_pid}/environ").read_bytes().split(b"\0")
+    metrics_dir = next(item for item in environment if item.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
+    return Path(metrics_dir.split(b"=", 1)[1].decode()).parent
 
 
 def test_a_killed_engine_fails_health_and_ends_the_server_non_zero(tmp_path: Path, repository: Path) -> None:
     """The engine holds the models: without it the front-ends say 503 at once, and the supervisor exits 1
     (Kubernetes restarts the pod) leaving nothing in /dev/shm or its temporary folder."""
-    process, url, log = run_until_ready(
-        tmp_path, "--workers", "2", "--model-repository", str(repository), "--model", "tiny"
-    )
-    try:
-        folders_before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("torchrest-*"))
+    with running_server(tmp_path, *tiny_with_two_front_ends(repository)) as server:
+        process, url = server.process, server.url
         names = children(process.pid)
+        folder = engine_folder(names["torchrest-eng"])
+        assert (folder / "engine.sock").exists()
         os.kill(names["torchrest-eng"], signal.SIGKILL)
         answers = []
         with contextlib.suppress(httpx.HTTPError):
@@ -320,33 +292,27 @@ def test_a_killed_engine_fails_health_and_ends_the_server_non_zero(tmp_path: Pat
         assert 200 not in answers[1:], answers  # (the first may have been answered before the kill landed)
         assert not left_behind(process.pid)
         assert all(not Path(f"/proc/{pid}").exists() for pid in names.values())
-        assert "engine process exited" in log.read_text()
-        assert not set(Path(os.environ.get("TMPDIR", "/tmp")).glob("torchrest-*")) - folders_before
-    finally:
-        if process.poll() is None:
-            process.kill()
+        assert "engine process exited" in server.log()
+        assert not folder.exists()
 
 
 def test_sigterm_drains_every_process_and_exits_0(tmp_path: Path, repository: Path) -> None:
-    process, url, _ = run_until_ready(
-        tmp_path, "--workers", "2", "--model-repository", str(repository), "--model", "tiny"
-    )
-    names = children(process.pid)
-    assert left_behind(process.pid)
-    for _ in range(4):
-        assert httpx.post(f"{url}/classify", files={"image": PHOTOS["cat"]}, timeout=30).status_code == 200
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 0
-    assert all(not Path(f"/proc/{pid}").exists() for pid in names.values())
-    assert not left_behind(process.pid)
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{url}/health", timeout=5)
+    with running_server(tmp_path, *tiny_with_two_front_ends(repository)) as server:
+        process, url = server.process, server.url
+        names = children(process.pid)
+        assert left_behind(process.pid)
+        for _ in range(4):
+            assert httpx.post(f"{url}/classify", files={"image": PHOTOS["cat"]}, timeout=30).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        assert all(not Path(f"/proc/{pid}").exists() for pid in names.values())
+        assert not left_behind(process.pid)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/health", timeout=5)
 
 
 @pytest.mark.parametrize("workers", ["-1", "4096"])
 def test_bad_worker_count_is_one_line_and_exit_2(workers: str) -> None:
-    result = subprocess.run(
-        torchrest_command("serve", "--workers", workers), capture_output=True, text=True, timeout=120
-    )
+    result = start("--workers", workers)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "--workers" in result.stderr, result.stderr

@@ -1,5 +1,6 @@
-"""Command line: argument parsing only. Flags and TORCHREST_* environment fallbacks are derived from
-`ServerConfig`'s fields; a `StartupError` or `ModelLoadError` becomes one line on stderr and exit status 2."""
+"""Command line: argument parsing only. Flags, their --help sections and TORCHREST_* environment fallbacks
+are derived from the fields of `ServerConfig` and `OptimizeConfig` (torchrest.config); a `StartupError` or
+`ModelLoadError` becomes one line on stderr and exit status 2."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from torchrest import __version__
-from torchrest.config import OptimizeConfig, ServerConfig, config_fields, env_name, flag_name
+from torchrest.config import GROUPS, OptimizeConfig, ServerConfig, config_fields, env_name, flag_name
 from torchrest.errors import ModelLoadError, StartupError
 from torchrest.logs import TEXT, configure_logging
 
@@ -27,6 +28,7 @@ def parse_bool(text: str) -> bool:
 CONVERTERS: dict[str, Any] = {
     "str": str,
     "int": int,
+    "int | None": int,
     "float": float,
     "Path": Path,
     "Path | None": Path,
@@ -94,8 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, kind: type) -> None:
-    """One flag per field of `kind`; the default comes from TORCHREST_<FIELD> when it is set."""
-    for spec in config_fields(kind):
+    """One flag per field of `kind`, in its section of --help (the field's `group`), its choices shown where
+    it has a fixed set; the default comes from TORCHREST_<FIELD> when it is set."""
+    specs = config_fields(kind)
+    used = {spec.metadata["group"] for spec in specs}
+    sections = {name: parser.add_argument_group(name, about) for name, about in GROUPS.items() if name in used}
+    for spec in specs:
         convert = CONVERTERS[str(spec.type)]
         env = env_name(spec.name)
         default = convert(os.environ[env]) if env in os.environ else spec.default
@@ -103,7 +109,9 @@ def add_config_flags(parser: argparse.ArgumentParser, kind: type) -> None:
         style: dict[str, Any] = (
             {"action": argparse.BooleanOptionalAction} if convert is parse_bool else {"type": convert}
         )
-        parser.add_argument(
+        if spec.metadata["choices"]:  # shown, not enforced here: the config's validate() says what is wrong
+            style["metavar"] = "{" + ",".join(spec.metadata["choices"]) + "}"
+        sections[spec.metadata["group"]].add_argument(
             f"--{flag_name(spec.name)}",
             dest=spec.name,
             default=default,
@@ -122,7 +130,8 @@ def synopsis(command: str, kind: type, width: int = 112) -> str:
         if CONVERTERS[str(spec.type)] is parse_bool:
             parts.append(f"[--[no-]{flag}]")
         elif spec.default in (None, "", 0) and str(spec.type) != "float":
-            parts.append(f"[--{flag} {'PATH' if 'Path' in str(spec.type) else 'N' if spec.type == 'int' else 'VALUE'}]")
+            value = "PATH" if "Path" in str(spec.type) else "N" if spec.type in ("int", "int | None") else "VALUE"
+            parts.append(f"[--{flag} {value}]")
         else:
             parts.append(f"[--{flag} {spec.default}]")
     lines, line = [], head

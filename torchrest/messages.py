@@ -29,8 +29,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
-from torchrest.config import InputSpec
 from torchrest.errors import TorchrestError, all_errors
+from torchrest.model_input import InputSpec
 from torchrest.served import RuntimeInfo
 from torchrest.tasks.registry import Heads
 

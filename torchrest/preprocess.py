@@ -30,8 +30,8 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
 from torchrest import jpeg
-from torchrest.config import InputSpec
 from torchrest.errors import ImageTooLarge, InvalidImage, TorchrestError, first_line
+from torchrest.model_input import InputSpec
 from torchrest.priority import started_pool
 from torchrest.resize import crop_origin, fit_into, resized_size, shorter_side_to
 from torchrest.tasks.base import Geometry

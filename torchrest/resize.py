@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from torchrest.config import CROP, LETTERBOX, InputSpec
+from torchrest.model_input import CROP, LETTERBOX, InputSpec
 from torchrest.tasks.base import Geometry
 
 

@@ -19,8 +19,8 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
-from torchrest.config import InputSpec
 from torchrest.errors import BadRequest, NotFound, NotReady
+from torchrest.model_input import InputSpec
 from torchrest.tasks.registry import Answer, Heads
 from torchrest.timing import StageTimes
 

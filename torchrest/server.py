@@ -43,22 +43,21 @@ def serve(config: ServerConfig) -> int:
     metrics = Metrics()
     models = build_manager(config, metrics, device)
     listeners.tls_options(config)  # a bad certificate or key is one line and exit 2, before the port is taken
-    sockets = listeners.bind_all(config)
-    host, port = sockets[0].getsockname()[:2]
+    claimed = listeners.claim_ports(config)
+    config = claimed.config
     log.info(
-        "torchrest serving %s (default %s) on %s://%s:%d (device %s, %d threads for %d model(s))",
+        "torchrest serving %s (default %s) on %s (device %s, %d threads for %d model(s))",
         ", ".join(models.entries),
         models.default,
-        "https" if config.ssl_certfile else "http",
-        host,
-        port,
+        listeners.addresses(config),
         device,
         config.total_threads,
         len(models.entries),
     )
     try:
-        return listeners.serve(sockets, config, metrics, models, loop_nice=config.event_loop_nice)
+        return listeners.serve(claimed.sockets, config, metrics, models, loop_nice=config.event_loop_nice)
     finally:
+        claimed.close()
         tracing.shutdown()
 
 

@@ -9,18 +9,23 @@ back, whatever its size (a row of probabilities, an embedding, a list of boxes, 
 A front-end keeps a pool of slots per size (SlotPools): one file for each size its models' inputs need,
 made the first time it is needed, each in /dev/shm (`torchrest-<server pid>-<front-end>-<nonce>`), created
 and unlinked by that front-end and mapped by the engine (a Slots message says where); the supervisor removes
-what a killed process left (`remove_left`). A plain file and mmap rather than multiprocessing.shared_memory:
-its resource tracker would unlink a segment that the engine merely attached to when the engine exits (Python
-3.11 has no `track=False`).
+what a killed process left (`remove_left`). On the front-end's event loop, a Pool hands out one file's
+slots, a request waiting its turn when all are taken; the link to the engine (torchrest.frontend.link) takes
+a slot for each request and gives it back on the engine's final word.
+
+A plain file and mmap rather than multiprocessing.shared_memory: its resource tracker would unlink a segment
+that the engine merely attached to when the engine exits (Python 3.11 has no `track=False`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import mmap
 import os
 import secrets
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +151,39 @@ class SlotPools:
             if slots is not None:
                 slots.close()
         self.files.clear()
+
+
+class Pool:
+    """One slot file of this front-end's and the requests waiting for a slot of it: when every slot holds an
+    image in flight, a request waits for the engine to answer one (those images are its queue anyway:
+    waiting costs nothing, a copy inline would)."""
+
+    def __init__(self, size: int, slots: SlotFile) -> None:
+        self.size = size
+        self.slots = slots
+        self.waiters: deque[asyncio.Future[int]] = deque()
+
+    async def take(self) -> int:
+        slot = self.slots.acquire()
+        if slot >= 0:
+            return slot
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(waiter.result())  # handed over just as the client left
+            raise
+
+    def release(self, slot: int) -> None:
+        """Give a slot back: to the longest waiting request, else to the free list."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(slot)
+                return
+        self.slots.release(slot)
 
 
 def remove_left(server_pid: int, frontend: int | None = None) -> list[Path]:

@@ -36,7 +36,7 @@ from prometheus_client import multiprocess
 
 from torchrest.config import ServerConfig
 from torchrest.engine.service import run_engine
-from torchrest.frontend.listeners import bind, tls_options
+from torchrest.frontend.listeners import addresses, claim_ports, tls_options
 from torchrest.frontend.process import run_frontend
 from torchrest.slots import remove_left
 
@@ -73,10 +73,8 @@ class Supervisor:
         for index in range(self.workers):
             self.frontends[index] = self._start_frontend(index)
         log.info(
-            "torchrest serving on %s://%s:%d: %d front-end processes, one engine process (device %s)",
-            "https" if self.config.ssl_certfile else "http",
-            self.config.host,
-            self.config.port,
+            "torchrest serving on %s: %d front-end processes, one engine process (device %s)",
+            addresses(self.config),
             self.workers,
             self.device,
         )
@@ -183,9 +181,9 @@ class Supervisor:
 def supervise(config: ServerConfig, workers: int, device: str) -> int:
     """Run a server of `workers` front-ends and one engine until it is stopped; the exit status."""
     tls_options(config)  # a bad certificate or key is one line and exit 2, before anything starts
-    claimed = [bind(config.host, port, reuse_port=True) for port in (config.port, config.metrics_port) if port]
-    if config.grpc_port:
-        claimed.append(bind(config.host, config.grpc_port, reuse_port=True))
+    # held, not listened on, for the server's life: each front-end binds the same ports beside them
+    claimed = claim_ports(config, reuse_port=True)
+    config = claimed.config
     folder = Path(tempfile.mkdtemp(prefix="torchrest-"))
     metrics_dir = folder / "metrics"
     metrics_dir.mkdir()
@@ -194,7 +192,6 @@ def supervise(config: ServerConfig, workers: int, device: str) -> int:
     try:
         return Supervisor(config, workers, device, folder).run()
     finally:
-        for sock in claimed:
-            sock.close()
+        claimed.close()
         remove_left(os.getpid())
         shutil.rmtree(folder, ignore_errors=True)

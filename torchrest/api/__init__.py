@@ -34,7 +34,7 @@ def route_table() -> tuple[dict[str, dict[str, Handler]], dict[str, dict[str, Ha
 
 def build_app(state: AppState) -> App:
     routes, v2_templates = route_table()
-    return App(state, routes, v2_templates, metrics_port=state.config.metrics_port)
+    return App(state, routes, v2_templates, metrics_port=state.config.metrics_port or 0)
 
 
 __all__ = ["App", "AppState", "build_app", "route_table"]

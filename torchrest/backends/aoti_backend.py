@@ -31,8 +31,8 @@ from torchrest.backends.formats import CompiledFor
 from torchrest.backends.inputs import FLOAT_NCHW, UINT8_NHWC, Outputs, as_outputs, float_nchw
 from torchrest.backends.kind import BackendKind
 from torchrest.backends.torch_backend import OnTorchDevice
-from torchrest.config import IMAGENET
 from torchrest.errors import ModelLoadError
+from torchrest.model_input import IMAGENET
 
 log = logging.getLogger("torchrest.backends")
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchrest.config import IMAGENET, NORMALIZATIONS
+from torchrest.model_input import IMAGENET, NORMALIZATIONS
 
 UINT8_NHWC = "uint8-nhwc"
 FLOAT_NCHW = "float-nchw"

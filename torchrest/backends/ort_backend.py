@@ -19,8 +19,8 @@ import torch
 
 from torchrest.backends.inputs import FLOAT_NCHW, UINT8_NHWC, Outputs, float_nchw, in_fixed_batches
 from torchrest.backends.kind import BackendKind
-from torchrest.config import IMAGENET
 from torchrest.errors import ModelLoadError, first_line
+from torchrest.model_input import IMAGENET
 
 
 class OnnxRuntimeBackend:

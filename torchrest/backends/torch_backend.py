@@ -20,8 +20,8 @@ from torch import nn
 from torchrest.backends.formats import EXPORTED, TORCHSCRIPT, TORCHSCRIPT_DEPRECATED, file_format
 from torchrest.backends.inputs import FLOAT_NCHW, UINT8_NHWC, Outputs, Uint8Network, as_outputs, in_fixed_batches
 from torchrest.backends.kind import BackendKind
-from torchrest.config import IMAGENET
 from torchrest.errors import ModelLoadError, first_line
+from torchrest.model_input import IMAGENET
 
 log = logging.getLogger("torchrest.backends")
 

@@ -56,7 +56,7 @@ def build_manager(config: ServerConfig, metrics: Metrics, device: str) -> ModelM
     if config.model_repository is not None:
         models.add_repository(only=config.model)
     else:
-        model = served_as(load_model(config, device), config.backend, device)
+        model = served_as(load_model(config, device), config.backend, device, config.cache_folders)
         models.add(model, lambda: model)
     return models
 

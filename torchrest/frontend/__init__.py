@@ -1,3 +1,4 @@
-"""What each front-end process runs: the HTTP and gRPC front-ends (torchrest.api, torchrest.grpc,
-the web page), decode into a shared-memory slot, and the engine's models as seen through the link to the
-engine process (`remote`). `process` starts one."""
+"""What listens, in either mode (`listeners`), and what each front-end process runs: the HTTP and gRPC
+front-ends (torchrest.api, torchrest.grpc, the web page), decode into a shared-memory slot, the engine's
+models as the handlers see them (`remote`), and the link to the engine process that carries their
+requests (`link`). `process` starts one."""

@@ -15,6 +15,7 @@ import signal
 import socket
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +58,7 @@ def serve(
         refusals=Refusals(config.refusal_budget),
         receiving=Receiving(config.max_receiving_bytes),
     )
-    grpc_listener = grpc_listener_for(state) if config.grpc_port else None
+    grpc_listener = grpc_listener_for(state) if config.grpc_port is not None else None
     server = http_server(state, tls_options(config), grpc_listener)
 
     def failed() -> None:
@@ -99,14 +100,43 @@ def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     return sock
 
 
-def bind_all(config: ServerConfig, reuse_port: bool = False) -> list[socket.socket]:
-    """The HTTP port and the metrics port, bound; the gRPC port checked (the gRPC server binds it itself)."""
-    sockets = [bind(config.host, config.port, reuse_port)]
-    if config.metrics_port:
+@dataclass
+class Claimed:
+    """The server's ports, bound: `sockets` for uvicorn (HTTP, and /metrics on its own port), `held` bound but
+    not listening (the gRPC port, which the gRPC server binds again beside it with SO_REUSEPORT), and the
+    config with each port 0 replaced by the free port the kernel gave."""
+
+    sockets: list[socket.socket]
+    held: list[socket.socket]
+    config: ServerConfig
+
+    def close(self) -> None:
+        for sock in (*self.sockets, *self.held):
+            sock.close()
+
+
+def claim_ports(config: ServerConfig, reuse_port: bool = False) -> Claimed:
+    """Bind the HTTP port, the metrics port and the gRPC port (StartupError, one line, for one in use); a port
+    given as 0 becomes a free one, named in the returned config and so in the serving line of the log."""
+    http = bind(config.host, config.port, reuse_port)
+    sockets, held, ports = [http], [], {"port": http.getsockname()[1]}
+    if config.metrics_port is not None:
         sockets.append(bind(config.host, config.metrics_port, reuse_port))
-    if config.grpc_port:
-        bind(config.host, config.grpc_port, reuse_port).close()  # a port in use fails here, in one line
-    return sockets
+        ports["metrics_port"] = sockets[-1].getsockname()[1]
+    if config.grpc_port is not None:
+        held.append(bind(config.host, config.grpc_port, reuse_port=True))
+        ports["grpc_port"] = held[-1].getsockname()[1]
+    return Claimed(sockets, held, replace(config, **ports))
+
+
+def addresses(config: ServerConfig) -> str:
+    """Where a client reaches the server: `http://HOST:PORT`, and the gRPC and metrics ports when they are on
+    (the serving line of the log, which a caller that asked for port 0 reads its port from)."""
+    scheme = "https" if config.ssl_certfile else "http"
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    extra = [f"gRPC on port {config.grpc_port}"] if config.grpc_port is not None else []
+    extra += [f"/metrics on port {config.metrics_port}"] if config.metrics_port is not None else []
+    return f"{scheme}://{host}:{config.port}" + "".join(f"; {part}" for part in extra)
 
 
 def tls_options(config: ServerConfig) -> dict[str, Any]:
@@ -129,6 +159,7 @@ def tls_options(config: ServerConfig) -> dict[str, Any]:
 def grpc_listener_for(state: AppState) -> GrpcListener:
     from torchrest.grpc.listener import GrpcListener  # only with --grpc-port: see torchrest/grpc/__init__.py
 
+    assert state.config.grpc_port is not None
     return GrpcListener(state, state.config.host, state.config.grpc_port)
 
 
@@ -191,8 +222,8 @@ def log_access(state: AppState) -> None:
         "access: inference %s; repository load/unload %s%s%s%s",
         "needs an API key" if access.requires_api_key else "open",
         "need the admin token" if access.management_enabled else "off (no --admin-token-file)",
-        f"; /metrics on port {config.metrics_port}" if config.metrics_port else "",
-        f"; gRPC on port {config.grpc_port}" if config.grpc_port else "",
+        f"; /metrics on port {config.metrics_port}" if config.metrics_port is not None else "",
+        f"; gRPC on port {config.grpc_port}" if config.grpc_port is not None else "",
         f"; CORS for {config.cors_origins}" if config.cors_origin_list else "",
     )
 

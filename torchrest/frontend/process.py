@@ -38,9 +38,9 @@ def run_frontend(
     slots = SlotPools(server_pid, index)
     try:
         models = RemoteModels(socket_path, index, slots, config.max_image_pixels, metrics, frontends)
-        sockets = listeners.bind_all(config, reuse_port=True)
+        claimed = listeners.claim_ports(config, reuse_port=True)  # the supervisor's ports: none is 0 here
         tracing.configure(config.tracing, f"front-end {index}")
-        listeners.serve(sockets, config, metrics, models, loop_nice=0, announce=index == 0)
+        listeners.serve(claimed.sockets, config, metrics, models, loop_nice=0, announce=index == 0)
     finally:
         tracing.shutdown()
         slots.close()

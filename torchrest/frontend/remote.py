@@ -1,60 +1,41 @@
-"""The engine's models as a front-end process sees them: what the handlers may ask (torchrest.served), over
-the link to the engine.
+"""The engine's models as a front-end process's handlers see them: what the handlers may ask
+(torchrest.served), answered from what the engine said over the link (torchrest.frontend.link).
 
     handler -> RemoteModels.runtime(name) -> room_for, then admitted(RemoteRuntime) (the engine's last
     Pulse: 503 before the body is read, and again after it) -> infer: decode into a slot (torchrest.slots)
-    for the model's input size, Infer --> engine ... Answered -> the answer copied out of the slot -> Answer,
-    with the Geometry the decode gave
+    for the model's input size, Infer --> the link --> engine ... Answered -> the answer copied out of the
+    slot -> Answer, with the Geometry the decode gave
 
-What a handler reads without waiting (which models, their states, readiness) comes from the engine's
-last Snapshot; what changes per request (statistics, the web page's figures) and what acts (load,
-unload) is a Call answered by the engine. When the engine goes away every request waiting on it fails
-with 503 and /health says so at once.
+RemoteModels owns the link: it opens the connection, and the link hands it each Snapshot and the news that
+the engine is gone. What a handler reads without waiting (which models, their states, readiness) comes
+from the engine's last Snapshot; what changes per request (statistics, the web page's figures) and what
+acts (load, unload) is a Call answered by the engine. When the engine goes away every request waiting on
+it fails with 503 and /health says so at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import logging
 import math
 import os
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import numpy as np
 
 from torchrest.admission import Admission
 from torchrest.errors import NotReady, QueueFull
-from torchrest.messages import (
-    Answered,
-    Call,
-    Cancel,
-    Connection,
-    EntryInfo,
-    Failed,
-    Hello,
-    Infer,
-    ModelInfo,
-    Observe,
-    Pulse,
-    Returned,
-    Slots,
-    Snapshot,
-)
+from torchrest.frontend.link import Arrived, EngineLink, Held
+from torchrest.messages import EntryInfo, Hello, Infer, ModelInfo, Snapshot
 from torchrest.metrics import Metrics
 from torchrest.preprocess import decode_into
 from torchrest.served import RuntimeInfo, check_model_name, look_up, serving
-from torchrest.slots import SlotFile, SlotPools
+from torchrest.slots import SlotPools
 from torchrest.tasks.registry import Answer, Geometry
 from torchrest.timing import StageTimes
-
-log = logging.getLogger("torchrest.frontend")
 
 CONNECT_TIMEOUT_S = 120.0  # the engine creates its socket before it loads the models: this is generous
 DECODE_OFF_LOOP_BYTES = 512 * 1024  # a larger upload is decoded on a thread rather than on the event loop
@@ -73,13 +54,6 @@ class RemoteEntry:
     @property
     def version(self) -> str:
         return self.model.version
-
-
-class Arrived(NamedTuple):
-    """An Answered message and its answer (copied out of the slot as the message arrived)."""
-
-    message: Answered
-    value: np.ndarray
 
 
 class RemoteRuntime:
@@ -218,46 +192,6 @@ class RemoteRuntime:
         return (None if held is not None else target), geometry, time.monotonic() - started
 
 
-class Pool:
-    """One slot file of this front-end's and the requests waiting for a slot of it: when every slot holds an
-    image in flight, a request waits for the engine to answer one (those images are its queue anyway:
-    waiting costs nothing, a copy inline would)."""
-
-    def __init__(self, size: int, slots: SlotFile) -> None:
-        self.size = size
-        self.slots = slots
-        self.waiters: deque[asyncio.Future[int]] = deque()
-
-    async def take(self) -> int:
-        slot = self.slots.acquire()
-        if slot >= 0:
-            return slot
-        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.waiters.append(waiter)
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release(waiter.result())  # handed over just as the client left
-            raise
-
-    def release(self, slot: int) -> None:
-        """Give a slot back: to the longest waiting request, else to the free list."""
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(slot)
-                return
-        self.slots.release(slot)
-
-
-class Held(NamedTuple):
-    """A slot a request holds, until the engine's final word on it."""
-
-    pool: Pool
-    slot: int
-
-
 class RemoteModels:
     """What the handlers may ask of the models (torchrest.served.ServedModels), answered from the engine's
     Snapshot or by a Call."""
@@ -271,7 +205,9 @@ class RemoteModels:
         metrics: Metrics,
         frontends: int = 1,
     ) -> None:
-        self.link = EngineLink(self, frontend, slots, max_image_pixels, metrics, frontends)
+        self.link = EngineLink(
+            frontend, slots, max_image_pixels, metrics, frontends, told=self.update, engine_lost=self.engine_lost
+        )
         self.socket_path = socket_path
         self.entries: dict[str, RemoteEntry] = {}
         self.default_name = ""
@@ -372,128 +308,3 @@ class RemoteModels:
     async def unload(self, name: str) -> None:
         self.entry(name)
         await self.link.call("unload", name)
-
-
-class EngineLink(Connection):
-    """The front-end's end of its connection to the engine: calls in flight, and the slots they hold."""
-
-    def __init__(
-        self,
-        models: RemoteModels,
-        frontend: int,
-        slots: SlotPools | None,
-        max_image_pixels: int,
-        metrics: Metrics,
-        frontends: int = 1,
-    ) -> None:
-        super().__init__()
-        self.models = models
-        self.metrics = metrics
-        self._observed: dict[str, list[float]] = {}
-        self.frontend = frontend
-        self.frontends = frontends  # how many front-ends share the engine (the kernel spreads connections evenly)
-        self.slots = slots  # None: every image travels inline (tests, benchmarks)
-        self.pools: dict[int, Pool | None] = {}  # by slot size
-        self.max_image_pixels = max_image_pixels
-        self.queues: dict[str, tuple[int, float]] = {}
-        self._calls = itertools.count()
-        self._pending: dict[int, tuple[asyncio.Future[Any], Held | None]] = {}
-
-    def observe(self, model: str, total_s: float) -> None:
-        """A request's total time, for the engine's recent figures: sent with this loop turn's messages."""
-        self._observed.setdefault(model, []).append(total_s)
-        self.send_soon()
-
-    def before_flush(self) -> None:
-        observed, self._observed = self._observed, {}
-        for model, totals in observed.items():
-            self.send(Observe(model, tuple(totals)))
-
-    async def request(self, message: Any, held: Held | None = None) -> Any:
-        """Send `message(call)` and wait for its answer. If the waiter is cancelled (the client left), the
-        engine is told to drop the job; the slot `held` stays taken until the engine's final word on it."""
-        if self.transport is None:
-            self.release(held)
-            raise NotReady("the engine process is down")
-        call = next(self._calls)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[call] = (future, held)
-        self.send(message(call))
-        try:
-            return await future
-        except asyncio.CancelledError:
-            self.send(Cancel(call))
-            raise
-
-    async def call(self, method: str, *args: Any) -> Any:
-        return await self.request(lambda call: Call(call, method, args))
-
-    def pool_for(self, nbytes: int) -> Pool | None:
-        """The pool of slots for images of `nbytes`, made (and the engine told of it) the first time; None
-        where /dev/shm has no room for it: the pixels then travel inline."""
-        if self.slots is None:
-            return None
-        size, slots, new = self.slots.for_pixels(nbytes)
-        if new and slots is not None:
-            self.send(Slots(size, str(slots.path), slots.count))  # ahead of any Infer that uses it
-            self.pools[size] = Pool(size, slots)
-        return self.pools.get(size)
-
-    async def take_slot(self, nbytes: int) -> Held | None:
-        """A slot for an image of `nbytes`, waiting for one when all of its pool's are taken (None: inline)."""
-        pool = self.pool_for(nbytes)
-        return Held(pool, await pool.take()) if pool is not None else None
-
-    def release(self, held: Held | None) -> None:
-        if held is not None:
-            held.pool.release(held.slot)
-
-    def received(self, message: Any) -> None:
-        if isinstance(message, Pulse):
-            self.queues = message.queues
-            return
-        if isinstance(message, Snapshot):
-            self.models.update(message)
-            return
-        future, held = self._pending.pop(message.call, (None, None))
-        if future is None:
-            return
-        if future.done():  # cancelled: the engine is done with the slot now
-            self.release(held)
-            return
-        if isinstance(message, Answered):
-            value = self._answer_of(message, held)  # read before the slot can be taken again
-            self.release(held)
-            future.set_result(Arrived(message, value))
-        elif isinstance(message, Failed):
-            self.release(held)
-            future.set_exception(message.error.rebuilt())
-        elif isinstance(message, Returned):
-            future.set_result(message.value)
-
-    @staticmethod
-    def _answer_of(message: Answered, held: Held | None) -> np.ndarray:
-        """The answer: as it came in the message, or copied out of its slot."""
-        if message.inline is not None:
-            return np.asarray(message.inline)
-        assert held is not None, "an answer with no slot comes inline"
-        return held.pool.slots.answer(held.slot, message.shape, message.dtype)
-
-    def lost(self) -> None:
-        log.error("front-end %d lost the engine process", self.frontend)
-        self.models.engine_lost()
-        pending, self._pending = self._pending, {}
-        waiting = [future for future, _ in pending.values()]
-        for _, held in pending.values():
-            self.release(held)  # no answer will come to free it
-        for pool in self.pools.values():
-            if pool is not None:
-                waiting += pool.waiters
-                pool.waiters.clear()
-        for future in waiting:
-            if not future.done():
-                future.set_exception(NotReady("the engine process is down"))
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from torchrest.backends import Backend, TorchBackend
-from torchrest.config import InputSpec
 from torchrest.layout import Layout
+from torchrest.model_input import InputSpec
 from torchrest.tasks import CLASSIFY
 from torchrest.tasks.registry import Heads
 

@@ -10,10 +10,11 @@ with probabilities within 1e-5. On a GPU the model stays in torch (fp16 there), 
 keeps torch anywhere: the reference. A user's own model file is served as it is: `torchrest optimize`
 is where it earns a faster form, with the fidelity check that makes it safe.
 
-The cache is read from `$TORCHREST_CACHE_DIR` and `$XDG_CACHE_HOME/torchrest` (or `~/.cache/torchrest`), and
-written to the first of them that can be written; where none can (a read-only container), a temporary
-folder serves for this run, and the log says so. The container image carries the default model's
-converted form, made when the image is built (`convert`, below).
+The cache is the folders the config names, in order (ServerConfig.cache_folders: `--cache-dir`, then
+`$XDG_CACHE_HOME/torchrest`, i.e. `~/.cache/torchrest`), passed down from the config (torchrest.engine.build):
+read from the first that holds the file, written to the first that can be written; where none can (a
+read-only container), a temporary folder serves for this run, and the log says so. The container image
+carries the default model's converted form, made when the image is built (`convert`, below).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -42,8 +44,9 @@ OUTPUT_NAMES = ["logits", "features"]  # a built-in model's outputs (models.regi
 FORMAT_VERSION = "2"  # bump when the conversion changes: old cache entries are then not read (2: + features)
 
 
-def served_as(model: LoadedModel, backend: str, device: str) -> LoadedModel:
-    """`model`, with an opener for its fast form where `backend` is auto and one is known for it here."""
+def served_as(model: LoadedModel, backend: str, device: str, cache_folders: Sequence[Path]) -> LoadedModel:
+    """`model`, with an opener for its fast form where `backend` is auto and one is known for it here (its
+    converted form looked for in `cache_folders`, in order, and made in the first that can be written)."""
     if backend != AUTO or device != "cpu" or model.module is None or model.opener is not None:
         return model
     if "format" in model.metadata:  # a user's model file
@@ -51,7 +54,7 @@ def served_as(model: LoadedModel, backend: str, device: str) -> LoadedModel:
     if reason := OPENVINO.missing():
         log.info("model %s stays in torch eager: %s", model.name, reason)
         return model
-    model.opener = Converted(model).open
+    model.opener = Converted(model, cache_folders).open
     model.metadata["served_as"] = "openvino-fp32, converted from torch at start-up (--backend eager: torch)"
     return model
 
@@ -59,8 +62,9 @@ def served_as(model: LoadedModel, backend: str, device: str) -> LoadedModel:
 class Converted:
     """The model's ONNX form, made on first use (or found in the cache), opened by OpenVINO per instance."""
 
-    def __init__(self, model: LoadedModel) -> None:
+    def __init__(self, model: LoadedModel, cache_folders: Sequence[Path]) -> None:
         self.model = model
+        self.cache_folders = tuple(cache_folders)
         self._path: Path | None = None
         self._lock = threading.Lock()
 
@@ -83,11 +87,11 @@ class Converted:
     def _convert(self) -> Path:
         model = self.model
         name = f"{model.name}-{self._key()}.onnx"
-        for folder in cache_folders():
+        for folder in self.cache_folders:
             if (folder / name).is_file():
                 log.info("model %s: the converted form from %s", model.name, folder / name)
                 return folder / name
-        path = writable_cache_folder() / name
+        path = writable_cache_folder(self.cache_folders) / name
         started = time.perf_counter()
         assert model.module is not None
         example = torch.zeros((2, *model.input_spec.size, 3), dtype=torch.uint8)
@@ -108,23 +112,18 @@ class Converted:
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def convert(name: str) -> Path:
-    """Convert built-in model `name` into the cache now (the container image does this when it is built)."""
+def convert(name: str, cache_dir: Path) -> Path:
+    """Convert built-in model `name` into `cache_dir` now (the container image does this when it is built, for
+    its `--cache-dir`, a folder it then reads only)."""
     from torchrest.config import ModelSource
     from torchrest.models.registry import load_model
 
-    return Converted(load_model(ModelSource(name))).path()
+    return Converted(load_model(ModelSource(name)), [cache_dir]).path()
 
 
-def cache_folders() -> list[Path]:
-    """Where converted forms are looked for, in order (an image may carry one in a read-only folder)."""
-    folders = [Path(os.environ["TORCHREST_CACHE_DIR"])] if os.environ.get("TORCHREST_CACHE_DIR") else []
-    return [*folders, Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torchrest"]
-
-
-def writable_cache_folder() -> Path:
+def writable_cache_folder(cache_folders: Sequence[Path]) -> Path:
     """The first of `cache_folders` this process can write to, else a temporary one for this run."""
-    for folder in cache_folders():
+    for folder in cache_folders:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             probe = tempfile.NamedTemporaryFile(dir=folder)  # writable, not only present
@@ -132,6 +131,7 @@ def writable_cache_folder() -> Path:
             return folder
         except OSError:
             continue
-    folder = Path(tempfile.mkdtemp(prefix="torchrest-cache-"))
-    log.warning("no writable cache folder (TORCHREST_CACHE_DIR, ~/.cache): converting into %s for this run", folder)
-    return folder
+    temporary = Path(tempfile.mkdtemp(prefix="torchrest-cache-"))
+    tried = ", ".join(str(folder) for folder in cache_folders)
+    log.warning("no writable cache folder (%s): converting into %s for this run", tried, temporary)
+    return temporary

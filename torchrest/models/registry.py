@@ -28,8 +28,9 @@ from torchrest.backends.formats import AOTI, EXPORTED, TORCHSCRIPT, TORCHSCRIPT_
 from torchrest.backends.inputs import FLOAT_NCHW, Uint8Network, as_outputs
 from torchrest.backends.ort_backend import KIND as ONNXRUNTIME_KIND
 from torchrest.backends.torch_backend import eval_mode, load_exported, load_torchscript
-from torchrest.config import InputSpec, ModelSource
+from torchrest.config import ModelSource
 from torchrest.errors import ModelLoadError, first_line
+from torchrest.model_input import InputSpec
 from torchrest.models.common import LoadedModel
 from torchrest.models.efficientnet_lite import efficientnet_lite0, published_lite0_weights
 from torchrest.models.labels import imagenet_labels, read_labels

@@ -1,4 +1,5 @@
-"""A model repository: the folders `torchrest optimize` writes, read back for serving.
+"""A model repository: the folders `torchrest optimize` writes, read back for serving, and the format of
+a folder's config.json (ModelConfig: optimize writes it, serving reads it).
 
 <repository>/<model>/config.json    ModelConfig: backend, artifact, precision, task, input spec, labels
 <repository>/<model>/labels.txt     class names, one per line (a classifier's; optional for other tasks)
@@ -19,21 +20,93 @@ config.json gives.
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from torchrest.backends import BACKENDS, open_backend
-from torchrest.config import ModelConfig
 from torchrest.errors import ModelLoadError, NotFound
 from torchrest.layout import Layout
+from torchrest.model_input import IMAGENET, LETTERBOX_FILL, InputSpec, input_size, input_spec
 from torchrest.models.common import LoadedModel
 from torchrest.models.labels import read_labels
-from torchrest.tasks import CLASSIFY, task_names
+from torchrest.tasks import CLASSIFY, default_resize, task_names
 
 log = logging.getLogger("torchrest.models")
 
 CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """What a model folder's config.json holds: how to load its artifact and how to feed it.
+
+    optimize's artifacts take (N, crop, crop, 3) uint8 and return (N, classes) logits, normalisation inside;
+    a folder written by hand may hold a network that takes (N, 3, H, W) float (normalised as `normalize`
+    says) and serves any task (`task`: its outputs are checked against it when it loads).
+    """
+
+    name: str
+    backend: str  # a key of torchrest.backends.BACKENDS (its BackendKind.name)
+    artifact: str  # relative to the model folder
+    precision: str = "fp32"  # fp32, bf16, fp16, int8
+    crop_size: int = 224  # the square input (input_size, when given, says otherwise)
+    resize_size: int = 0  # crop: the shorter side before the centre crop (0: 8/7 of the input's side)
+    task: str = "classify"  # or detect, segment, embed; several comma-separated read the outputs in order
+    input_size: int | str | list[int] | None = None  # 640, "480x640" or [480, 640]
+    resize: str = ""  # crop, letterbox or stretch (default: the first task's)
+    normalize: str = IMAGENET  # or unit: what a float network expects (artifacts with a uint8 input ignore it)
+    fill: int = LETTERBOX_FILL
+    labels: str = "labels.txt"  # relative to the model folder
+    candidate: str = ""  # the optimize candidate that produced it
+    batch_sizes: tuple[int, ...] = ()  # the sizes optimize measured
+    best_batch_size: int = 0
+    threads: int = 0  # the thread budget it was tuned with
+    backend_options: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+    layout: dict[str, int] | None = None  # the serving layout optimize chose (torchrest.layout.Layout)
+    objective: str = ""  # what that layout was chosen for: throughput or latency
+    # both ends, as optimize measured them: batch-1 ms on the whole budget, a lone request's p50 and img/s
+    # in the served layout (its batches kept full)
+    measured: dict[str, float] = field(default_factory=dict)
+    # what optimize's gate measured for the artifact served, against the fp32 reference (torchrest.optimize.gates):
+    # the model's first task's {task, measure, value, bound}, then any other task's
+    fidelity: dict[str, Any] = field(default_factory=dict)
+    fidelity_other_tasks: list[dict[str, Any]] = field(default_factory=list)
+    speedup_vs_eager: float = 0.0  # what it serves, in img/s, over torch eager's (optimize measured both)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """ValueError with a one-line reason when the fields do not make one."""
+        size = input_size(self.input_size) if self.input_size is not None else (self.crop_size, self.crop_size)
+        return input_spec(size, self.resize_size, self.resize or default_resize(self.task), self.normalize, self.fill)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> ModelConfig:
+        """Raises ValueError with a one-line reason for a missing, malformed or incomplete file."""
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"{path} not found") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path} is not readable JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path} must hold a JSON object")
+        known = {spec.name for spec in fields(cls)}
+        missing = [name for name in ("name", "backend", "artifact") if name not in raw]
+        if missing:
+            raise ValueError(f"{path} lacks {', '.join(missing)}")
+        try:
+            values = {key: value for key, value in raw.items() if key in known}
+            values["batch_sizes"] = tuple(values.get("batch_sizes", ()))
+            return cls(**values)
+        except TypeError as exc:
+            raise ValueError(f"{path}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,4 +227,4 @@ def latest_version(folder: Path, artifact: Path) -> tuple[str, Path]:
     return str(latest), folder / str(latest) / artifact.name
 
 
-__all__ = ["CONFIG_FILE", "ModelRepository", "load_from_repository", "load_model_folder"]
+__all__ = ["CONFIG_FILE", "ModelConfig", "ModelRepository", "load_from_repository", "load_model_folder"]

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from torchrest.config import InputSpec
+from torchrest.model_input import InputSpec
 from torchrest.preprocess import decode_image, reference_pixels
 from torchrest.tasks.classify import softmax
 

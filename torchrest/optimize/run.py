@@ -27,11 +27,11 @@ from tqdm import tqdm
 
 from torchrest.backends import Backend, open_backend, resolve_device
 from torchrest.backends.inputs import FirstOutputs
-from torchrest.config import ModelConfig, OptimizeConfig
+from torchrest.config import OptimizeConfig
 from torchrest.errors import StartupError, first_line
 from torchrest.models.common import LoadedModel
 from torchrest.models.registry import load_model, probe
-from torchrest.models.repository import CONFIG_FILE, latest_version
+from torchrest.models.repository import CONFIG_FILE, ModelConfig, latest_version
 from torchrest.optimize.candidates import CANDIDATE_NAMES, CANDIDATES, REFERENCE, Built, Candidate, Context
 from torchrest.optimize.fidelity import accuracy, compare
 from torchrest.optimize.gates import Bounds, Gate, TaskAnswers

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageEnhance, ImageOps
 
-from torchrest.config import CROP, InputSpec
 from torchrest.errors import StartupError, TorchrestError
+from torchrest.model_input import CROP, InputSpec
 from torchrest.models.labels import class_index
 from torchrest.preprocess import decode_image, to_rgb
 from torchrest.resize import fit_into

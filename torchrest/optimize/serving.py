@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from torchrest.backends import Backend
-from torchrest.config import InputSpec
 from torchrest.engine.runtime import ModelRuntime
 from torchrest.layout import Layout, splits
 from torchrest.metrics import Metrics
+from torchrest.model_input import InputSpec
 from torchrest.models.common import LoadedModel
 from torchrest.preprocess import Preprocessor
 from torchrest.tasks import CLASSIFY
