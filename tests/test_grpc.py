@@ -119,11 +119,12 @@ def test_a_short_deadline_on_a_busy_server_is_never_computed(served: tuple[Serve
     with grpc.insecure_channel(address) as channel:
         call = _model_infer(channel)
         # 64 calls (under the 100 streams a connection carries at once), the late one sent once 32 of their
-        # images wait: about a third of a second of work ahead of it, past its deadline of 0.2 s, which leaves
-        # the refusal time to come back on a busy machine
+        # images are in flight (what admission reckons the wait from): about a third of a second of work ahead
+        # of it, past its deadline of 0.2 s, which leaves the refusal time to come back on a busy machine
+        call(infer_request("lite0", photo), timeout=60)  # one answered: the server has timed an image
         busy = [call.future(infer_request("lite0", photo), timeout=120) for _ in range(64)]
-        queued = partial(metric_value, name="torchrest_queue_depth", model="lite0")
-        wait_for(lambda: queued(server.metrics()) >= 32, what="a queue of 32 images")
+        in_flight = partial(metric_value, name="torchrest_in_flight", model="lite0")
+        wait_for(lambda: in_flight(server.metrics()) >= 32, what="32 images in flight")
         with pytest.raises(grpc.RpcError) as late:
             call(infer_request("lite0", photo), timeout=0.2)
         # the queue ahead would outlast its deadline: refused at once (as HTTP's 503), not queued to expire
