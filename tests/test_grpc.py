@@ -6,10 +6,12 @@ ModelInfer, deadlines, SIGTERM, and the .proto checked against the protocol's de
 from __future__ import annotations
 
 import filecmp
+import math
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -43,7 +45,10 @@ def repository(lite0_repository: Path) -> Path:
 @pytest.fixture(scope="module")
 def served(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
     folder = tmp_path_factory.mktemp("grpc")
-    args = ("--model-repository", str(repository), "--grpc-port", "0")
+    # the event loop at the model threads' priority: the deadline tests time its answers while the other
+    # workers of the suite keep both cores busy, and a loop below them all answers late (test_priority.py
+    # checks the default)
+    args = ("--model-repository", str(repository), "--grpc-port", "0", "--event-loop-nice", "0")
     with running_server(folder, *args, "--admin-token-file", str(admin_token_file(folder))) as server:
         yield server, f"127.0.0.1:{server.grpc_port}"
 
@@ -118,15 +123,17 @@ def test_a_short_deadline_on_a_busy_server_is_never_computed(served: tuple[Serve
     before = server.metrics()
     with grpc.insecure_channel(address) as channel:
         call = _model_infer(channel)
-        # 64 calls (under the 100 streams a connection carries at once), the late one sent once 32 of their
-        # images are in flight (what admission reckons the wait from): about a third of a second of work ahead
-        # of it, past its deadline of 0.2 s, which leaves the refusal time to come back on a busy machine
-        call(infer_request("lite0", photo), timeout=60)  # one answered: the server has timed an image
-        busy = [call.future(infer_request("lite0", photo), timeout=120) for _ in range(64)]
+        # a late call with a deadline of 1 s, sent once the images in flight ahead of it (what admission reckons
+        # the wait from) are about two seconds of work at the pace of a timed call of 4 images: the queue
+        # would outlast it, and the refusal has time to come back on a machine busy with other work too
+        started = time.perf_counter()
+        call(infer_request("lite0", photo, images=4), timeout=60)
+        ahead = min(150, math.ceil(2.0 / ((time.perf_counter() - started) / 4)))
+        busy = [call.future(infer_request("lite0", photo, images=4), timeout=120) for _ in range(ahead // 4 + 4)]
         in_flight = partial(metric_value, name="torchrest_in_flight", model="lite0")
-        wait_for(lambda: in_flight(server.metrics()) >= 32, what="32 images in flight")
+        wait_for(lambda: in_flight(server.metrics()) >= ahead, what=f"{ahead} images in flight")
         with pytest.raises(grpc.RpcError) as late:
-            call(infer_request("lite0", photo), timeout=0.2)
+            call(infer_request("lite0", photo), timeout=1.0)
         # the queue ahead would outlast its deadline: refused at once (as HTTP's 503), not queued to expire
         assert late.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "past this request's deadline" in (late.value.details() or "")
