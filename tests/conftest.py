@@ -117,8 +117,9 @@ def running_server(
     take free ones too), read the ports it bound from its log, wait (bounded) until `ready(server)` (default:
     /health says 200); stop it (SIGTERM, then SIGKILL) afterwards."""
     port_given = "--port" in args
-    log_path = Path(tempfile.mkstemp(prefix="server-", suffix=".log", dir=tmp_dir)[1])
-    with open(log_path, "wb") as log_file:
+    descriptor, name = tempfile.mkstemp(prefix="server-", suffix=".log", dir=tmp_dir)
+    log_path = Path(name)
+    with open(descriptor, "wb") as log_file:
         process = subprocess.Popen(
             torchrest_command("serve", *(() if port_given else ("--host", "127.0.0.1", "--port", "0")), *args),
             stdout=log_file,
