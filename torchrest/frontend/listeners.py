@@ -219,11 +219,9 @@ FD_CAP = 65536  # the most connections a process holds by default, whatever its 
 def log_access(state: AppState) -> None:
     config, access = state.config, state.access
     log.info(
-        "access: inference %s; repository load/unload %s%s%s%s",
+        "access: inference %s; repository load/unload %s%s",  # (the ports: the serving line, addresses())
         "needs an API key" if access.requires_api_key else "open",
         "need the admin token" if access.management_enabled else "off (no --admin-token-file)",
-        f"; /metrics on port {config.metrics_port}" if config.metrics_port is not None else "",
-        f"; gRPC on port {config.grpc_port}" if config.grpc_port is not None else "",
         f"; CORS for {config.cors_origins}" if config.cors_origin_list else "",
     )
 
