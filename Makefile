@@ -50,14 +50,14 @@ image-test: install-dev image
 	$(BIN)/python -m pytest -m container -s tests/test_container.py $(PYTEST_ARGS)
 
 lint: install-dev
-	$(BIN)/ruff check torchrest tests benchmark
-	$(BIN)/ruff format --check torchrest tests benchmark
-	$(BIN)/mypy torchrest benchmark
+	$(BIN)/ruff check torchrest tests benchmark examples
+	$(BIN)/ruff format --check torchrest tests benchmark examples
+	$(BIN)/mypy torchrest benchmark examples
 
 # Rewrites what `make lint` checks the style of.
 format: install-dev
-	$(BIN)/ruff check --fix torchrest tests benchmark
-	$(BIN)/ruff format torchrest tests benchmark
+	$(BIN)/ruff check --fix torchrest tests benchmark examples
+	$(BIN)/ruff format torchrest tests benchmark examples
 
 # torchrest (eager and optimized) vs the naive FastAPI baseline vs the offline limit (needs wrk).
 bench: install-dev

@@ -47,8 +47,8 @@ from PIL import Image
 from torchrest.config import ServerConfig
 from torchrest.model_input import InputSpec
 from torchrest.models.registry import load_model
-from torchrest.optimize.fidelity import preprocessing_fidelity
 from torchrest.optimize.samples import encoded_views
+from torchrest.tasks.classify import preprocessing_fidelity
 
 PHOTO = ROOT / "tests" / "data" / "cat.jpg"
 PHOTOS = [ROOT / "tests" / "data" / f"{name}.jpg" for name in ("cat", "coffee", "astronaut", "rocket")]

@@ -33,9 +33,9 @@ from torchrest.config import OptimizeConfig
 from torchrest.cores import available_cores
 from torchrest.models.registry import load_model
 from torchrest.optimize.candidates import Context, has_vnni, static_int8
-from torchrest.optimize.fidelity import compare
-from torchrest.optimize.gates import Bounds, Gate
+from torchrest.optimize.gates import Gate
 from torchrest.optimize.samples import sample_sets
+from torchrest.tasks.classify import compare
 from torchrest.timing import median_call_s
 
 
@@ -58,7 +58,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="int8-recipes-") as scratch:
         assert model.module is not None and model.heads is not None
         logits = FirstOutputs(model.module)  # the classifier's logits, not the features it also gives
-        gate = Gate(model.heads, Bounds())
+        gate = Gate(model.heads)
         ctx = Context(logits, model.input_spec.size, "cpu", threads, Path(scratch), samples.calibration, gate)
         fp32 = ctx.onnx()
         prepared, _ = ctx.quantizable()

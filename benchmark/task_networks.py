@@ -1,6 +1,6 @@
 """Networks of the size production detectors and segmenters have, for benchmarks only (random weights: no
-detector or segmenter weights can be fetched here). Written here from the published architectures' shapes,
-not copied from any package:
+detector, segmenter or depth weights can be fetched here). Written here from the published architectures'
+shapes, not copied from any package:
 
     Yolo8nSized   YOLOv8n's layout (CSP backbone with C2f blocks, SPPF, a PAN neck, a decoupled head with
                   distribution focal loss), 3.2 M parameters at 640 x 640: one output (N, 4 + 80, 8400) of
@@ -8,8 +8,11 @@ not copied from any package:
                   layout Ultralytics exports
     SmallSegmenter the same backbone (stride 32) with a feature-pyramid head: (N, 21, H / 4, W / 4) class
                   logits, as SegFormer-style segmenters give them
+    SmallDepth    a light monocular depth network (a strided encoder to 1/16, a U-Net decoder back to 1/2),
+                  2.7 M parameters: (N, 3, 256, 256) -> (N, 1, 128, 128), positive (softplus)
 
-Both take (N, 3, H, W) float, pixels / 255, as Ultralytics' models do (`--normalize unit`).
+The first two take (N, 3, H, W) float, pixels / 255, as Ultralytics' models do (`--normalize unit`); SmallDepth
+ImageNet-normalised pixels, as MiDaS and Depth Anything do (torchrest's default, examples/tasks/depth.py's).
 """
 
 from __future__ import annotations
@@ -216,3 +219,43 @@ def _unit_pixels(photo: Path, side: int) -> torch.Tensor:
 def random_segmenter(seed: int = 0) -> SmallSegmenter:
     torch.manual_seed(seed)
     return SmallSegmenter().eval()
+
+
+class SmallDepth(nn.Module):
+    """A light monocular depth network's size and shape: a strided encoder down to 1/16 (32, 64, 128, 256
+    channels; each stage a strided 3 x 3 convolution, then 1, 1, 2, 2 more), a U-Net decoder back up to 1/2
+    (each step: upsample, concatenate the encoder's feature of that scale, two convolutions), then one 3 x 3
+    convolution to one channel and softplus. (N, 3, H, W) ImageNet-normalised -> (N, 1, H / 2, W / 2),
+    positive; 2.7 M parameters, 3.0 G multiply-adds at 256 x 256."""
+
+    WIDTHS = (32, 64, 128, 256)
+    REPEATS = (1, 1, 2, 2)  # the convolutions after each stage's strided one
+
+    def __init__(self) -> None:
+        super().__init__()
+        stages, previous = [], 3
+        for width, repeats in zip(self.WIDTHS, self.REPEATS, strict=True):
+            stages.append(nn.Sequential(Conv(previous, width, 3, 2), *(Conv(width, width, 3) for _ in range(repeats))))
+            previous = width
+        self.encoder = nn.ModuleList(stages)
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        pairs = zip(self.WIDTHS[:0:-1], self.WIDTHS[-2::-1], strict=True)  # (256, 128), (128, 64), (64, 32)
+        self.decoder = nn.ModuleList(
+            nn.Sequential(Conv(deep + skip, skip, 3), Conv(skip, skip, 3)) for deep, skip in pairs
+        )
+        self.head = nn.Conv2d(self.WIDTHS[0], 1, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = []
+        for stage in self.encoder:
+            x = stage(x)
+            features.append(x)  # strides 2, 4, 8, 16
+        for block, skip in zip(self.decoder, features[-2::-1], strict=True):
+            x = block(torch.cat((self.up(x), skip), dim=1))
+        return nn.functional.softplus(self.head(x))  # (N, 1, H / 2, W / 2), depth > 0
+
+
+def random_depth(seed: int = 0) -> SmallDepth:
+    """SmallDepth with random weights (`seed`): its maps are no depth, but have a light depth model's cost."""
+    torch.manual_seed(seed)
+    return SmallDepth().eval()

@@ -171,7 +171,7 @@ def embed(rounds: int, duration: float) -> dict[str, Any]:
 # -- segment ---------------------------------------------------------------------------------------------
 def segment(folder: Path, duration: float) -> dict[str, Any]:
     from torchrest.tasks.base import Answer, Geometry
-    from torchrest.tasks.segment import TASK, SegmentHead
+    from torchrest.tasks.segment import Segment, SegmentHead
 
     network = random_segmenter()
     path = export_onnx(network, 512, folder / "segmenter.onnx")
@@ -198,7 +198,7 @@ def segment(folder: Path, duration: float) -> dict[str, Any]:
     timings = []
     for _ in range(60):
         started = time.perf_counter()
-        body, _ = TASK.http_body(answer, None, head, labels, "segmenter", "application/json")
+        body, _ = Segment().http_body(answer, None, head, labels, "segmenter", "application/json")
         timings.append(time.perf_counter() - started)
     answer_ms = statistics.median(timings[10:]) * 1000
     p50 = request["latency_ms"]["p50"]

@@ -13,9 +13,9 @@ from tests.conftest import PHOTOS
 from torchrest.config import ServerConfig
 from torchrest.model_input import InputSpec
 from torchrest.models.registry import load_model
-from torchrest.optimize.fidelity import preprocessing_fidelity
 from torchrest.optimize.samples import encoded_views
 from torchrest.preprocess import decode_image, reference_pixels
+from torchrest.tasks.classify import preprocessing_fidelity
 
 pytestmark = pytest.mark.slow(seconds=15)
 

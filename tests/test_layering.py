@@ -1,10 +1,11 @@
 """The house's layering, read from the imports (every import, at any depth of a module, TYPE_CHECKING ones too):
 no import circle inside torchrest/, the handlers (api/, grpc/) never reach into the engine, and no module
-imports another module's private name."""
+imports another module's private name; and outside torchrest/tasks/ nothing names a task."""
 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,3 +119,68 @@ def test_no_module_imports_another_modules_private_name() -> None:
 
 def test_the_circle_finder_finds_a_circle() -> None:
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# -- each task owns all of itself: outside torchrest/tasks/ nothing names one ------------------------------
+TASK_NAMES = ("classify", "embed", "detect", "segment")  # the built-ins (a user's own are named nowhere here)
+# where a model is what it is, its tasks are its data (the built-in networks classify and embed); --help's
+# examples show real commands
+MAY_NAME_TASKS = ("torchrest.tasks", "torchrest.models.registry", "torchrest.cli")
+TASK_WORD = re.compile(r"\b(?:" + "|".join(TASK_NAMES) + r")\b", re.IGNORECASE)
+
+
+def task_mentions(path: Path) -> list[str]:
+    """The code of `path` that names a built-in task: a string (not a docstring), a name, an attribute, an
+    import; and every comparison with a `task` (`if task == ...`)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    found = []
+    for node in ast.walk(tree):
+        words: list[str] = []
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            words = [node.value]
+        elif isinstance(node, ast.Name):
+            words = [node.id]
+        elif isinstance(node, ast.Attribute):
+            words = [node.attr]
+        elif isinstance(node, ast.ImportFrom):
+            words = [node.module or "", *(alias.name for alias in node.names)]
+        elif isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any(isinstance(side, ast.Name | ast.Attribute) and ast.unparse(side).endswith("task") for side in sides):
+                if any(isinstance(op, ast.Eq | ast.NotEq | ast.In | ast.NotIn) for op in node.ops):
+                    if any(isinstance(side, ast.Constant | ast.Tuple | ast.List | ast.Set) for side in sides):
+                        found.append(f"line {node.lineno}: {ast.unparse(node)}")
+        for word in words:
+            for part in re.split(r"[^A-Za-z0-9]+|_", word):  # CLASSIFY, tasks.detect, "/detect", DETECT_OPTIONS
+                if TASK_WORD.fullmatch(part):
+                    found.append(f"line {getattr(node, 'lineno', '?')}: {word!r}")
+    return found
+
+
+def test_nothing_outside_a_tasks_own_module_names_a_task() -> None:
+    named = {
+        name: mentions
+        for name, path in modules().items()
+        if not name.startswith(MAY_NAME_TASKS) and (mentions := task_mentions(path))
+    }
+    assert named == {}
+
+
+def test_the_pages_script_knows_views_not_tasks() -> None:
+    script = (PACKAGE / "api" / "static" / "app.js").read_text()
+    code = re.sub(r"//[^\n]*", "", script)
+    assert TASK_WORD.findall(code) == []
+
+
+def test_the_task_check_finds_a_task_named_in_code(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text('"""It may say classify in its docstring."""\nif job.task == "x":\n    route = "/detect"\n')
+    assert task_mentions(sample) == ["line 2: job.task == 'x'", "line 3: '/detect'"]

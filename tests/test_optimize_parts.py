@@ -13,11 +13,13 @@ from torchrest.config import OptimizeConfig
 from torchrest.errors import StartupError
 from torchrest.model_input import InputSpec, input_spec
 from torchrest.models.repository import ModelConfig
-from torchrest.optimize.fidelity import compare
-from torchrest.optimize.gates import Bounds, Gate, box_agreement, embedding_agreement
+from torchrest.optimize.gates import Gate
 from torchrest.optimize.measure import measure
 from torchrest.optimize.samples import sample_sets
-from torchrest.tasks.registry import Heads
+from torchrest.tasks.classify import DISAGREEMENT, compare
+from torchrest.tasks.detect import box_agreement
+from torchrest.tasks.embed import embedding_agreement
+from torchrest.tasks.registry import Heads, tasks_named
 
 
 def test_identical_answers_agree_fully() -> None:
@@ -51,13 +53,13 @@ def test_answers_of_another_shape_are_refused() -> None:
 
 @pytest.mark.parametrize(("text", "bound"), [("1%", 0.01), ("0.5%", 0.005), ("0.02", 0.02), ("100%", 1.0)])
 def test_disagreement_bound_parses_percent_or_fraction(text: str, bound: float) -> None:
-    assert OptimizeConfig(max_top1_disagreement=text).disagreement_bound() == pytest.approx(bound)
+    assert DISAGREEMENT.parse(text) == pytest.approx(bound)
 
 
 @pytest.mark.parametrize("text", ["", "abc", "150%", "-1%"])
 def test_bad_disagreement_bound_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="max-top1-disagreement"):
-        OptimizeConfig(max_top1_disagreement=text).disagreement_bound()
+        DISAGREEMENT.parse(text)
 
 
 def test_batch_sizes_are_sorted_and_unique() -> None:
@@ -181,14 +183,9 @@ def test_embeddings_cosine_and_nearest_neighbours() -> None:
     assert lowest < 0.5 and kept < 0.5
 
 
-class _Head:
-    def __init__(self, task: str, output: int) -> None:
-        self.task, self.output = task, output
-
-
 def test_gate_judges_every_task_and_says_why_one_failed() -> None:
-    heads = Heads({"segment": _Head("segment", 0), "embed": _Head("embed", 1)}, 2)
-    gate = Gate(heads, Bounds(min_pixel_agreement=0.99, min_cosine=0.99))
+    heads = Heads.bind(tasks_named("segment,embed"), [(2, 8, 8), (4,)], (8, 8))
+    gate = Gate(heads, {"min_pixel_agreement": 0.99, "min_cosine": 0.99})
     maps = np.zeros((4, 8, 8), np.uint8)
     vectors = np.eye(4, dtype=np.float32)
     reference = {"segment": maps, "embed": vectors}
@@ -208,8 +205,8 @@ def test_gate_judges_every_task_and_says_why_one_failed() -> None:
 
 
 def test_harm_is_kl_for_logits_and_relative_distance_for_other_outputs() -> None:
-    heads = Heads({"classify": _Head("classify", 0), "embed": _Head("embed", 1)}, 2)
-    gate = Gate(heads, Bounds())
+    heads = Heads.bind(tasks_named("classify,embed"), [(3,), (2,)], (8, 8))
+    gate = Gate(heads)
     logits, vectors = np.array([[2.0, 0.0, -1.0]], np.float32), np.array([[3.0, 4.0]], np.float32)
     assert gate.harm((logits, vectors), (logits, vectors)) == pytest.approx(0.0, abs=1e-6)
     # the embedding moved by a tenth of its length: 0.1 of harm, the logits none
@@ -217,13 +214,14 @@ def test_harm_is_kl_for_logits_and_relative_distance_for_other_outputs() -> None
 
 
 def test_task_bounds_parse_and_refuse() -> None:
-    config = OptimizeConfig(min_box_match="95%", max_extra_boxes="0.02", min_cosine=0.98, calibration=Path("."))
-    bounds = config.task_bounds()
+    given = (("min_box_match", "95%"), ("max_extra_boxes", "0.02"), ("min_cosine", "0.98"))
+    bounds = OptimizeConfig(bounds=given, calibration=Path(".")).bound_values(tasks_named("detect,embed"))
     assert bounds["min_box_match"] == 0.95 and bounds["max_extra_boxes"] == 0.02 and bounds["min_cosine"] == 0.98
+    assert bounds["box_iou"] == 0.9 and bounds["min_neighbours_kept"] == 0.99  # the rest at their defaults
     with pytest.raises(ValueError, match="--min-pixel-agreement must look like"):
-        OptimizeConfig(min_pixel_agreement="most").task_bounds()
-    with pytest.raises(ValueError, match="--box-iou must be above 0"):
-        OptimizeConfig(box_iou=0.0).task_bounds()
+        OptimizeConfig(bounds=(("min_pixel_agreement", "most"),)).bound_values(tasks_named("segment"))
+    with pytest.raises(ValueError, match="--box-iou must be from"):
+        OptimizeConfig(bounds=(("box_iou", "0"),)).bound_values(tasks_named("detect"))
 
 
 def test_auto_batch_sizes_stop_at_8_for_a_large_input() -> None:
@@ -248,8 +246,8 @@ def test_a_detectors_views_are_letterboxed_as_the_server_letterboxes(tmp_path: P
 def test_answers_read_by_real_heads_and_errors_agree_with_nothing() -> None:
     # a segmenter (4 classes, 6 x 8 maps of a 12 x 16 input) that also embeds; NaN outputs are answers the
     # server would refuse (500 invalid_model_output): a candidate's count against it, fp32's are left out
-    heads = Heads.bind(("segment", "embed"), [(4, 6, 8), (5,)], (12, 16))
-    gate = Gate(heads, Bounds())
+    heads = Heads.bind(tasks_named("segment,embed"), [(4, 6, 8), (5,)], (12, 16))
+    gate = Gate(heads)
     rng = np.random.default_rng(1)
     scores, vectors = rng.normal(size=(3, 4, 6, 8)).astype(np.float32), rng.normal(size=(3, 5)).astype(np.float32)
     reference = gate.answers((scores, vectors))
@@ -267,8 +265,8 @@ def test_answers_read_by_real_heads_and_errors_agree_with_nothing() -> None:
 
 
 def test_a_dense_detectors_harm_weighs_its_scores_apart_from_its_boxes() -> None:
-    heads = Heads.bind(("detect",), [(4 + 2, 50)], (64, 64))
-    gate = Gate(heads, Bounds())
+    heads = Heads.bind(tasks_named("detect"), [(4 + 2, 50)], (64, 64))
+    gate = Gate(heads)
     rng = np.random.default_rng(2)
     dense = np.concatenate((rng.uniform(0, 640, (1, 4, 50)), rng.uniform(0, 1, (1, 2, 50))), axis=1)
     moved_scores = dense.copy()

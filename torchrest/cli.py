@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from torchrest import __version__
-from torchrest.config import GROUPS, OptimizeConfig, ServerConfig, config_fields, env_name, flag_name
+from torchrest.config import FIDELITY, GROUPS, OptimizeConfig, ServerConfig, config_fields, env_name, flag_name
 from torchrest.errors import ModelLoadError, StartupError
 from torchrest.logs import TEXT, configure_logging
 
@@ -39,7 +39,7 @@ CONVERTERS: dict[str, Any] = {
 COMMANDS: dict[str, type] = {"serve": ServerConfig, "optimize": OptimizeConfig}
 
 
-USAGE = "Serve PyTorch vision models over HTTP, fast: classify, detect, segment, embed; KServe v2, metrics."
+USAGE = "Serve PyTorch vision models over HTTP, fast: every task installed, or your own; KServe v2, metrics."
 EXAMPLES = """examples:
   torchrest serve                                   the built-in EfficientNet-Lite0 on :8088
   curl localhost:8088/classify -F image=@cat.jpg    classify a photo
@@ -67,7 +67,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Defaults shown after each flag's help; descriptions and examples kept as written."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+bound_defaults: dict[str, str] = {}  # each bound flag's default (the bounds given are those that differ)
+
+
+def build_parser(tasks: Sequence[Any] = ()) -> argparse.ArgumentParser:
+    """The CLI; `optimize` also takes every bound of `tasks`' fidelity gates as a flag of its own."""
     parser = argparse.ArgumentParser(
         prog="torchrest", description=USAGE, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -76,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="serve a model over HTTP",
-        description="Serve vision models: POST /classify, /detect, /segment and /embed, the Open Inference "
-        "Protocol under /v2, GET /health, GET /metrics.",
+        description="Serve vision models: POST /<task> for each task served (GET / lists them), the Open "
+        "Inference Protocol under /v2, GET /health, GET /metrics.",
         epilog=SERVE_EXAMPLES,
         formatter_class=HelpFormatter,
     )
@@ -92,10 +96,48 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     add_config_flags(optimize, OptimizeConfig)
+    bound_defaults.update(add_bound_flags(optimize.add_argument_group(FIDELITY, GROUPS[FIDELITY]), tasks))
     return parser
 
 
-def add_config_flags(parser: argparse.ArgumentParser, kind: type) -> None:
+def add_bound_flags(section: Any, tasks: Sequence[Any]) -> dict[str, str]:
+    """One flag per bound of the tasks' gates (torchrest.tasks.fidelity.Bound), in the fidelity section, its
+    default from TORCHREST_<NAME> when set; what is given lands in OptimizeConfig.bounds."""
+    seen: set[str] = set()
+    defaults: dict[str, str] = {}
+    for task in tasks:
+        for bound in task.fidelity.bounds:
+            if bound.name in seen:
+                continue
+            seen.add(bound.name)
+            env = env_name(bound.name)
+            defaults[f"bound:{bound.name}"] = bound.default
+            section.add_argument(
+                bound.flag,
+                dest=f"bound:{bound.name}",
+                default=os.environ.get(env, bound.default),
+                metavar="VALUE",
+                help=f"{bound.help} [env {env}]".replace("%", "%%").replace("%%%%", "%%"),
+            )
+    return defaults
+
+
+def bound_flags_tasks(argv: Sequence[str]) -> list[Any]:
+    """The tasks whose bounds `optimize` offers as flags: every installed one, and those its --task names."""
+    from torchrest.tasks.registry import UnknownTask, installed_tasks, tasks_named
+
+    tasks = installed_tasks()
+    named = argparse.ArgumentParser(add_help=False)
+    named.add_argument("--task", default=os.environ.get(env_name("task"), ""))
+    known, _ = named.parse_known_args(argv)
+    try:
+        tasks += [task for task in tasks_named(known.task) if task not in tasks]
+    except UnknownTask:
+        pass  # said in one line once the model loads
+    return tasks
+
+
+def add_config_flags(parser: argparse.ArgumentParser, kind: type) -> dict[str, Any]:
     """One flag per field of `kind`, in its section of --help (the field's `group`), its choices shown where
     it has a fixed set; the default comes from TORCHREST_<FIELD> when it is set."""
     specs = config_fields(kind)
@@ -118,11 +160,12 @@ def add_config_flags(parser: argparse.ArgumentParser, kind: type) -> None:
             help=f"{spec.metadata['help']} [env {env}]",
             **style,
         )
+    return sections
 
 
 def synopsis(command: str, kind: type, width: int = 112) -> str:
-    """`torchrest COMMAND [--flag DEFAULT] ...` for every option, wrapped: docs/serving.md's flag synopsis
-    (a test keeps it equal to this)."""
+    """`torchrest COMMAND [--flag DEFAULT] ...` for every option (optimize's: each installed task's bounds
+    too), wrapped: docs/serving.md's and docs/optimize.md's flag synopses (a test keeps them equal to this)."""
     head = f"torchrest {command} "
     parts = []
     for spec in config_fields(kind):
@@ -134,6 +177,11 @@ def synopsis(command: str, kind: type, width: int = 112) -> str:
             parts.append(f"[--{flag} {value}]")
         else:
             parts.append(f"[--{flag} {spec.default}]")
+    if kind is OptimizeConfig:
+        from torchrest.tasks.registry import installed_tasks
+
+        bounds = {bound.name: bound for task in installed_tasks() for bound in task.fidelity.bounds}
+        parts += [f"[{bound.flag} {bound.default or 'VALUE'}]" for bound in bounds.values()]
     lines, line = [], head
     for part in parts:
         if len(line) + len(part) > width and line.strip():
@@ -144,7 +192,8 @@ def synopsis(command: str, kind: type, width: int = 112) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(bound_flags_tasks(argv) if argv[:1] == ["optimize"] else ())
     try:
         args = parser.parse_args(argv)
     except ValueError as exc:  # a TORCHREST_* variable that does not parse
@@ -154,7 +203,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     kind = COMMANDS[args.command]
-    config = kind(**{spec.name: getattr(args, spec.name) for spec in config_fields(kind)})
+    values = {spec.name: getattr(args, spec.name) for spec in config_fields(kind)}
+    if kind is OptimizeConfig:  # the bounds given (from a flag or the environment), not those left at their default
+        values["bounds"] = tuple(
+            (key[6:], value)
+            for key, value in vars(args).items()
+            if key.startswith("bound:") and value != bound_defaults[key]
+        )
+    config = kind(**values)
     configure_logging(config.log_level, getattr(config, "log_format", TEXT), args.command)
     try:
         if isinstance(config, OptimizeConfig):

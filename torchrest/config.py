@@ -19,7 +19,6 @@ from typing import Any
 from torchrest.cores import available_cores
 from torchrest.logs import FORMATS as LOG_FORMATS
 from torchrest.model_input import NORMALIZATIONS, RESIZES, InputSpec, input_size, input_spec
-from torchrest.tasks import default_resize, task_names
 
 ENV_PREFIX = "TORCHREST_"
 
@@ -35,7 +34,7 @@ GROUPS = {
     SECURITY: "TLS, API keys, the admin token and browser origins",
     OBSERVABILITY: "logs, metrics and traces",
     SAMPLES: "the sample images: INT8 calibration, and the held-out inputs the fidelity check compares on",
-    FIDELITY: "how close to fp32 a candidate must stay, by task",
+    FIDELITY: "how close to fp32 a candidate must stay: each task's bounds (torchrest.tasks), its own flags",
     MEASURING: "what is measured, where, and for how long; how the served layout is chosen",
     OUTPUT: "where the result goes, and what is logged",
 }
@@ -65,9 +64,9 @@ class ModelSource:
     )
     labels: Path | None = option(None, "class names, one per line (or a JSON list); default ImageNet-1k", group=MODELS)
     task: str = option(
-        "classify",
-        "what a model file is for: classify, detect, segment or embed (or several, comma-separated, reading its "
-        "outputs in order, e.g. classify,embed)",
+        "",
+        "what a model file is for: an installed task's name (GET / lists them; default: the seed's classifier) "
+        "or your own as package.module:Class (docs/tasks.md); several, comma-separated, read its outputs in order",
         group=MODELS,
     )
     input_size: str = option(
@@ -76,8 +75,7 @@ class ModelSource:
     resize: str = option(
         "",
         "how images are fitted to a model file's input: crop (the shorter side resized, then the centre), "
-        "letterbox (all of it, aspect kept, padded with grey 114) or stretch (default: crop to classify or "
-        "embed, letterbox to detect or segment)",
+        "letterbox (all of it, aspect kept, padded with grey 114) or stretch (default: the task's own)",
         group=MODELS,
         choices=RESIZES,
     )
@@ -85,17 +83,21 @@ class ModelSource:
         0, "crop: the shorter side before the centre crop (0: 8/7 of the input, 224 -> 256)", group=MODELS
     )
     normalize: str = option(
-        "imagenet",
-        "a model file's input: imagenet (mean and std) or unit (pixels / 255)",
+        "",
+        "a model file's input: imagenet (mean and std) or unit (pixels / 255) (default: the task's own)",
         group=MODELS,
         choices=tuple(NORMALIZATIONS),
     )
 
     @property
     def input_spec(self) -> InputSpec:
-        """The model file's input, as the flags say (ValueError with a one-line reason)."""
-        resize = self.resize or default_resize(self.task)
-        return input_spec(input_size(self.input_size), self.resize_size, resize, self.normalize)
+        """The model file's input, as the flags say, its first task's defaults otherwise (ValueError with a
+        one-line reason, an unknown task's too)."""
+        from torchrest.tasks.registry import first_task  # imports the task's module: only when asked
+
+        task = first_task(self.task)
+        resize, normalize = self.resize or task.resize, self.normalize or task.normalize
+        return input_spec(input_size(self.input_size), self.resize_size, resize, normalize)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +113,7 @@ class ServerConfig(ModelSource):
         None, "serve every model folder of this repository (the layout `torchrest optimize` writes)", group=MODELS
     )
     default_model: str | None = option(
-        None, "the model /classify uses when a request names none (default: the first)", group=MODELS
+        None, "the model a task's route asks when a request names none (default: the first)", group=MODELS
     )
     model_name: str | None = option(
         None, "serve the one model under this name (KServe passes the InferenceService's name)", group=MODELS
@@ -343,33 +345,8 @@ class OptimizeConfig(ModelSource):
         "batch sizes to measure throughput at (auto: 1,2,4,8,16,32, up to 8 for inputs larger than 320 x 320)",
         group=MEASURING,
     )
-    max_top1_disagreement: str = option(
-        "1%", "classify: reject a candidate whose top-1 differs from fp32 more often", group=FIDELITY
-    )
-    max_accuracy_drop: str = option(
-        "",
-        "with labelled photos (--calibration holding class-named sub-folders): reject a candidate whose top-1 "
-        "accuracy on them is more than this below fp32's (e.g. 0.5%%), instead of judging agreement",
-        group=FIDELITY,
-    )
-    min_cosine: float = option(
-        0.99, "embed: the lowest cosine similarity to fp32's embedding a candidate may give", group=FIDELITY
-    )
-    min_neighbours_kept: str = option(
-        "99%",
-        "embed: the share of held-out inputs whose nearest neighbour (by cosine) must stay fp32's",
-        group=FIDELITY,
-    )
-    min_box_match: str = option(
-        "99%",
-        "detect: the share of fp32's boxes a candidate must match (same class, IoU at least --box-iou)",
-        group=FIDELITY,
-    )
-    box_iou: float = option(0.9, "detect: the IoU at which a candidate's box matches fp32's", group=FIDELITY)
-    max_extra_boxes: str = option("1%", "detect: unmatched candidate boxes allowed, per fp32 box", group=FIDELITY)
-    min_pixel_agreement: str = option(
-        "99%", "segment: the share of pixels whose class must stay fp32's", group=FIDELITY
-    )
+    # each task's fidelity bounds, as given (name -> text): their flags come from the tasks (torchrest.cli)
+    bounds: tuple[tuple[str, str], ...] = field(default=(), metadata={"flag": False})
     device: str = option("cpu", "cpu, cuda, cuda:N, or auto (cuda when available)", group=MEASURING, choices=DEVICES)
     threads: int = option(
         0, "threads every candidate may use, as the server gives them (0: one per core)", group=MEASURING
@@ -406,33 +383,17 @@ class OptimizeConfig(ModelSource):
             raise ValueError(f"--batch-sizes must list positive integers, got {self.batch_sizes!r}")
         return sizes
 
-    def disagreement_bound(self) -> float:
-        """'1%' or '0.01' -> 0.01."""
-        return _share(self.max_top1_disagreement, "--max-top1-disagreement")
-
-    def task_bounds(self) -> dict[str, float]:
-        """The bounds of the other tasks' gates, as fractions (ValueError with the flag's name otherwise)."""
-        bounds = {
-            "min_neighbours_kept": _share(self.min_neighbours_kept, "--min-neighbours-kept"),
-            "min_box_match": _share(self.min_box_match, "--min-box-match"),
-            "max_extra_boxes": _share(self.max_extra_boxes, "--max-extra-boxes"),
-            "min_pixel_agreement": _share(self.min_pixel_agreement, "--min-pixel-agreement"),
+    def bound_values(self, tasks: Any) -> dict[str, float | None]:
+        """Every bound of these tasks' gates: as given, else its default (ValueError naming its flag)."""
+        given = dict(self.bounds)
+        return {
+            bound.name: bound.parse(given.get(bound.name, bound.default))
+            for task in tasks
+            for bound in task.fidelity.bounds
         }
-        if not -1 <= self.min_cosine <= 1:
-            raise ValueError(f"--min-cosine must be from -1 to 1, got {self.min_cosine}")
-        if not 0 < self.box_iou <= 1:
-            raise ValueError(f"--box-iou must be above 0 and at most 1, got {self.box_iou}")
-        return bounds | {"min_cosine": self.min_cosine, "box_iou": self.box_iou}
-
-    def accuracy_drop(self) -> float | None:
-        """'0.5%' -> 0.005; None when not set (candidates are judged by agreement)."""
-        return _share(self.max_accuracy_drop, "--max-accuracy-drop") if self.max_accuracy_drop.strip() else None
 
     def validate(self) -> None:
         self.batch_size_list()
-        self.disagreement_bound()
-        self.accuracy_drop()
-        self.task_bounds()
         if self.calibration is None:
             raise ValueError("--calibration DIR is required: a folder of sample images")
         if self.fidelity_samples <= 0 or self.calibration_samples <= 0 or self.seconds_per_point <= 0:
@@ -441,19 +402,10 @@ class OptimizeConfig(ModelSource):
             raise ValueError("--threads cannot be negative")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"--objective must be throughput or latency, got {self.objective!r}")
-        task_names(self.task)
+        from torchrest.tasks.registry import tasks_named  # imports the tasks' modules: only when asked
 
-
-def _share(text: str, flag: str) -> float:
-    """'1%' or '0.01' -> 0.01, from 0 to 1."""
-    text = text.strip()
-    try:
-        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        raise ValueError(f"{flag} must look like 1% or 0.01, got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise ValueError(f"{flag} must be between 0% and 100%, got {text!r}")
-    return value
+        self.input_spec  # noqa: B018 - its tasks found, its input checked
+        self.bound_values(tasks_named(self.task))
 
 
 def flag_name(field_name: str) -> str:
@@ -465,4 +417,5 @@ def env_name(field_name: str) -> str:
 
 
 def config_fields(kind: type = ServerConfig) -> list[Any]:
-    return list(fields(kind))
+    """The fields that are options (a flag and a variable each)."""
+    return [spec for spec in fields(kind) if spec.metadata.get("flag", True)]

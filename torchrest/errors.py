@@ -144,6 +144,13 @@ class InvalidModelOutput(ModelError):
     code = "invalid_model_output"
 
 
+class TaskFailed(ModelError):
+    """A task's own step raised (its batched step on the engine: that batch's images; its answer: that request)."""
+
+    status = 500
+    code = "task_failed"
+
+
 class NotReady(TorchrestError):
     """The model is loading or unloaded (or, on `/health`, an instance that died is being restarted)."""
 

@@ -3,7 +3,7 @@ per line for a log pipeline, and then a line per answered request too (logger `t
 
     {"time": "2026-11-30T16:20:01.123Z", "level": "INFO", "logger": "torchrest.access", "process": "serve",
      "message": "POST /classify 200", "request_id": "...", "trace_id": "...", "span_id": "...",
-     "route": "/classify", "model": "efficientnet_lite0", "status": 200, "duration_ms": 12.3}
+     "route": "/classify", "model": "efficientnet_lite0", "task": "classify", "status": 200, "duration_ms": 12.3}
 
 The ids are the request's (`X-Request-Id`) and its span's when tracing is on, so that a log line and a
 trace find each other. Other lines carry what their `extra` gives of the same fields.
@@ -19,7 +19,7 @@ from typing import Any
 TEXT, JSON = "text", "json"
 FORMATS = (TEXT, JSON)
 TOP_LEVEL = ("serve", "optimize")  # a command's own process: its text lines name no role
-FIELDS = ("request_id", "trace_id", "span_id", "route", "model", "status", "code", "duration_ms")
+FIELDS = ("request_id", "trace_id", "span_id", "route", "model", "task", "status", "code", "duration_ms")
 
 access = logging.getLogger("torchrest.access")
 

@@ -94,7 +94,7 @@ class Metrics:
         )
         self.answers = Counter(
             "torchrest_answers",
-            "Images the model ran on, by task (classify, detect, segment, embed), its unusable outputs included",
+            "Images the model ran on, by task (what the request asked of it), its unusable outputs included",
             ["model", "task"],
             registry=r,
         )

@@ -40,6 +40,7 @@ from torchrest.tracing import current as current_tracing
 log = logging.getLogger("torchrest.api")
 
 Handler = Callable[[Request, "AppState"], Awaitable[Response]]
+Fallback = Callable[["AppState", str], "dict[str, Handler] | None"]  # a path no route has -> its methods, if any
 Hook = Callable[[], Awaitable[None]]
 CLIENT_CLOSED = 499  # nginx's status for "client closed request", used in metrics only
 
@@ -66,7 +67,8 @@ class App:
     """`routes`: exact paths; `templates`: paths with `{name}` segments, which handlers find in
     `request.params` (matched on the raw path and then decoded, so an encoded slash stays inside its
     segment for the handler to refuse). Metrics label a request by its route or template, never by its
-    raw path. With `metrics_port`, GET /metrics is served on that port only, and nothing else is."""
+    raw path. With `metrics_port`, GET /metrics is served on that port only, and nothing else is. `fallback`
+    finds the routes that come with what is served (a task of one's own), labelled by their path."""
 
     def __init__(
         self,
@@ -74,8 +76,10 @@ class App:
         routes: dict[str, dict[str, Handler]],
         templates: dict[str, dict[str, Handler]] | None = None,
         metrics_port: int = 0,
+        fallback: Fallback | None = None,
     ) -> None:
         self.state = state
+        self.fallback = fallback
         templates = templates or {}
         self.metrics_port = metrics_port
         self.metrics_routes = {"/metrics": routes["/metrics"]} if metrics_port else {}
@@ -102,6 +106,11 @@ class App:
             if (match := pattern.fullmatch(path)) is not None:
                 request.params = {key: unquote(value) for key, value in match.groupdict().items()}
                 return template, methods
+        methods = self.fallback(self.state, request.path) if self.fallback is not None else None
+        if methods is not None:
+            if request.path not in self._latency:  # as many labels as the tasks served bring routes
+                self._latency[request.path] = self.state.metrics.request_latency.labels(request.path)
+            return request.path, methods
         return "other", None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -226,8 +235,8 @@ def log_request(
 
 def _pattern(template: str) -> re.Pattern[str]:
     """ "/v2/models/{name}/infer" -> a regex whose named groups are the `{...}` segments."""
-    segments = []
-    for segment in template.split("/"):
-        named = re.fullmatch(r"\{(\w+)\}", segment)
-        segments.append(f"(?P<{named.group(1)}>[^/]+)" if named else re.escape(segment))
-    return re.compile("/".join(segments))
+    parts = []
+    for part in template.split("/"):
+        named = re.fullmatch(r"\{(\w+)\}", part)
+        parts.append(f"(?P<{named.group(1)}>[^/]+)" if named else re.escape(part))
+    return re.compile("/".join(parts))

@@ -1,5 +1,5 @@
-"""POST /classify, /detect, /segment and /embed: one image in, the task's answer out, in the original image's
-pixels. `/classify` keeps the seed's contract byte for byte.
+"""POST /<task> (each task's route: /classify, /detect, ... and any task of one's own): one image in, the
+task's answer out, in the original image's pixels. `/classify` keeps the seed's contract byte for byte.
 
     pick the model (?model=NAME: 404/503; 400 when it does not do this task) -> the task's options from the
     query (400) -> room in the queue (503 if full) -> read body (408/413/415/400) -> admit (503 if the queue
@@ -19,11 +19,13 @@ import time
 from torchrest.admission import admitted, room_for
 from torchrest.api.app import AppState, Handler
 from torchrest.api.forms import read_image
+from torchrest.api.guards import inference
 from torchrest.api.http import Request, Response
 from torchrest.api.lifecycle import deadline_s, in_time, until_disconnect
-from torchrest.errors import AnswerTooLarge, TaskNotServed
+from torchrest.errors import AnswerTooLarge, TaskFailed, TaskNotServed, TorchrestError
 from torchrest.served import ServedModel
-from torchrest.tasks.registry import TASKS, Task
+from torchrest.tasks import Task
+from torchrest.tasks.registry import installed_tasks
 
 
 def endpoint(task: Task) -> Handler:
@@ -46,10 +48,17 @@ def endpoint(task: Task) -> Handler:
             answering = runtime.infer(data, deadline, request.request_id, times, task.name, options)
             answered = await until_disconnect(answering, request)
         labels, name, accept = runtime.model.labels, runtime.name, request.headers.get("accept", "")
-        if task.encodes_off_loop(answered):
-            body, content_type = await asyncio.to_thread(task.http_body, answered, options, head, labels, name, accept)
-        else:
-            body, content_type = task.http_body(answered, options, head, labels, name, accept)
+        try:
+            if task.encodes_off_loop(answered):
+                body, content_type = await asyncio.to_thread(
+                    task.http_body, answered, options, head, labels, name, accept
+                )
+            else:
+                body, content_type = task.http_body(answered, options, head, labels, name, accept)
+        except TorchrestError:
+            raise
+        except Exception as exc:  # the task's own code: this request fails, named, and the server goes on
+            raise TaskFailed(f"task {task.name} failed to write its answer: {type(exc).__name__}: {exc}") from exc
         if len(body) > config.max_body_bytes:
             raise AnswerTooLarge(
                 f"the answer is {len(body) / 2**20:.1f} MiB, over the limit of {config.max_body_mb:g} MiB "
@@ -68,10 +77,24 @@ def head_of(model: ServedModel, task: Task) -> object:
     heads = model.heads
     if heads is None or task.name not in heads.by_task:
         does = " and ".join(model.tasks)
-        raise TaskNotServed(
-            f"model {model.name} does not {task.name}: it does {does} (POST {TASKS[model.tasks[0]].route})"
-        )
+        own = f" (POST {heads.task(model.tasks[0]).route})" if heads is not None else ""
+        raise TaskNotServed(f"model {model.name} does not {task.name}: it does {does}{own}")
     return heads.by_task[task.name]
 
 
-ENDPOINTS: dict[str, Handler] = {task.route: endpoint(task) for task in TASKS.values()}
+ENDPOINTS: dict[str, Handler] = {task.route: endpoint(task) for task in installed_tasks()}
+_served_routes: dict[tuple[str, str], dict[str, Handler]] = {}  # (route, the task's import path) -> methods
+
+
+def served_route(state: AppState, path: str) -> dict[str, Handler] | None:
+    """The route of a task that is not installed but that a loaded model serves (`--task package.module:Class`,
+    a folder's config.json); None when no model's task has this route."""
+    for entry in state.models.entries.values():
+        heads = entry.model.heads
+        for task in heads.tasks_by_name.values() if heads is not None else ():
+            if task.route == path:
+                key = (path, f"{type(task).__module__}:{type(task).__qualname__}")
+                if key not in _served_routes:
+                    _served_routes[key] = {"POST": inference(endpoint(task))}
+                return _served_routes[key]
+    return None

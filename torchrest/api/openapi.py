@@ -1,20 +1,25 @@
 """GET /openapi.json: the OpenAPI 3.0 description of the HTTP API, for clients, gateways and
-schemathesis. Written by hand next to the handlers it describes; the error codes come from
-`torchrest/errors.py`, so the document cannot name a code the server does not send (or miss one).
+schemathesis. Written by hand next to the handlers it describes; each task's route from what the task
+declares (`Task.openapi`: its query parameters and its answer), for every task installed or served; the
+error codes come from `torchrest/errors.py`, so the document cannot name a code the server does not send
+(or miss one).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from torchrest import __version__
+from torchrest.api.app import AppState
+from torchrest.api.health import task_routes
 from torchrest.api.http import Request, Response
 from torchrest.errors import all_errors
 from torchrest.served import MODEL_NAME
 from torchrest.served import VERSION as VERSION_RE
-from torchrest.tasks.classify import MAX_TOP_K
-from torchrest.tasks.detect import MAX_DETECTIONS
+from torchrest.tasks import Task
+from torchrest.tasks.registry import installed_tasks
 
 JSON = "application/json"
 Schema = dict[str, Any]
@@ -42,16 +47,6 @@ ADMIN_SECURITY: list[Schema] = [{"bearer": []}]
 SECURITY_SCHEMES: Schema = {
     "bearer": {"type": "http", "scheme": "bearer", "description": "an API key (inference) or the admin token"},
     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "an API key (inference)"},
-}
-
-PREDICTION: Schema = {
-    "type": "object",
-    "required": ["label", "class_id", "confidence"],
-    "properties": {
-        "label": {"type": "string"},
-        "class_id": {"type": "integer", "minimum": 0},
-        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-    },
 }
 
 TIMEOUT_AND_ID: list[Schema] = [
@@ -108,79 +103,26 @@ def _image_operation(summary: str, parameters: list[Schema], answer: Schema, **o
     }
 
 
-def _success(**properties: Schema) -> Schema:
+def task_operation(task: Task) -> Schema:
+    """POST /<task>: its query parameters and its answer (the task's), inside the envelope every answer has."""
+    parameters, answer = task.openapi()
+    other = {"image/png": {"schema": {"type": "string", "format": "binary"}}} if task.answers_png else {}
+    return _image_operation(task.summary or f"The {task.name} task", parameters, _success(answer), **other)
+
+
+def _success(answer: Schema) -> Schema:
+    """`{"status": "success", "model": ...}` and the task's own fields."""
     return {
+        **answer,
         "type": "object",
-        "required": ["status", "model", *properties],
-        "properties": {"status": {"type": "string", "enum": ["success"]}, "model": {"type": "string"}, **properties},
+        "required": ["status", "model", *answer.get("required", [])],
+        "properties": {
+            "status": {"type": "string", "enum": ["success"]},
+            "model": {"type": "string"},
+            **answer.get("properties", {}),
+        },
     }
 
-
-def _number(name: str, low: float, high: float, default: float, integer: bool = False) -> Schema:
-    kind = "integer" if integer else "number"
-    return {"name": name, "in": "query", "schema": {"type": kind, "minimum": low, "maximum": high, "default": default}}
-
-
-IMAGE_SIZE: Schema = {
-    "type": "object",
-    "required": ["width", "height"],
-    "properties": {"width": {"type": "integer"}, "height": {"type": "integer"}},
-}
-CLASSIFY = _image_operation(
-    "Classify one image",
-    [{"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": 1}}],
-    _success(prediction=_ref("Prediction"), top_k={"type": "array", "items": _ref("Prediction"), "minItems": 1}),
-)
-EMBED = _image_operation(
-    "The image as a vector (an encoder's features)",
-    [{"name": "normalize", "in": "query", "schema": {"type": "boolean", "default": False}}],
-    _success(dimensions={"type": "integer", "minimum": 1}, embedding={"type": "array", "items": {"type": "number"}}),
-)
-DETECT = _image_operation(
-    "What is where: boxes in the original image's pixels, most confident first",
-    [
-        _number("score_threshold", 0, 1, 0.25),
-        _number("iou_threshold", 0, 1, 0.45),
-        _number("max_detections", 1, MAX_DETECTIONS, 100, integer=True),
-    ],
-    _success(
-        image=IMAGE_SIZE,
-        detections={
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["label", "class_id", "confidence", "box"],
-                "properties": {
-                    "label": {"type": "string"},
-                    "class_id": {"type": "integer"},
-                    "confidence": {"type": "number"},
-                    "box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
-                },
-            },
-        },
-    ),
-)
-SEGMENT = _image_operation(
-    "Which pixel is what: a class id per pixel of the original image, as a PNG (Accept: image/png for the PNG alone)",
-    [],
-    _success(
-        image=IMAGE_SIZE,
-        classes={
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["class_id", "label", "pixels"],
-                "properties": {
-                    "class_id": {"type": "integer"},
-                    "label": {"type": "string"},
-                    "pixels": {"type": "integer"},
-                },
-            },
-        },
-        mask={"type": "string", "format": "byte", "description": "base64 PNG: 8-bit grey, 16-bit past 256 classes"},
-    ),
-    **{"image/png": {"schema": {"type": "string", "format": "binary"}}},
-)
 
 HEALTH: Schema = {
     "summary": "Readiness: 200 once the model is loaded and warmed up and every instance serves",
@@ -257,22 +199,32 @@ TENSOR_META: Schema = {
         "shape": {"type": "array", "items": {"type": "integer"}},
     },
 }
+
+
+def infer_request(tasks: Sequence[Task]) -> Schema:
+    """A v2 inference request; its parameters: `task`, and every task's options (as its query parameters)."""
+    options = {
+        parameter["name"]: {key: value for key, value in parameter["schema"].items() if key != "maximum"}
+        if parameter["name"] == "top_k"  # any k up to the model's classes, not the route's cap
+        else parameter["schema"]
+        for task in tasks
+        for parameter in task.openapi()[0]
+    }
+    task_name: Schema = {"type": "string", "enum": [task.name for task in tasks]}
+    return {
+        **INFER_REQUEST,
+        "properties": {
+            **INFER_REQUEST["properties"],
+            "parameters": {"type": "object", "properties": {"task": task_name, **options}},
+        },
+    }
+
+
 INFER_REQUEST: Schema = {
     "type": "object",
     "required": ["inputs"],
     "properties": {
         "id": {"type": "string"},
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "top_k": {"type": "integer", "minimum": 1},
-                "task": {"type": "string", "enum": ["classify", "embed", "detect", "segment"]},
-                "normalize": {"type": "boolean"},
-                "score_threshold": {"type": "number", "minimum": 0, "maximum": 1},
-                "iou_threshold": {"type": "number", "minimum": 0, "maximum": 1},
-                "max_detections": {"type": "integer", "minimum": 1, "maximum": MAX_DETECTIONS},
-            },
-        },
         "inputs": {
             "type": "array",
             "minItems": 1,
@@ -334,7 +286,7 @@ def _v2_get(summary: str, schema: Schema, *errors: int, params: list[Schema] | N
     return {"get": operation}
 
 
-def v2_paths() -> dict[str, Schema]:
+def v2_paths(tasks: Sequence[Task]) -> dict[str, Schema]:
     """The Open Inference Protocol's routes (api/v2.py)."""
     anything: Schema = {"type": "object"}
     paths: dict[str, Schema] = {
@@ -401,7 +353,7 @@ def v2_paths() -> dict[str, Schema]:
                         "schema": {"type": "integer", "minimum": 0},
                     },
                 ],
-                "requestBody": {"required": True, "content": {JSON: {"schema": INFER_REQUEST}}},
+                "requestBody": {"required": True, "content": {JSON: {"schema": infer_request(tasks)}}},
                 "responses": {
                     "200": {
                         "description": "outputs (binary ones after the JSON header)",
@@ -419,15 +371,14 @@ def _static(summary: str, content_type: str) -> Schema:
     return {"summary": summary, "responses": {"200": {"description": summary, "content": {content_type: {}}}}}
 
 
-def document() -> Schema:
+def document(tasks: Sequence[Task] | None = None) -> Schema:
+    """The document for these tasks' routes (default: every installed task's)."""
+    tasks = installed_tasks() if tasks is None else tasks
     return {
         "openapi": "3.0.3",
         "info": {"title": "torchrest", "version": __version__, "description": "PyTorch models as a REST API"},
         "paths": {
-            "/classify": {"post": CLASSIFY},
-            "/embed": {"post": EMBED},
-            "/detect": {"post": DETECT},
-            "/segment": {"post": SEGMENT},
+            **{task.route: {"post": task_operation(task)} for task in tasks},
             "/health": {"get": HEALTH},
             "/metrics": {
                 "get": {
@@ -455,13 +406,12 @@ def document() -> Schema:
                     "responses": {"200": {"description": "OpenAPI 3.0", "content": {JSON: {}}}},
                 }
             },
-            **v2_paths(),
+            **v2_paths(tasks),
         },
         "components": {
             "securitySchemes": SECURITY_SCHEMES,
             "schemas": {
                 "V2Error": V2_ERROR,
-                "Prediction": PREDICTION,
                 "Error": {
                     "type": "object",
                     "required": ["status", "code", "message"],
@@ -476,11 +426,20 @@ def document() -> Schema:
     }
 
 
-_BODY = json.dumps(document(), separators=(",", ":")).encode()
+_bodies: dict[tuple[str, ...], bytes] = {}  # the document for a set of task routes, written once
 
 
-async def openapi(request: Request, state: object) -> Response:
-    return Response(200, _BODY)
+async def openapi(request: Request, state: AppState) -> Response:
+    """The document for every task installed and every task a served model brings."""
+    routes = tuple(task_routes(state))
+    body = _bodies.get(routes)
+    if body is None:
+        tasks = {task.route: task for task in installed_tasks()}
+        for entry in state.models.entries.values():
+            heads = entry.model.heads
+            tasks |= {task.route: task for task in (heads.tasks_by_name.values() if heads is not None else ())}
+        body = _bodies[routes] = json.dumps(document(list(tasks.values())), separators=(",", ":")).encode()
+    return Response(200, body)
 
 
 __all__ = ["document", "openapi"]

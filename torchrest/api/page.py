@@ -60,12 +60,14 @@ async def stats(request: Request, state: AppState) -> Response:
     activity = await state.models.activity()
     models = []
     for entry in state.models.entries.values():
-        runtime = entry.runtime
+        runtime, heads = entry.runtime, entry.model.heads
         row: dict[str, object] = {
             "name": entry.name,
             "version": entry.version,
             "state": entry.state,
             "tasks": list(entry.model.tasks),
+            # how the page offers each task (its route, view, query and help): the tasks say, the page asks
+            "views": {name: task.page() for name, task in heads.tasks_by_name.items()} if heads is not None else {},
             "backend": runtime.info.backend if runtime else None,
             "default": entry.name == state.models.default,
         }

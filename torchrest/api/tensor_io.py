@@ -4,7 +4,7 @@ tensor becomes which images, which task the request asks for, and the task's out
     one input: image (BYTES [n], encoded), pixels (UINT8 [n, H, W, 3]) or tensor (FP32 [n, 3, H, W],
     normalised as the model expects) -> one job per image in the model's queue, all for one task (parameter
     `task`, or the one whose outputs the request names, or the model's own) -> the task's outputs
-    (torchrest.tasks: classify's labels and scores, embed's embedding, detect's boxes, segment's mask)
+    (each task's own: Task.v2_outputs)
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import numpy as np
 
 from torchrest.api.tensors import InferRequest
 from torchrest.backends import BACKENDS
-from torchrest.errors import BadRequest, TaskNotServed
+from torchrest.errors import BadRequest, TaskFailed, TaskNotServed, TorchrestError
 from torchrest.served import ServedEntry, ServedModel, ServedRuntime
-from torchrest.tasks.registry import TASKS, Answer, Output, Task
+from torchrest.tasks import Answer, Output, Task
 from torchrest.timing import StageTimes
 
 
@@ -27,10 +27,10 @@ def metadata(entry: ServedEntry) -> dict[str, Any]:
     model = entry.model
     height, width = model.input_spec.size
     outputs: list[dict[str, Any]] = []
+    heads = model.heads
     for name in model.tasks:
-        head = model.heads.by_task.get(name) if model.heads is not None else None
-        if head is not None:
-            outputs += TASKS[name].v2_metadata(head)
+        if heads is not None and name in heads.by_task:
+            outputs += heads.task(name).v2_metadata(heads.by_task[name])
     return {
         "name": entry.name,
         "versions": [entry.version],
@@ -54,22 +54,22 @@ def task_of(parsed: InferRequest, model: ServedModel) -> tuple[Task, Any]:
     """The task a request asks of the model, and its head: parameter `task`, else the one of the model's
     tasks that gives every output the request names, else the model's own. 400 when it names another."""
     named = parsed.parameters.get("task")
+    if named is not None and (not isinstance(named, str) or named not in model.tasks):
+        raise TaskNotServed(f"model {model.name} does not {named!r}: it does {' and '.join(model.tasks)}")
+    heads = model.heads
+    if heads is None:
+        raise TaskNotServed(f"model {model.name} is not bound to its outputs yet: retry once it is ready")
     if named is not None:
-        if not isinstance(named, str) or named not in model.tasks:
-            raise TaskNotServed(f"model {model.name} does not {named!r}: it does {' and '.join(model.tasks)}")
         chosen = named
     elif parsed.outputs:
-        fitting = [name for name in model.tasks if set(parsed.outputs) <= set(TASKS[name].outputs)]
+        fitting = [name for name in model.tasks if set(parsed.outputs) <= set(heads.task(name).outputs)]
         chosen = fitting[0] if fitting else model.tasks[0]
     else:
         chosen = model.tasks[0]
-    task = TASKS[chosen]
+    task = heads.task(chosen)
     unknown = [name for name in parsed.outputs or () if name not in task.outputs]
     if unknown:  # before any image is decoded or run
         raise BadRequest(f"unknown output {unknown[0]!r}: this model's {task.name} gives {', '.join(task.outputs)}")
-    heads = model.heads
-    if heads is None or chosen not in heads.by_task:
-        raise TaskNotServed(f"model {model.name} is not bound to its outputs yet: retry once it is ready")
     return task, heads.by_task[chosen]
 
 
@@ -135,5 +135,10 @@ def output_tensors(
     if parsed.outputs is not None:  # names task_of checked
         wanted = {name: binary or parsed.binary_by_default for name, binary in parsed.outputs.items()}
     else:
-        wanted = {name: parsed.binary_by_default for name in task.default_outputs}
-    return task.v2_outputs(answers, options, head, labels, wanted)
+        wanted = {name: parsed.binary_by_default for name in task.default_outputs or task.outputs}
+    try:
+        return task.v2_outputs(answers, options, head, labels, wanted)
+    except TorchrestError:
+        raise
+    except Exception as exc:  # the task's own code: this request fails, named, and the server goes on
+        raise TaskFailed(f"task {task.name} failed to write its outputs: {type(exc).__name__}: {exc}") from exc

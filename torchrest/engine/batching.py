@@ -35,7 +35,7 @@ class Job:
     request_id: str
     future: Any  # asyncio.Future[tasks.Answer], resolved on the event loop by the runtime
     times: StageTimes | None = None  # filled by the runtime thread before the future resolves
-    task: str = "classify"  # what the request asks of the model (one of its tasks)
+    task: str = ""  # what the request asks of the model (one of its tasks)
     options: Any = None  # the task's options for this request (detect: its thresholds)
     geometry: Any = None  # where its pixels went (tasks.Geometry), once decoded
 

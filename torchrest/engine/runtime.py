@@ -190,7 +190,7 @@ class ModelRuntime:
                 outputs = backend.run(batch)
                 if index == 0 and size == 1:  # what it gives is read by its tasks, as they say (or it fails)
                     model = self.model
-                    model.heads = Heads.bind(model.tasks, output_shapes(outputs), model.input_spec.size)
+                    model.heads = Heads.bind(model.for_tasks, output_shapes(outputs), model.input_spec.size)
                 if index == 0 and tune_batch:
                     throughput[size] = size / median_call_s(backend.run, batch, TUNE_SECONDS_PER_SIZE)
         if throughput:

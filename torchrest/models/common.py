@@ -16,8 +16,8 @@ from torch import nn
 from torchrest.backends import Backend, TorchBackend
 from torchrest.layout import Layout
 from torchrest.model_input import InputSpec
-from torchrest.tasks import CLASSIFY
-from torchrest.tasks.registry import Heads
+from torchrest.tasks import Task
+from torchrest.tasks.registry import Heads, tasks_named
 
 
 @dataclass(slots=True)
@@ -38,9 +38,15 @@ class LoadedModel:
     metadata: dict[str, object] = field(default_factory=dict)
     opener: Callable[[str, int, int], Backend] | None = None  # (device, threads, instances) -> Backend
     layout: Layout | None = None  # the serving layout optimize measured best (config.json), if any
-    tasks: tuple[str, ...] = (CLASSIFY,)  # what it is for; the first is what a request naming none asks
+    # what it is for (torchrest.tasks); the first is what a request naming none asks
+    for_tasks: tuple[Task, ...] = field(default_factory=lambda: tasks_named(""))
     heads: Heads | None = None  # its tasks bound to its outputs, once their shapes are known
     narrow: bool = False  # without a layout, one instance per core serves it best (its backend's BackendKind)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """Its tasks' names, its own first."""
+        return tuple(task.name for task in self.for_tasks)
 
     @property
     def version(self) -> str:

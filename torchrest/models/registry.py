@@ -35,8 +35,8 @@ from torchrest.models.common import LoadedModel
 from torchrest.models.efficientnet_lite import efficientnet_lite0, published_lite0_weights
 from torchrest.models.labels import imagenet_labels, read_labels
 from torchrest.models.resnet import resnet18
-from torchrest.tasks import CLASSIFY, EMBED, UnknownTask, task_names
-from torchrest.tasks.registry import Heads, OutputShape, output_shapes
+from torchrest.tasks import Task
+from torchrest.tasks.registry import Heads, OutputShape, output_shapes, tasks_named
 
 log = logging.getLogger("torchrest.models")
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -48,7 +48,7 @@ BUILTIN: dict[str, tuple[Builder, Callable[[], str | None], InputSpec]] = {
     "efficientnet_lite0": (efficientnet_lite0, published_lite0_weights, InputSpec(224, 256)),
     "resnet18": (resnet18, lambda: None, InputSpec(224, 256)),
 }
-BUILTIN_TASKS = (CLASSIFY, EMBED)  # the logits, and the pooled features they are read from
+BUILTIN_TASKS = "classify,embed"  # the built-in networks' outputs: the logits, and the features they are read from
 
 
 def load_model(config: ModelSource, device: str = "cpu") -> LoadedModel:
@@ -57,17 +57,15 @@ def load_model(config: ModelSource, device: str = "cpu") -> LoadedModel:
     one-line reason on any failure. (Model folders of a repository are `models.repository`'s.)"""
     name = config.model or DEFAULT_MODEL
     path = Path(name)
-    try:
-        tasks = task_names(config.task)
-    except UnknownTask as exc:
-        raise ModelLoadError(str(exc)) from None
+    tasks = tasks_named(config.task)  # UnknownTask (a ModelLoadError) when one cannot be had
     if config.labels:
         labels = read_labels(config.labels)
     else:  # ImageNet's classes for a classifier; a detector's or segmenter's are class_0, class_1, ...
-        labels = list(imagenet_labels()) if name in BUILTIN or tasks[0] in (CLASSIFY, EMBED) else []
+        labels = list(imagenet_labels()) if name in BUILTIN or tasks[0].imagenet_labels else []
     if name in BUILTIN:
-        if tasks not in ((CLASSIFY,), BUILTIN_TASKS):
-            raise ModelLoadError(f"{name} classifies and embeds (in that order); --task is for a model file")
+        builtin = tasks_named(BUILTIN_TASKS)
+        if tasks not in (builtin[:1], builtin):
+            raise ModelLoadError(f"{name} serves {BUILTIN_TASKS} (in that order); --task is for a model file")
         model = _load_builtin(name, config.weights, labels)
     elif path.suffix in MODEL_FILE_SUFFIXES or path.exists():
         try:
@@ -80,7 +78,7 @@ def load_model(config: ModelSource, device: str = "cpu") -> LoadedModel:
         raise ModelLoadError(f"unknown model {name!r}: choose one of {names}, or a model file (.pt2, .onnx)")
     if model.module is not None:
         eval_mode(model.module)
-    model.heads = Heads.bind(model.tasks, probe(model, device), model.input_spec.size)
+    model.heads = Heads.bind(model.for_tasks, probe(model, device), model.input_spec.size)
     return model
 
 
@@ -103,7 +101,7 @@ def probe(model: LoadedModel, device: str) -> tuple[OutputShape, ...]:
         raise ModelLoadError(f"{model.name} fails on one image: {type(exc).__name__}: {first_line(exc)}") from None
 
 
-def _load_file(path: Path, labels: list[str], spec: InputSpec, tasks: tuple[str, ...]) -> LoadedModel:
+def _load_file(path: Path, labels: list[str], spec: InputSpec, tasks: tuple[Task, ...]) -> LoadedModel:
     form = file_format(path)
     metadata: dict[str, object] = {"format": form}
     module: nn.Module | None = None
@@ -136,7 +134,7 @@ def _load_file(path: Path, labels: list[str], spec: InputSpec, tasks: tuple[str,
         source=str(path),
         metadata=metadata,
         opener=opener,
-        tasks=tasks,
+        for_tasks=tasks,
         narrow=bool(kind) and BACKENDS[kind].narrow,
     )
 
@@ -181,7 +179,7 @@ def _load_builtin(name: str, weights: Path | None, labels: list[str]) -> LoadedM
         input_spec=spec,
         pretrained=bool(weights_file),
         source=source,
-        tasks=BUILTIN_TASKS,
+        for_tasks=tasks_named(BUILTIN_TASKS),
     )
 
 

@@ -29,10 +29,10 @@ from typing import Any
 from torchrest.backends import BACKENDS, open_backend
 from torchrest.errors import ModelLoadError, NotFound
 from torchrest.layout import Layout
-from torchrest.model_input import IMAGENET, LETTERBOX_FILL, InputSpec, input_size, input_spec
+from torchrest.model_input import LETTERBOX_FILL, InputSpec, input_size, input_spec
 from torchrest.models.common import LoadedModel
 from torchrest.models.labels import read_labels
-from torchrest.tasks import CLASSIFY, default_resize, task_names
+from torchrest.tasks.registry import first_task, tasks_named
 
 log = logging.getLogger("torchrest.models")
 
@@ -54,10 +54,14 @@ class ModelConfig:
     precision: str = "fp32"  # fp32, bf16, fp16, int8
     crop_size: int = 224  # the square input (input_size, when given, says otherwise)
     resize_size: int = 0  # crop: the shorter side before the centre crop (0: 8/7 of the input's side)
-    task: str = "classify"  # or detect, segment, embed; several comma-separated read the outputs in order
+    # what it is for (torchrest.tasks): a task's name, or package.module:Class; several, comma-separated, read
+    # the outputs in order ("" : the default, classify)
+    task: str = ""
     input_size: int | str | list[int] | None = None  # 640, "480x640" or [480, 640]
     resize: str = ""  # crop, letterbox or stretch (default: the first task's)
-    normalize: str = IMAGENET  # or unit: what a float network expects (artifacts with a uint8 input ignore it)
+    normalize: str = (
+        ""  # imagenet or unit: what a float network expects ("": the first task's; uint8 artifacts ignore it)
+    )
     fill: int = LETTERBOX_FILL
     labels: str = "labels.txt"  # relative to the model folder
     candidate: str = ""  # the optimize candidate that produced it
@@ -81,7 +85,9 @@ class ModelConfig:
     def input_spec(self) -> InputSpec:
         """ValueError with a one-line reason when the fields do not make one."""
         size = input_size(self.input_size) if self.input_size is not None else (self.crop_size, self.crop_size)
-        return input_spec(size, self.resize_size, self.resize or default_resize(self.task), self.normalize, self.fill)
+        task = first_task(self.task)
+        resize, normalize = self.resize or task.resize, self.normalize or task.normalize
+        return input_spec(size, self.resize_size, resize, normalize, self.fill)
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -174,7 +180,7 @@ def load_model_folder(folder: Path) -> LoadedModel:
         spec = config.input_spec
     except ValueError as exc:
         raise ModelLoadError(f"{folder / CONFIG_FILE}: {exc}") from None
-    tasks = task_names(config.task)
+    tasks = tasks_named(config.task)
     if config.backend not in BACKENDS:
         raise ModelLoadError(f"{folder / CONFIG_FILE}: unknown backend {config.backend!r} ({', '.join(BACKENDS)})")
     for named in (config.artifact, config.labels):
@@ -198,7 +204,7 @@ def load_model_folder(folder: Path) -> LoadedModel:
         name=config.name,
         module=None,
         labels=read_labels(folder / config.labels)
-        if (folder / config.labels).is_file() or tasks[0] == CLASSIFY
+        if (folder / config.labels).is_file() or tasks[0].labels_required
         else [],
         input_spec=spec,
         pretrained=True,
@@ -213,7 +219,7 @@ def load_model_folder(folder: Path) -> LoadedModel:
             config.backend, artifact, device=device, threads=threads, options=options | {"streams": str(instances)}
         ),
         layout=layout,
-        tasks=tasks,
+        for_tasks=tasks,
         narrow=BACKENDS[config.backend].narrow,
     )
 

@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchrest.optimize.fidelity import Fidelity
 from torchrest.optimize.gates import Verdict, shown
 from torchrest.optimize.serving import LayoutResult
 
@@ -31,22 +30,14 @@ class CandidateResult:
     best_batch_size: int | None = None
     latency_bs1_ms: float | None = None
     speedup: float | None = None  # best throughput over the reference's
-    fidelity: Fidelity | None = None  # a classifier's agreement figures
     verdicts: list[Verdict] = field(default_factory=list)  # each task's gate (torchrest.optimize.gates)
     build_s: float | None = None
     chosen: bool = False
-    accuracy: float | None = None  # top-1 accuracy on the labelled held-out inputs (when there are labels)
     detail: str = ""  # how it was made, when that matters (the layers an INT8-mixed graph keeps in float)
-
-    @property
-    def top1_agreement(self) -> float | None:
-        return None if self.fidelity is None else self.fidelity.top1_agreement
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["fidelity"] = None if self.fidelity is None else self.fidelity.to_dict()
         data["verdicts"] = [verdict.to_dict() for verdict in self.verdicts]
-        data["top1_agreement"] = self.top1_agreement
         data["throughput"] = {str(size): rate for size, rate in self.throughput.items()}
         return data
 
@@ -59,7 +50,6 @@ class Report:
     machine: str
     versions: dict[str, str]
     batch_sizes: list[int]
-    max_top1_disagreement: float
     samples: dict[str, Any]
     candidates: list[CandidateResult]
     created: str
@@ -67,10 +57,9 @@ class Report:
     notes: list[str] = field(default_factory=list)  # what makes these figures weaker than they look
     mixed_int8: dict[str, Any] = field(default_factory=dict)  # the INT8 search (optimize.mixed), by runtime
     objective: str = "throughput"
-    max_accuracy_drop: float | None = None  # the bound was on accuracy (labelled photos), not agreement
     layouts: list[LayoutResult] = field(default_factory=list)  # the served layouts measured (CPU only)
-    tasks: list[str] = field(default_factory=lambda: ["classify"])  # what the model serves, its own first
-    bounds: dict[str, Any] = field(default_factory=dict)  # every task's bound (torchrest.optimize.gates.Bounds)
+    tasks: list[str] = field(default_factory=list)  # what the model serves, its own first
+    bounds: dict[str, Any] = field(default_factory=dict)  # every bound of its tasks' gates, by name
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -92,68 +81,22 @@ def write_report(report: Report, folder: Path) -> list[Path]:
 
 
 def markdown(report: Report) -> str:
-    if report.tasks[0] != "classify":
-        return _task_markdown(report)
-    others = report.tasks[1:]  # a classifier that also embeds: its embeddings' gate too
-    bound = f"{report.max_top1_disagreement:.1%}"
-    lines = [
-        f"# torchrest optimize: {report.model}",
-        "",
-        f"{report.created} on {report.machine}, device {report.device}, {report.threads} threads per candidate.",
-        f"Fidelity on {report.samples['held_out']} held-out inputs ({report.samples['split']}); "
-        + (
-            f"{report.samples.get('labelled_held_out', 0)} of them are labelled (class-named folders); a candidate is "
-            f"rejected when its top-1 accuracy on them is more than {report.max_accuracy_drop:.1%} below fp32's."
-            if report.max_accuracy_drop is not None
-            else f"a candidate is rejected when its top-1 differs from the fp32 reference on more than {bound} of them"
-            + (
-                f" ({report.samples['labelled_held_out']} are labelled: accuracy is shown too)."
-                if report.samples.get("labelled_held_out")
-                else "."
-            )
-        ),
-        *(f"Its {task} answers are gated too: {_gate(report, task)}." for task in others),
-        f"INT8 calibration used {report.samples['calibration']} inputs.",
-        *(f"**Note:** {note}" for note in report.notes),
-        "",
-        f"**Chosen: {report.chosen or 'nothing (no candidate met the bound)'}**",
-        "",
-        "| candidate | precision | status | best img/s (batch) | vs eager | batch-1 ms | top-1 agree | "
-        "top-5 overlap | max Δp | top-1 accuracy | "
-        + "".join(f"{task} ({_measure_names(task)}) | " for task in others)
-        + "note |",
-        "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(others) + "---|",
-    ]
-    for c in report.candidates:
-        best = f"{c.best_throughput:.1f} ({c.best_batch_size})" if c.best_throughput else "-"
-        agreement, overlap, largest = (
-            (None, None, None)
-            if c.fidelity is None
-            else (c.fidelity.top1_agreement, c.fidelity.top5_overlap, c.fidelity.max_probability_diff)
-        )
-        name = f"**{c.name}**" if c.chosen else c.name
-        lines.append(
-            f"| {name} | {c.precision} | {c.status}{' (chosen)' if c.chosen else ''} | {best} | "
-            f"{_num(c.speedup, '{:.2f}x')} | {_num(c.latency_bs1_ms, '{:.1f}')} | "
-            f"{_num(agreement, '{:.1%}')} | {_num(overlap, '{:.1%}')} | {_num(largest, '{:.3f}')} | "
-            f"{_num(c.accuracy, '{:.1%}')} | "
-            + "".join(f"{_figures(v)} | " for v in c.verdicts if v.task in others)
-            + ("- | " * len(others) if not c.verdicts else "")
-            + f"{c.reason or c.detail or c.route} |"
-        )
-    lines += _tail(report)
-    return "\n".join(lines)
-
-
-def _task_markdown(report: Report) -> str:
-    """The report of a model whose own task is not classify: each task's measure, in the table."""
+    """The report for people: what each task's gate asks, one row per candidate with each task's figures."""
+    judged = [c for c in report.candidates if c.verdicts]
+    gates = {v.task: v.gate for c in judged for v in c.verdicts}  # the same words for every candidate
+    columns = {
+        task: list(dict.fromkeys(k for c in judged for v in c.verdicts if v.task == task for k in v.figures))
+        for task in report.tasks
+    }
+    labelled = report.samples.get("labelled_held_out", 0)
     lines = [
         f"# torchrest optimize: {report.model} ({', '.join(report.tasks)})",
         "",
         f"{report.created} on {report.machine}, device {report.device}, {report.threads} threads per candidate.",
-        f"Fidelity on {report.samples['held_out']} held-out inputs ({report.samples['split']}), answers read as the "
-        "server reads them; a candidate is kept when "
-        + "; and ".join(f"{task}: {_gate(report, task)}" for task in report.tasks)
+        f"Fidelity on {report.samples['held_out']} held-out inputs ({report.samples['split']}"
+        + (f"; {labelled} of them labelled" if labelled else "")
+        + "), answers read as the server reads them; a candidate is kept when "
+        + "; and ".join(f"{task}: {gates.get(task, 'not measured')}" for task in report.tasks)
         + ".",
         f"INT8 calibration used {report.samples['calibration']} inputs.",
         *(f"**Note:** {note}" for note in report.notes),
@@ -161,52 +104,24 @@ def _task_markdown(report: Report) -> str:
         f"**Chosen: {report.chosen or 'nothing (no candidate met the bound)'}**",
         "",
         "| candidate | precision | status | best img/s (batch) | vs eager | batch-1 ms | "
-        + " | ".join(f"{task} ({_measure_names(task)})" for task in report.tasks)
-        + " | note |",
-        "|---|---|---|---|---|---|" + "---|" * len(report.tasks) + "---|",
+        + "".join(f"{task}: {heading} | " for task in report.tasks for heading in columns[task])
+        + "note |",
+        "|---|---|---|---|---|---|" + "---|" * sum(len(headings) for headings in columns.values()) + "---|",
     ]
     for c in report.candidates:
         best = f"{c.best_throughput:.1f} ({c.best_batch_size})" if c.best_throughput else "-"
         name = f"**{c.name}**" if c.chosen else c.name
-        figures = {verdict.task: _figures(verdict) for verdict in c.verdicts}
+        figures = {v.task: v.figures for v in c.verdicts}
         lines.append(
             f"| {name} | {c.precision} | {c.status}{' (chosen)' if c.chosen else ''} | {best} | "
             f"{_num(c.speedup, '{:.2f}x')} | {_num(c.latency_bs1_ms, '{:.1f}')} | "
-            + " | ".join(figures.get(task, "-") for task in report.tasks)
-            + f" | {c.reason or c.detail or c.route} |"
+            + "".join(
+                f"{figures.get(task, {}).get(heading, '-')} | " for task in report.tasks for heading in columns[task]
+            )
+            + f"{c.reason or c.detail or c.route} |"
         )
     lines += _tail(report)
     return "\n".join(lines)
-
-
-def _gate(report: Report, task: str) -> str:
-    """What a task's gate asks, in words."""
-    bounds = report.bounds
-    return {
-        "embed": f"the lowest cosine similarity to fp32's embedding at least {bounds['min_cosine']:g}, and "
-        f"each input's nearest neighbour kept for {bounds['min_neighbours_kept']:.1%} of them",
-        "detect": f"fp32's boxes matched (same class, IoU at least {bounds['box_iou']:g}) for "
-        f"{bounds['min_box_match']:.1%} of them, and at most {bounds['max_extra_boxes']:.1%} extra",
-        "segment": f"the class of {bounds['min_pixel_agreement']:.1%} of pixels kept",
-        "classify": f"top-1 agreement at least {1 - report.max_top1_disagreement:.1%}",
-    }[task]
-
-
-def _measure_names(task: str) -> str:
-    return {
-        "classify": "top-1 agreement",
-        "embed": "min cosine; neighbours kept",
-        "detect": "boxes matched; extra",
-        "segment": "pixel agreement",
-    }[task]
-
-
-def _figures(verdict: Verdict) -> str:
-    if verdict.task == "embed":
-        return f"{verdict.value:.4f}; {verdict.details['neighbours_kept']:.1%}"
-    if verdict.task == "detect":
-        return f"{verdict.value:.1%}; {verdict.details['extra_boxes']:.1%}"
-    return f"{verdict.value:.1%}"
 
 
 def _tail(report: Report) -> list[str]:

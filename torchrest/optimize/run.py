@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -33,14 +33,13 @@ from torchrest.models.common import LoadedModel
 from torchrest.models.registry import load_model, probe
 from torchrest.models.repository import CONFIG_FILE, ModelConfig, latest_version
 from torchrest.optimize.candidates import CANDIDATE_NAMES, CANDIDATES, REFERENCE, Built, Candidate, Context
-from torchrest.optimize.fidelity import accuracy, compare
-from torchrest.optimize.gates import Bounds, Gate, TaskAnswers
+from torchrest.optimize.gates import Gate, TaskAnswers
 from torchrest.optimize.measure import Speed, measure
 from torchrest.optimize.report import FAILED, OK, REJECTED, SKIPPED, CandidateResult, Report, write_report
 from torchrest.optimize.samples import SampleSets, sample_sets
 from torchrest.optimize.serving import LayoutResult, choose_layout, measure_layouts
-from torchrest.tasks import CLASSIFY, DETECT, task_names
-from torchrest.tasks.registry import Heads
+from torchrest.tasks import Task
+from torchrest.tasks.registry import Heads, spec_of, tasks_named
 
 log = logging.getLogger("torchrest.optimize")
 
@@ -69,25 +68,20 @@ def optimize(config: OptimizeConfig) -> Outcome:
     model.name = name or model.name
     if model.module is None:
         raise StartupError(f"{config.model} has no torch module to optimize: bring it as a .pt2 (torch.export)")
-    tasks = task_names(config.task)
-    if model.tasks != tasks:  # a built-in classifier also embeds: what --task names is what is optimized
-        model.tasks, model.heads = tasks, Heads.bind(tasks, probe(model, device), model.input_spec.size)
+    tasks = tasks_named(config.task)
+    if model.for_tasks != tasks:  # a built-in classifier also embeds: what --task names is what is optimized
+        model.for_tasks, model.heads = tasks, Heads.bind(tasks, probe(model, device), model.input_spec.size)
     assert model.heads is not None  # bound to its outputs as it loaded
     spec = model.input_spec
     samples = sample_sets(calibration, spec, config.calibration_samples, config.fidelity_samples, model.labels)
-    accuracy_drop = config.accuracy_drop()
-    if accuracy_drop is not None and CLASSIFY not in model.tasks:
-        raise StartupError("--max-accuracy-drop bounds a classifier's top-1 accuracy: this model does not classify")
-    if accuracy_drop is not None and not samples.labelled:
-        raise StartupError(
-            f"--max-accuracy-drop needs labelled photos: put them in sub-folders of {config.calibration} named "
-            "after their class (a label of the model, or an ImageNet WordNet id such as n02123045)"
-        )
+    try:
+        bounds = config.bound_values(tasks)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    _check_bounds(config, tasks, bounds, samples.labelled > 0)
     threads = config.total_threads
     torch.set_num_threads(threads)
-    bound = config.disagreement_bound()
-    bounds = Bounds(bound, accuracy_drop, **config.task_bounds())
-    gate = Gate(model.heads, bounds, samples.held_out_labels if accuracy_drop is not None else None)
+    gate = Gate(model.heads, bounds, samples.held_out_labels if samples.labelled else None)
     batch_sizes = config.batch_size_list(spec.size[0] * spec.size[1])
 
     with tempfile.TemporaryDirectory(prefix=".optimize-", dir=out) as scratch:
@@ -115,9 +109,8 @@ def optimize(config: OptimizeConfig) -> Outcome:
             machine=_machine(),
             versions=_versions(),
             batch_sizes=batch_sizes,
-            max_top1_disagreement=bound,
             tasks=list(model.tasks),
-            bounds=asdict(bounds),
+            bounds=bounds,
             samples={
                 "photos": samples.photos,
                 "unreadable": samples.unreadable,
@@ -127,11 +120,10 @@ def optimize(config: OptimizeConfig) -> Outcome:
                 "labelled_held_out": samples.labelled,
                 "unlabelled_folders": samples.unlabelled_folders,
             },
-            max_accuracy_drop=accuracy_drop,
             candidates=results,
             created=dt.datetime.now().isoformat(timespec="seconds"),
             chosen=chosen.name,
-            notes=_notes(model, reference),
+            notes=_notes(model, gate, reference),
             mixed_int8={runtime: search.to_dict() for runtime, search in ctx.mixed.items()},
             objective=config.objective,
             layouts=layouts,
@@ -180,10 +172,6 @@ def _run_candidates(
         reference = answers if reference is None else reference
         reference_best = reference_best or speed.best_throughput
         result.verdicts = ctx.gate.judge(reference, answers)
-        if CLASSIFY in answers:
-            result.fidelity = compare(reference[CLASSIFY], answers[CLASSIFY])
-            if samples.labelled:
-                result.accuracy = accuracy(answers[CLASSIFY], samples.held_out_labels)
         result.throughput = speed.throughput
         result.best_throughput = speed.best_throughput
         result.best_batch_size = speed.best_batch_size
@@ -191,11 +179,13 @@ def _run_candidates(
         result.speedup = speed.best_throughput / reference_best
         failed = [verdict.reason for verdict in result.verdicts if not verdict.passed]
         result.status, result.reason = (REJECTED, "; ".join(failed)) if failed else (OK, "")
-        measures = ", ".join(f"{verdict.measure} {verdict.shown}" for verdict in result.verdicts)
+        measures = ", ".join(
+            f"{heading} {value}" for verdict in result.verdicts for heading, value in verdict.figures.items()
+        )
         progress.write(
             f"  {candidate.name:<22} {result.status:<8} {speed.best_throughput:7.1f} img/s (batch "
             f"{speed.best_batch_size}), {result.speedup:.2f}x eager, batch-1 {speed.latency_bs1_ms:.1f} ms, "
-            f"{measures}" + (f", accuracy {result.accuracy:.1%}" if result.accuracy is not None else "")
+            f"{measures}"
         )
     progress.close()
     assert reference is not None  # the reference either ran or raised
@@ -236,7 +226,7 @@ def _search_layouts(
         return measure_layouts(
             result.name,
             opener,
-            model.tasks,
+            model.for_tasks,
             model.input_spec,
             samples.files,
             threads,
@@ -326,7 +316,7 @@ def _write_model_folder(
         precision=chosen.precision,
         crop_size=height if height == width else spec.crop_size,
         resize_size=spec.resize_size,
-        task=",".join(model.tasks),
+        task=",".join(spec_of(task) for task in model.for_tasks),  # how each is named again (torchrest.tasks.registry)
         input_size=None if height == width else f"{height}x{width}",
         resize=spec.resize,
         normalize=spec.normalize,
@@ -377,29 +367,29 @@ def _both_ends(chosen: CandidateResult, report: Report) -> dict[str, float]:
     return measured
 
 
-def _notes(model: LoadedModel, reference: TaskAnswers) -> list[str]:
+def _notes(model: LoadedModel, gate: Gate, reference: TaskAnswers) -> list[str]:
     notes = []
     if not model.pretrained:
         notes.append(f"{model.name} has random weights: agreement with the reference says little about a trained model")
-    boxes = reference.get(DETECT)
-    if boxes is not None:
-        found = sum(len(answer) for answer in boxes if answer is not None)
-        classes = len({int(c) for answer in boxes if answer is not None for c in answer[:, 5]})
-        if found < 10 * max(1, classes) or classes < 2:
-            notes.append(
-                f"fp32 found {found} boxes of {classes} classes over the held-out set: the box gate checks little; "
-                "pass --calibration photos of what the model detects"
+    return notes + gate.notes(reference)
+
+
+def _check_bounds(
+    config: OptimizeConfig, tasks: tuple[Task, ...], bounds: dict[str, float | None], labelled: bool
+) -> None:
+    """A bound that switches a gate's way of judging (one given that is optional) must be one of the model's
+    tasks'; and each gate says whether it can judge these inputs (StartupError, one line, otherwise)."""
+    mine = {bound.name for task in tasks for bound in task.fidelity.bounds}
+    for name, _ in config.bounds:
+        if name not in mine:
+            flag = "--" + name.replace("_", "-")
+            raise StartupError(
+                f"{flag} bounds a task this model does not serve: it serves {', '.join(t.name for t in tasks)}"
             )
-    if CLASSIFY not in reference:
-        return notes
-    reference_top1 = reference[CLASSIFY].argmax(axis=1)
-    distinct = len(set(reference_top1.tolist()))
-    if distinct < min(10, len(reference_top1) // 10):
-        notes.append(
-            f"the reference gives only {distinct} distinct top-1 classes over the held-out set, "
-            "so top-1 agreement is easy to reach; pass more varied --calibration photos"
-        )
-    return notes
+    for task in tasks:
+        reason = task.fidelity.check(bounds, labelled)
+        if reason:
+            raise StartupError(reason)
 
 
 def _from_folder(config: OptimizeConfig) -> tuple[OptimizeConfig, str]:

@@ -31,8 +31,8 @@ from torchrest.metrics import Metrics
 from torchrest.model_input import InputSpec
 from torchrest.models.common import LoadedModel
 from torchrest.preprocess import Preprocessor
-from torchrest.tasks import CLASSIFY
-from torchrest.tasks.registry import task_named
+from torchrest.tasks import Task
+from torchrest.tasks.registry import tasks_named
 
 THROUGHPUT, LATENCY = "throughput", "latency"
 OBJECTIVES = (THROUGHPUT, LATENCY)
@@ -63,7 +63,7 @@ class LayoutResult:
 def measure_layouts(
     candidate: str,
     open_backend: Callable[[int, int], Backend],  # (threads, instances) -> one instance's backend
-    tasks: tuple[str, ...],
+    tasks: tuple[Task, ...],
     spec: InputSpec,
     files: list[bytes],
     cores: int,
@@ -89,11 +89,19 @@ def measure_layouts(
 
 
 def in_process_throughput(
-    backends: list[Backend], spec: InputSpec, files: list[bytes], cores: int, cap: int, seconds: float
+    backends: list[Backend],
+    spec: InputSpec,
+    files: list[bytes],
+    cores: int,
+    cap: int,
+    seconds: float,
+    tasks: tuple[Task, ...] = (),
 ) -> float:
-    """Img/s of the real runtime over `backends` (one per instance) with full batches of up to `cap`:
-    what a server laid out so could answer without HTTP (benchmark/core.py compares it with wrk)."""
-    rate, _ = asyncio.run(_drive(backends, spec, files, cores, cap, seconds, False, cores // len(backends)))
+    """Img/s of the real runtime over `backends` (one per instance) with full batches of up to `cap`, asking
+    the first of `tasks` (default: the default task): what a server laid out so could answer without HTTP
+    (benchmark/core.py compares it with wrk)."""
+    tasks = tasks or tasks_named("")
+    rate, _ = asyncio.run(_drive(backends, spec, files, cores, cap, seconds, False, cores // len(backends), tasks))
     return rate
 
 
@@ -122,11 +130,11 @@ async def _drive(
     seconds: float,
     lone: bool,
     threads: int,
-    tasks: tuple[str, ...] = (CLASSIFY,),
+    tasks: tuple[Task, ...],
 ) -> tuple[float, float]:
     """(img/s with the queue kept full, p50 ms with one request in flight (0 unless `lone`)). A lone
     request runs on every core even in a layout of many instances, as in the server (engine.runtime)."""
-    model = LoadedModel("layout-search", None, [], spec, True, "optimize", tasks=tasks)
+    model = LoadedModel("layout-search", None, [], spec, True, "optimize", for_tasks=tasks)
     runtime = ModelRuntime(
         model,
         backends,
@@ -159,7 +167,7 @@ async def _load(runtime: ModelRuntime, files: list[bytes], in_flight: int, secon
     ends = time.perf_counter() + seconds
     sequence = itertools.cycle(files)
     latencies: list[float] = []
-    options = task_named(runtime.model.tasks[0]).http_options({})
+    options = runtime.model.for_tasks[0].http_options({})
 
     async def client(index: int) -> None:
         while (sent := time.perf_counter()) < ends:

@@ -155,3 +155,94 @@ def shown(shape: OutputShape | None) -> str:
 def label(labels: list[str], class_id: int) -> str:
     """A class's name, or class_<id> past the names the model has."""
     return labels[class_id] if 0 <= class_id < len(labels) else f"class_{class_id}"
+
+
+Schema = dict[str, Any]  # an OpenAPI (JSON Schema) object
+# the original image's size, as the answers that map back onto it give it
+IMAGE_SIZE: Schema = {
+    "type": "object",
+    "required": ["width", "height"],
+    "properties": {"width": {"type": "integer"}, "height": {"type": "integer"}},
+}
+VIEWS = ("json", "labels", "boxes", "mask", "pair")  # how the web page shows an answer (api/static/app.js)
+
+
+class Task:
+    """What a model is for, whole: subclass it, then name it to the server (`--task package.module:Class`, a
+    folder's config.json `"task"`, or an entry point in the group `torchrest.tasks`). docs/tasks.md walks
+    through one. The engine calls `bind` once per model and the head's `decode` once per batch; a
+    front-end calls the options, the answer and the protocol methods once per request.
+
+    Declared: its name (its route is POST /<name>), how images are fitted to the model's input and
+    normalised unless the model says otherwise, its Open Inference Protocol outputs, how the page shows
+    it, its OpenAPI description and its fidelity gate (default: the closeness of its outputs to fp32's)."""
+
+    name: str = ""
+    summary: str = ""  # one line: OpenAPI's summary of its route, the page's help
+    resize: str = "letterbox"  # crop, letterbox or stretch (torchrest.resize)
+    normalize: str = "imagenet"  # imagenet (mean and std) or unit (pixels / 255)
+    outputs: tuple[str, ...] = ()  # the Open Inference Protocol outputs it can give
+    default_outputs: tuple[str, ...] = ()  # those given when a request names none (empty: all of them)
+    view: str = "json"  # how the web page shows the answer (VIEWS); json: the answer as text
+    page_query: Mapping[str, str] = {}  # what the page adds to its requests' query string
+    answers_png: bool = False  # whether `Accept: image/png` gets a PNG (OpenAPI)
+    imagenet_labels: bool = False  # a model file served without --labels names its classes as ImageNet's
+    labels_required: bool = False  # a repository's model folder must hold its labels.txt
+
+    @property
+    def route(self) -> str:
+        return f"/{self.name}"
+
+    @property
+    def fidelity(self) -> Any:
+        """How `torchrest optimize` judges this task's answers (torchrest.tasks.fidelity)."""
+        from torchrest.tasks.fidelity import Closeness
+
+        return Closeness(self.name)
+
+    # -- the engine side -----------------------------------------------------------------------------------
+    def bind(self, outputs: Sequence[OutputShape], first: int, input_size: tuple[int, int]) -> tuple[Any, int]:
+        """The head that reads the model's outputs from `first` on (each output's shape for one image), and
+        how many outputs it reads. Raise ModelLoadError (one line: what was expected, what was found) when
+        they do not fit."""
+        raise NotImplementedError
+
+    # -- the front-end side ------------------------------------------------------------------------------
+    def options(self, parameters: Mapping[str, object]) -> Any:
+        """A request's options, from its query string (text) or the protocol's parameters (typed): raise
+        BadRequest (400, naming the option) when one is not valid. `number` and `flag` read the usual ones."""
+        return None
+
+    def http_options(self, query: Mapping[str, str]) -> Any:
+        return self.options(query)
+
+    def v2_options(self, parameters: Mapping[str, object], head: Any) -> Any:
+        return self.options(parameters)
+
+    def encodes_off_loop(self, answer: Answer) -> bool:
+        """Whether writing this answer is long enough to leave the event loop for (a large image's PNG)."""
+        return False
+
+    def http_body(
+        self, answer: Answer, options: Any, head: Any, labels: list[str], model: str, accept: str
+    ) -> tuple[bytes, str]:
+        """The HTTP answer, its body and content type: JSON (`json_answer`), or bytes such as a PNG."""
+        raise NotImplementedError
+
+    def v2_metadata(self, head: Any) -> list[dict[str, Any]]:
+        """Its outputs' names, datatypes and shapes (-1: any) for the model's metadata."""
+        return []
+
+    def v2_outputs(
+        self, answers: list[Answer], options: Any, head: Any, labels: list[str], wanted: Mapping[str, bool]
+    ) -> list[Output]:
+        """The output tensors of a request's images, those `wanted` (name -> whether as binary data)."""
+        raise NotImplementedError
+
+    def openapi(self) -> tuple[list[Schema], Schema]:
+        """Its route's query parameters and the schema of its JSON answer (default: none, and an object)."""
+        return [], {"type": "object"}
+
+    def page(self) -> dict[str, object]:
+        """What the web page needs to offer this task: its route, view, query and help."""
+        return {"route": self.route, "view": self.view, "query": dict(self.page_query), "help": self.summary}

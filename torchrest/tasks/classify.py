@@ -4,19 +4,25 @@ class probabilities (softmax, once per batch, on the inference thread) and the m
     HTTP   POST /classify?top_k=k -> {"status", "model", "prediction", "top_k"} (the seed's contract)
     v2     labels (BYTES [n, k]) and scores (FP32 [n, k]) for the top k (parameter top_k, default 1), and
            probabilities (FP32 [n, classes]) when asked for
+    optimize   top-1 agreement with fp32 >= 1 - --max-top1-disagreement (with labelled photos and
+           --max-accuracy-drop: top-1 accuracy at most that far below fp32's); the INT8 search ranks layers
+           by the KL divergence of the probabilities
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from torchrest.errors import BadRequest, InvalidModelOutput, ModelLoadError
-from torchrest.tasks.base import Answer, Decoded, Output, OutputShape, Rows, label, shown
+from torchrest.model_input import InputSpec
+from torchrest.preprocess import decode_image, reference_pixels
+from torchrest.tasks.base import Answer, Decoded, Output, OutputShape, Rows, Schema, Task, label, shown
+from torchrest.tasks.fidelity import Bound, BoundValues, Fidelity, Verdict
 
 NAME = "classify"
 MAX_TOP_K = 20  # POST /classify; the Open Inference Protocol allows any k up to the classes
@@ -82,11 +88,20 @@ class ClassifyHead:
         return {"classes": self.classes}
 
 
-class Classify:
+class Classify(Task):
     name = NAME
-    route = "/classify"
+    summary = "Classify one image"
+    resize = "crop"
     outputs: tuple[str, ...] = OUTPUTS
     default_outputs: tuple[str, ...] = DEFAULT_OUTPUTS
+    view = "labels"
+    page_query = {"top_k": "5"}
+    imagenet_labels = True
+    labels_required = True
+
+    @property
+    def fidelity(self) -> Fidelity:
+        return ClassifyGate()
 
     def bind(self, outputs: Sequence[OutputShape], first: int, input_size: tuple[int, int]) -> tuple[ClassifyHead, int]:
         """The head over output `first`: (classes,) per image."""
@@ -96,6 +111,24 @@ class Classify:
                 f"task classify expects an output of shape (N, classes); output {first} is {shown(shape)}"
             )
         return ClassifyHead(first, shape[0]), 1
+
+    def openapi(self) -> tuple[list[Schema], Schema]:
+        prediction: Schema = {
+            "type": "object",
+            "required": ["label", "class_id", "confidence"],
+            "properties": {
+                "label": {"type": "string"},
+                "class_id": {"type": "integer", "minimum": 0},
+                "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+            },
+        }
+        top_k: Schema = {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": 1}
+        answer: Schema = {
+            "type": "object",
+            "required": ["prediction", "top_k"],
+            "properties": {"prediction": prediction, "top_k": {"type": "array", "items": prediction, "minItems": 1}},
+        }
+        return [{"name": "top_k", "in": "query", "schema": top_k}], answer
 
     # -- HTTP --------------------------------------------------------------------------------------------
     def http_options(self, query: Mapping[str, str]) -> int:
@@ -156,4 +189,144 @@ class Classify:
         return outputs
 
 
-TASK = Classify()
+@dataclass(frozen=True, slots=True)
+class Agreement:
+    """A candidate's probabilities against the reference's on the same inputs."""
+
+    samples: int
+    top1_agreement: float  # share of inputs whose top-1 class is the reference's
+    top5_overlap: float  # mean share of the reference's top-5 classes also in the candidate's top-5
+    max_probability_diff: float  # largest |p - p_ref| over every input and class
+
+    @property
+    def top1_disagreement(self) -> float:
+        return 1.0 - self.top1_agreement
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def compare(reference_logits: np.ndarray, logits: np.ndarray) -> Agreement:
+    """Both (N, classes); raises ValueError when the shapes differ (a candidate that lost its classes)."""
+    if reference_logits.shape != logits.shape:
+        raise ValueError(f"candidate answers have shape {logits.shape}, the reference {reference_logits.shape}")
+    reference_p = softmax(reference_logits.astype(np.float32))
+    candidate_p = softmax(logits.astype(np.float32))
+    k = min(5, reference_p.shape[1])
+    top_reference = np.argsort(-reference_p, axis=1)[:, :k]
+    top_candidate = np.argsort(-candidate_p, axis=1)[:, :k]
+    overlap = [len(set(a) & set(b)) / k for a, b in zip(top_reference, top_candidate, strict=True)]
+    return Agreement(
+        samples=len(reference_p),
+        top1_agreement=float(np.mean(top_reference[:, 0] == top_candidate[:, 0])),
+        top5_overlap=float(np.mean(overlap)),
+        max_probability_diff=float(np.max(np.abs(reference_p - candidate_p))),
+    )
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy over the inputs that have a label (label >= 0); NaN when none has."""
+    known = labels >= 0
+    if not known.any():
+        return float("nan")
+    return float(np.mean(logits[known].argmax(axis=1) == labels[known]))
+
+
+def kl_divergence(reference_logits: np.ndarray, logits: np.ndarray) -> float:
+    """Mean KL divergence of the candidate's class probabilities from the reference's."""
+    p, q = softmax(reference_logits.astype(np.float32)), softmax(logits.astype(np.float32))
+    eps = 1e-9
+    return float(np.mean(np.sum(p * (np.log(p + eps) - np.log(q + eps)), axis=1)))
+
+
+MAX_PIXELS = 64_000_000
+
+
+def preprocessing_fidelity(
+    run: Callable[[np.ndarray], np.ndarray], files: Sequence[bytes], spec: InputSpec, batch_size: int = 16
+) -> Agreement:
+    """The model's answers (`run`: (N, S, S, 3) uint8 -> (N, classes) logits) on what the server's
+    pre-processing makes of `files`, compared with its answers on `reference_pixels` of the same files."""
+
+    def logits(pixels: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate([run(np.stack(pixels[at : at + batch_size])) for at in range(0, len(pixels), batch_size)])
+
+    served = logits([decode_image(data, spec, MAX_PIXELS) for data in files])
+    return compare(logits([reference_pixels(data, spec) for data in files]), served)
+
+
+DISAGREEMENT = Bound(
+    "max_top1_disagreement", "1%", "classify: reject a candidate whose top-1 differs from fp32 more often"
+)
+ACCURACY_DROP = Bound(
+    "max_accuracy_drop",
+    "",
+    "classify, with labelled photos (--calibration holding class-named sub-folders): reject a candidate whose "
+    "top-1 accuracy on them is more than this below fp32's (e.g. 0.5%%), instead of judging agreement",
+    optional=True,
+)
+
+
+class ClassifyGate(Fidelity):
+    """Top-1 agreement with fp32 (or, with labelled photos and --max-accuracy-drop, top-1 accuracy); the
+    answers are the raw logits, what the head's answer is made of."""
+
+    measure = "top-1 agreement"
+    bounds = (DISAGREEMENT, ACCURACY_DROP)
+
+    def answers(self, task: str, head: Any, outputs: Sequence[np.ndarray], read: range) -> np.ndarray:
+        return np.array(outputs[head.output], dtype=np.float32)
+
+    def criterion(self, bounds: BoundValues, labels: Any) -> str:
+        return "top-1 accuracy" if _by_accuracy(bounds, labels) else self.measure
+
+    def check(self, bounds: BoundValues, labelled: bool) -> str:
+        if bounds.get(ACCURACY_DROP.name) is not None and not labelled:
+            return (
+                "--max-accuracy-drop needs labelled photos: put them in sub-folders of the --calibration folder "
+                "named after their class (a label of the model, or an ImageNet WordNet id such as n02123045)"
+            )
+        return ""
+
+    def judge(self, task: str, reference: Any, candidate: Any, bounds: BoundValues, labels: Any) -> Verdict:
+        agreement = compare(reference, candidate)
+        details = agreement.to_dict()
+        figures = {
+            "top-1 agree": f"{agreement.top1_agreement:.1%}",
+            "top-5 overlap": f"{agreement.top5_overlap:.1%}",
+            "max Δp": f"{agreement.max_probability_diff:.3f}",
+        }
+        if labels is not None and (labels >= 0).any():
+            details["accuracy"] = accuracy(candidate, labels)
+            figures["top-1 accuracy"] = f"{details['accuracy']:.1%}"
+        if _by_accuracy(bounds, labels):
+            most = bounds[ACCURACY_DROP.name]
+            assert most is not None
+            value, baseline = accuracy(candidate, labels), accuracy(reference, labels)
+            drop = baseline - value
+            reason = f"top-1 accuracy {drop:.1%} below fp32's > {most:.1%}" if drop > most + 1e-9 else ""
+            gate = f"top-1 accuracy on the labelled inputs at most {most:.1%} below fp32's"
+            return Verdict(task, "top-1 accuracy", value, baseline - most, not reason, reason, details, figures, gate)
+        most = bounds[DISAGREEMENT.name]
+        assert most is not None
+        value = agreement.top1_agreement
+        reason = f"top-1 disagreement {1 - value:.1%} > {most:.1%}" if 1 - value > most + 1e-9 else ""
+        gate = f"top-1 agreement with fp32 at least {1 - most:.1%}"
+        return Verdict(task, self.measure, value, 1 - most, not reason, reason, details, figures, gate)
+
+    def harm(self, head: Any, reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], read: range) -> float:
+        return kl_divergence(reference[head.output], candidate[head.output])
+
+    def notes(self, reference: Any) -> list[str]:
+        top1 = np.asarray(reference).argmax(axis=1)
+        distinct = len(set(top1.tolist()))
+        if distinct < min(10, len(top1) // 10):
+            return [
+                f"the reference gives only {distinct} distinct top-1 classes over the held-out set, "
+                "so top-1 agreement is easy to reach; pass more varied --calibration photos"
+            ]
+        return []
+
+
+def _by_accuracy(bounds: BoundValues, labels: Any) -> bool:
+    return bounds.get(ACCURACY_DROP.name) is not None and labels is not None

@@ -16,6 +16,8 @@ front-end maps the boxes to the original image.
            "class_id", "confidence", "box": [x1, y1, x2, y2]}, ...]}
     v2     num_detections INT32 [n], boxes FP32 [n, K, 4], scores FP32 [n, K], classes INT32 [n, K],
            labels BYTES [n, K] (K the most any image of the request has; the rest padded with zeros and "")
+    optimize   fp32's boxes (default thresholds) matched by a box of the same class with IoU >= --box-iou for
+           >= --min-box-match of them, and no more than --max-extra-boxes unmatched boxes (per fp32 box)
 """
 
 from __future__ import annotations
@@ -27,8 +29,22 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from torchrest.errors import InvalidModelOutput, ModelLoadError
-from torchrest.tasks.base import Answer, Decoded, Output, OutputShape, Rows, json_answer, label, number, shown
+from torchrest.errors import InvalidModelOutput, ModelLoadError, TorchrestError
+from torchrest.tasks.base import (
+    IMAGE_SIZE,
+    Answer,
+    Decoded,
+    Output,
+    OutputShape,
+    Rows,
+    Schema,
+    Task,
+    json_answer,
+    label,
+    number,
+    shown,
+)
+from torchrest.tasks.fidelity import Bound, BoundValues, Fidelity, Verdict, relative_l2
 
 NAME = "detect"
 OUTPUTS = ("num_detections", "boxes", "scores", "classes", "labels")
@@ -193,11 +209,40 @@ def packed(
     return decoded
 
 
-class Detect:
+class Detect(Task):
     name = NAME
-    route = "/detect"
+    summary = "What is where: boxes in the original image's pixels, most confident first"
+    resize = "letterbox"
     outputs: tuple[str, ...] = OUTPUTS
     default_outputs: tuple[str, ...] = OUTPUTS
+    view = "boxes"
+
+    @property
+    def fidelity(self) -> Fidelity:
+        return DetectGate()
+
+    def openapi(self) -> tuple[list[Schema], Schema]:
+        detection: Schema = {
+            "type": "object",
+            "required": ["label", "class_id", "confidence", "box"],
+            "properties": {
+                "label": {"type": "string"},
+                "class_id": {"type": "integer"},
+                "confidence": {"type": "number"},
+                "box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
+            },
+        }
+        answer: Schema = {
+            "type": "object",
+            "required": ["image", "detections"],
+            "properties": {"image": IMAGE_SIZE, "detections": {"type": "array", "items": detection}},
+        }
+        parameters = [
+            _query("score_threshold", 0, 1, 0.25),
+            _query("iou_threshold", 0, 1, 0.45),
+            _query("max_detections", 1, MAX_DETECTIONS, 100, integer=True),
+        ]
+        return parameters, answer
 
     def bind(
         self, outputs: Sequence[OutputShape], first: int, input_size: tuple[int, int]
@@ -217,11 +262,8 @@ class Detect:
             f"class ids (N, K) and optionally a count (N,); found {found}{hint}"
         )
 
-    def http_options(self, query: Mapping[str, str]) -> DetectOptions:
-        return detect_options(query)
-
-    def encodes_off_loop(self, answer: Answer) -> bool:
-        return False
+    def options(self, parameters: Mapping[str, object]) -> DetectOptions:
+        return detect_options(parameters)
 
     def http_body(
         self, answer: Answer, options: DetectOptions, head: object, labels: list[str], model: str, accept: str
@@ -240,9 +282,6 @@ class Detect:
         ]
         size = {"width": geometry.width, "height": geometry.height} if geometry is not None else None
         return json_answer({"status": "success", "model": model, "image": size, "detections": detections})
-
-    def v2_options(self, parameters: Mapping[str, object], head: object) -> DetectOptions:
-        return detect_options(parameters)
 
     def v2_metadata(self, head: object) -> list[dict[str, Any]]:
         return [
@@ -295,4 +334,104 @@ def _post_nms(shapes: list[OutputShape]) -> bool:
     return len(sides) <= 1
 
 
-TASK = Detect()
+def _query(name: str, low: float, high: float, default: float, integer: bool = False) -> Schema:
+    kind = "integer" if integer else "number"
+    return {"name": name, "in": "query", "schema": {"type": kind, "minimum": low, "maximum": high, "default": default}}
+
+
+MIN_BOX_MATCH = Bound(
+    "min_box_match",
+    "99%",
+    "detect: the share of fp32's boxes a candidate must match (same class, IoU at least --box-iou)",
+)
+BOX_IOU = Bound("box_iou", "0.9", "detect: the IoU at which a candidate's box matches fp32's", share=False, low=1e-9)
+MAX_EXTRA_BOXES = Bound("max_extra_boxes", "1%", "detect: unmatched candidate boxes allowed, per fp32 box")
+
+
+class DetectGate(Fidelity):
+    """Each image's boxes at the default thresholds, matched to fp32's."""
+
+    measure = "box match"
+    bounds = (MIN_BOX_MATCH, BOX_IOU, MAX_EXTRA_BOXES)
+
+    def answers(self, task: str, head: Any, outputs: Sequence[np.ndarray], read: range) -> list[np.ndarray | None]:
+        count = len(outputs[0])
+        decoded = head.decode(outputs, slice(0, count), [DetectOptions()] * count)
+        return [None if isinstance(item, TorchrestError) else item[0] for item in decoded]
+
+    def valid(self, reference: Any) -> np.ndarray:
+        return np.array([answer is not None for answer in reference], bool)
+
+    def judge(self, task: str, reference: Any, candidate: Any, bounds: BoundValues, labels: Any) -> Verdict:
+        least, iou, most = bounds[MIN_BOX_MATCH.name], bounds[BOX_IOU.name], bounds[MAX_EXTRA_BOXES.name]
+        assert least is not None and iou is not None and most is not None
+        matched, extra, boxes = box_agreement(reference, candidate, iou)
+        reasons = []
+        if matched < least - 1e-9:
+            reasons.append(f"boxes matched (IoU >= {iou:g}) {matched:.1%} < {least:.1%}")
+        if extra > most + 1e-9:
+            reasons.append(f"extra boxes {extra:.1%} > {most:.1%}")
+        details = {"extra_boxes": extra, "max_extra_boxes": most, "reference_boxes": boxes, "iou": iou}
+        figures = {"boxes matched; extra": f"{matched:.1%}; {extra:.1%}"}
+        gate = f"fp32's boxes matched (same class, IoU at least {iou:g}) for {least:.1%} of them"
+        gate += f", and at most {most:.1%} extra"
+        return Verdict(task, self.measure, matched, least, not reasons, "; ".join(reasons), details, figures, gate)
+
+    def harm(self, head: Any, reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], read: range) -> float:
+        if getattr(head, "layout", "") == "dense":  # boxes in pixels and class scores, each its own scale
+            ref, cand = reference[head.output], candidate[head.output]
+            return relative_l2([ref[:, :4]], [cand[:, :4]]) + relative_l2([ref[:, 4:]], [cand[:, 4:]])
+        boxes_scores_classes = range(head.first, head.first + 3)
+        return relative_l2([reference[i] for i in boxes_scores_classes], [candidate[i] for i in boxes_scores_classes])
+
+    def notes(self, reference: Any) -> list[str]:
+        found = sum(len(answer) for answer in reference if answer is not None)
+        classes = len({int(c) for answer in reference if answer is not None for c in answer[:, 5]})
+        if found < 10 * max(1, classes) or classes < 2:
+            return [
+                f"fp32 found {found} boxes of {classes} classes over the held-out set: the box gate checks little; "
+                "pass --calibration photos of what the model detects"
+            ]
+        return []
+
+
+def box_agreement(
+    reference: list[np.ndarray | None], candidate: list[np.ndarray | None], iou: float
+) -> tuple[float, float, int]:
+    """Each image's (K, 6) boxes (x1, y1, x2, y2, score, class) -> (share of the reference's boxes matched by
+    a candidate box of the same class with IoU >= `iou`, unmatched candidate boxes per reference box, the
+    reference's boxes). Greedy matching, the reference's most confident box first, each box used once."""
+    matched = extra = total = 0
+    empty = np.zeros((0, 6), np.float32)
+    for ref, cand in zip(reference, candidate, strict=True):
+        if ref is None:  # fp32 gave no answer for this image: nothing to match
+            continue
+        cand = empty if cand is None else cand
+        total += len(ref)
+        if len(ref) == 0 or len(cand) == 0:
+            extra += len(cand)
+            continue
+        overlap = pairwise_iou(ref[:, :4], cand[:, :4])
+        overlap[ref[:, 5][:, None] != cand[:, 5][None, :]] = 0.0
+        free = np.ones(len(cand), bool)
+        for row in np.argsort(-ref[:, 4], kind="stable"):
+            scores = np.where(free, overlap[row], -1.0)
+            best = int(np.argmax(scores))
+            if scores[best] >= iou:
+                free[best] = False
+                matched += 1
+        extra += int(free.sum())
+    if total == 0:
+        return (1.0 if extra == 0 else 0.0), float(extra), 0
+    return matched / total, extra / total, total
+
+
+def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(K, 4) and (M, 4) x1, y1, x2, y2 -> (K, M) intersection over union."""
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)

@@ -9,6 +9,7 @@ gather of one index per row and one per column, so a megapixel costs a few milli
            with Accept: image/png, the PNG itself
     v2     mask UINT8 [n, H, W] (INT32 past 255 classes), each image's mask in its own pixels from the top
            left, the rest (an image smaller than the request's largest) 255 (INT32: -1)
+    optimize   pixels (of the model's class map) with fp32's class >= --min-pixel-agreement
 """
 
 from __future__ import annotations
@@ -23,8 +24,22 @@ import numpy as np
 import torch
 from PIL import Image
 
-from torchrest.errors import InvalidModelOutput, ModelLoadError
-from torchrest.tasks.base import Answer, Decoded, Geometry, Output, OutputShape, Rows, json_answer, label, shown
+from torchrest.errors import InvalidModelOutput, ModelLoadError, TorchrestError
+from torchrest.tasks.base import (
+    IMAGE_SIZE,
+    Answer,
+    Decoded,
+    Geometry,
+    Output,
+    OutputShape,
+    Rows,
+    Schema,
+    Task,
+    json_answer,
+    label,
+    shown,
+)
+from torchrest.tasks.fidelity import Bound, BoundValues, Fidelity, Verdict
 
 NAME = "segment"
 OUTPUTS = ("mask",)
@@ -97,11 +112,39 @@ def png(mask: np.ndarray) -> bytes:
 Z_RLE = 3  # zlib's run-length strategy
 
 
-class Segment:
+class Segment(Task):
     name = NAME
-    route = "/segment"
+    summary = (
+        "Which pixel is what: a class id per pixel of the original image, as a PNG "
+        "(Accept: image/png for the PNG alone)"
+    )
+    resize = "letterbox"
     outputs: tuple[str, ...] = OUTPUTS
     default_outputs: tuple[str, ...] = OUTPUTS
+    view = "mask"
+    answers_png = True
+
+    @property
+    def fidelity(self) -> Fidelity:
+        return SegmentGate()
+
+    def openapi(self) -> tuple[list[Schema], Schema]:
+        present: Schema = {
+            "type": "object",
+            "required": ["class_id", "label", "pixels"],
+            "properties": {"class_id": {"type": "integer"}, "label": {"type": "string"}, "pixels": {"type": "integer"}},
+        }
+        mask: Schema = {
+            "type": "string",
+            "format": "byte",
+            "description": "base64 PNG: 8-bit grey, 16-bit past 256 classes",
+        }
+        answer: Schema = {
+            "type": "object",
+            "required": ["image", "classes", "mask"],
+            "properties": {"image": IMAGE_SIZE, "classes": {"type": "array", "items": present}, "mask": mask},
+        }
+        return [], answer
 
     def bind(self, outputs: Sequence[OutputShape], first: int, input_size: tuple[int, int]) -> tuple[SegmentHead, int]:
         shape = outputs[first] if first < len(outputs) else None
@@ -111,9 +154,6 @@ class Segment:
                 f"output {first} is {shown(shape)}"
             )
         return SegmentHead(first, shape[0], input_size), 1
-
-    def http_options(self, query: Mapping[str, str]) -> None:
-        return None
 
     def encodes_off_loop(self, answer: Answer) -> bool:
         geometry = answer.geometry
@@ -138,9 +178,6 @@ class Segment:
             }
         )
 
-    def v2_options(self, parameters: Mapping[str, object], head: SegmentHead) -> None:
-        return None
-
     def v2_metadata(self, head: SegmentHead) -> list[dict[str, Any]]:
         return [{"name": "mask", "datatype": "UINT8" if head.classes <= 255 else "INT32", "shape": [-1, -1, -1]}]
 
@@ -158,4 +195,31 @@ class Segment:
         return [Output("mask", datatype, list(stacked.shape), stacked, binary) for binary in wanted.values()]
 
 
-TASK = Segment()
+MIN_PIXEL_AGREEMENT = Bound("min_pixel_agreement", "99%", "segment: the share of pixels whose class must stay fp32's")
+
+
+class SegmentGate(Fidelity):
+    """The class maps at the model's resolution; an image that failed gets a map of -1 (agrees with nothing)."""
+
+    measure = "pixel agreement"
+    bounds = (MIN_PIXEL_AGREEMENT,)
+
+    def answers(self, task: str, head: Any, outputs: Sequence[np.ndarray], read: range) -> np.ndarray:
+        count = len(outputs[0])
+        maps = np.full((count, *outputs[head.output].shape[2:]), -1, np.int16)
+        for row, item in enumerate(head.decode(outputs, slice(0, count), [None] * count)):
+            if not isinstance(item, TorchrestError):
+                maps[row] = item[0]
+        return maps
+
+    def valid(self, reference: Any) -> np.ndarray:
+        return (reference >= 0).all(axis=tuple(range(1, reference.ndim)))
+
+    def judge(self, task: str, reference: Any, candidate: Any, bounds: BoundValues, labels: Any) -> Verdict:
+        least = bounds[MIN_PIXEL_AGREEMENT.name]
+        assert least is not None
+        agreement = float(np.mean(reference == candidate))
+        reason = f"pixel agreement {agreement:.2%} < {least:.2%}" if agreement < least - 1e-9 else ""
+        figures = {"pixel agreement": f"{agreement:.1%}"}
+        gate = f"the class of {least:.1%} of pixels kept"
+        return Verdict(task, self.measure, agreement, least, not reason, reason, {}, figures, gate)

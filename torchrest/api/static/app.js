@@ -1,5 +1,5 @@
-// torchrest's page: try a model (POST a photo to its task's route: /classify, /detect, /segment or /embed)
-// and watch the server (GET /web/stats, once a second while the page is visible). Plain JavaScript,
+// torchrest's page: try a model (POST a photo to its task's route, shown as the task's view says: labels,
+// boxes, a mask, a pair of photos, or the JSON as text) and watch the server (GET /web/stats, once a second while the page is visible). Plain JavaScript,
 // <canvas> and CSS, no library, nothing loaded from elsewhere.
 "use strict";
 
@@ -8,22 +8,15 @@ const $ = (id) => document.getElementById(id);
 const history = new Map(); // model name -> {last, series: {name: [values]}}
 
 // -- try a model ------------------------------------------------------------------------------------
-const TASKS = {
-  classify: { route: "/classify", query: { top_k: "5" }, working: "classifying…",
-    help: "The five most probable labels." },
-  detect: { route: "/detect", query: {}, working: "detecting…",
-    help: "What is where: a box, a label and a score for each thing found." },
-  segment: { route: "/segment", query: {}, working: "segmenting…",
-    help: "A class for every pixel, drawn over the photo." },
-  embed: { route: "/embed", query: {}, working: "embedding…",
-    help: "Two photos, A and B: each one's embedding, and how alike the model finds them." },
-};
-const tasksOf = new Map(); // model name -> its tasks, its own first
+// model name -> {task: {route, view, query, help}}, its own task first: what the server says of each task
+// (GET /web/stats); the page knows views, never tasks
+const viewsOf = new Map();
+const view = () => viewsOf.get($("model").value)?.[$("task").value] || { route: "/", view: "json", query: {} };
 const pending = { photo: 0, a: 0, b: 0 }; // each place's newest request: an answer overtaken is dropped
-const vectors = { a: null, b: null }; // embed: each photo's embedding
-let nextSlot = "a"; // embed: where a photo chosen, pasted or captured goes (then the other one)
+const vectors = { a: null, b: null }; // the pair view: each photo's embedding
+let nextSlot = "a"; // the pair view: where a photo chosen, pasted or captured goes (then the other one)
 
-// a fixed colour per class: detect class k gets PALETTE[k], segment class k > 0 PALETTE[k - 1] (0 is the
+// a fixed colour per class: a box of class k gets PALETTE[k], a mask's class k > 0 PALETTE[k - 1] (0 is the
 // background, left clear); past the list, hues a golden angle apart
 const PALETTE = [[209, 73, 63], [42, 157, 85], [47, 111, 223], [217, 130, 43], [142, 68, 173], [19, 141, 144],
   [194, 24, 91], [130, 119, 23], [92, 107, 192], [109, 76, 65], [0, 131, 143], [69, 90, 100]];
@@ -47,7 +40,9 @@ async function loadModels() {
     fetch("/v2/repository/index").then((r) => r.json()),
     fetch("/web/stats").then((r) => r.json()),
   ]);
-  for (const model of stats.models) tasksOf.set(model.name, model.tasks);
+  for (const model of stats.models) {
+    viewsOf.set(model.name, Object.fromEntries(model.tasks.filter((t) => model.views?.[t]).map((t) => [t, model.views[t]])));
+  }
   const select = $("model");
   const chosen = select.value;
   select.replaceChildren();
@@ -64,7 +59,7 @@ async function loadModels() {
 
 // the task picker offers the model's tasks, its own first (chosen); with one there is nothing to pick
 function chooseModel() {
-  const tasks = (tasksOf.get($("model").value) || ["classify"]).filter((task) => task in TASKS);
+  const tasks = Object.keys(viewsOf.get($("model").value) || {});
   const select = $("task");
   select.replaceChildren(...tasks.map((task) => new Option(task, task)));
   select.value = tasks[0];
@@ -72,12 +67,12 @@ function chooseModel() {
   chooseTask();
 }
 
-// embed takes two photos (its own drop zones), every other task one
+// the pair view takes two photos (its own drop zones), every other view one
 function chooseTask() {
-  const task = $("task").value;
-  $("drop").hidden = task === "embed";
-  $("pair").hidden = task !== "embed";
-  $("task-help").textContent = TASKS[task]?.help || "";
+  const pair = view().view === "pair";
+  $("drop").hidden = pair;
+  $("pair").hidden = !pair;
+  $("task-help").textContent = view().help || "";
   clearAnswer();
   $("stage").hidden = true;
   for (const slot of ["a", "b"]) {
@@ -93,6 +88,7 @@ function clearAnswer() {
   $("error").hidden = true;
   for (const id of ["labels", "detections", "legend", "boxes", "timing-bar"]) $(id).replaceChildren();
   $("mask").hidden = true;
+  $("answer-json").hidden = true;
   $("similarity").hidden = true;
   $("timing").textContent = "";
 }
@@ -106,7 +102,7 @@ function showPhoto(image, file) {
 // a photo from anywhere (picker, drop, paste, camera): to the chosen task
 function send(file) {
   if (!file) return;
-  if ($("task").value === "embed") embed(nextSlot, file);
+  if (view().view === "pair") comparePhoto(nextSlot, file);
   else tryPhoto(file);
 }
 
@@ -115,14 +111,14 @@ function send(file) {
 async function request(file, place) {
   const ticket = ++pending[place];
   const current = () => ticket === pending[place];
-  const task = TASKS[$("task").value];
+  const task = view();
   const query = new URLSearchParams(task.query);
   if ($("model").value) query.set("model", $("model").value);
   const form = new FormData();
   form.append("image", file, file.name || "image");
   let response;
   try {
-    const headers = { accept: "application/json" }; // segment: the mask inside JSON, not a bare PNG
+    const headers = { accept: "application/json" }; // a mask inside JSON, not a bare PNG
     response = await fetch(`${task.route}?${query}`, { method: "POST", body: form, headers });
   } catch (error) {
     if (!current()) return { stale: true };
@@ -139,16 +135,17 @@ async function request(file, place) {
 }
 
 async function tryPhoto(file) {
-  const task = $("task").value;
+  const shown = view().view;
   clearAnswer();
   showPhoto($("preview"), file);
   $("stage").hidden = false;
-  $("timing").textContent = TASKS[task].working;
+  $("timing").textContent = `${$("task").value}: working…`;
   const result = await request(file, "photo");
   if (!result.ok) return;
-  if (task === "classify") showLabels(result.answer);
-  else if (task === "detect") showDetections(result.answer);
-  else if (task === "segment" && !(await showMask(result.answer, result.current))) return;
+  if (shown === "labels") showLabels(result.answer);
+  else if (shown === "boxes") showDetections(result.answer);
+  else if (shown === "mask" && !(await showMask(result.answer, result.current))) return;
+  else if (shown === "json") showJson(result.answer);
   showTiming(result.stages);
 }
 
@@ -247,15 +244,22 @@ async function showMask(answer, current) {
   return true;
 }
 
-// embed: photo A or B -> its embedding; once both are in, their cosine similarity
-async function embed(slot, file) {
+// the answer as the server wrote it (a task that says nothing of how it is shown); long strings cut short
+function showJson(answer) {
+  const cut = (key, value) => (typeof value === "string" && value.length > 200 ? `${value.slice(0, 200)}… (${value.length} characters)` : value);
+  $("answer-json").textContent = JSON.stringify(answer, cut, 2);
+  $("answer-json").hidden = false;
+}
+
+// the pair view: photo A or B -> its embedding; once both are in, their cosine similarity
+async function comparePhoto(slot, file) {
   nextSlot = slot === "a" ? "b" : "a";
   $("error").hidden = true;
   showPhoto($(`preview-${slot}`), file);
   vectors[slot] = null;
   showSimilarity();
   const about = $(`about-${slot}`);
-  about.textContent = TASKS.embed.working;
+  about.textContent = "working…";
   const result = await request(file, slot);
   if (result.stale) return;
   if (!result.ok) {
@@ -344,7 +348,7 @@ function wireInputs() {
   $("model").addEventListener("change", chooseModel);
   $("task").addEventListener("change", chooseTask);
   wireDrop($("drop"), $("file"), send);
-  for (const slot of ["a", "b"]) wireDrop($(`drop-${slot}`), $(`file-${slot}`), (file) => file && embed(slot, file));
+  for (const slot of ["a", "b"]) wireDrop($(`drop-${slot}`), $(`file-${slot}`), (file) => file && comparePhoto(slot, file));
   document.addEventListener("paste", (event) => {
     const file = [...(event.clipboardData?.files || [])].find((f) => f.type.startsWith("image/"));
     if (file) send(file);
