@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -347,3 +348,23 @@ def test_embed_compares_two_photos(task_page: Page, task_server: Server) -> None
     assert page.evaluate("window.picked") == 1
     page.set_viewport_size({"width": 375, "height": 800})
     assert page.evaluate("document.scrollingElement.scrollWidth") <= 376
+
+
+def test_a_task_that_says_nothing_of_its_view_shows_its_answer_as_text(browser: Browser, tmp_path: Path) -> None:
+    # a task of one's own (examples/tasks/depth.py) declares no view: the page shows its JSON, long strings cut
+    from tests.test_own_task import ROOT, half_black_half_white, write_repository
+
+    repository = write_repository(tmp_path / "models")
+    with (
+        running_server(tmp_path, "--model-repository", str(repository), env={"PYTHONPATH": str(ROOT)}) as server,
+        opened(browser, server) as page,
+    ):
+        page.select_option("#model", "depth")
+        assert task_choice(page) == (["depth"], "depth", False)
+        page.set_input_files("#file", photo_file(tmp_path, "halves.png", half_black_half_white()))
+        page.wait_for_selector("#answer-json:not([hidden])")
+        shown = json.loads(page.inner_text("#answer-json"))
+        assert shown["image"] == {"width": 200, "height": 100} and shown["min"] == pytest.approx(1.0)
+        assert shown["depth"].endswith("characters)") and len(shown["depth"]) < 260  # the PNG, cut short
+        assert "inference" in page.inner_text("#timing")
+        screenshot(page, "web-own-task.png", "#try")
