@@ -306,6 +306,23 @@ def grouped_bars(axis: Any, groups: list[str], series: dict[str, list[float]], y
     axis.set(ylabel=ylabel)
 
 
+def side_by_side(count: int) -> tuple[Any, list[Any]]:
+    """A figure of `count` panels in a row (at least one), 6 x 4 inches each, and its axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, max(1, count), figsize=(6 * max(1, count), 4))
+    return figure, [axes] if count <= 1 else list(axes)
+
+
+def connection_bars(axis: Any, servers: dict[str, Any]) -> None:
+    """Each server's req/s at 1 and at 100 connections (wrk's figures by connection count), side by side."""
+    series = {server: [points[c]["req_per_s"] for c in ("1", "100")] for server, points in servers.items()}
+    grouped_bars(axis, ["1 connection", "100 connections"], series, "req/s")
+
+
 def save_figure(figure: Any, axes: list[Any], title: str, path: Path) -> None:
     """Grid and legend on every axis, the title, then the PNG at `path`; the figure is closed."""
     import matplotlib.pyplot as plt

@@ -41,9 +41,20 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from bench import bind
-from harness import ROOT, grouped_bars, log, markdown_table, platform_name, save_figure, serving, write_results, wrk
+from harness import (
+    ROOT,
+    connection_bars,
+    grouped_bars,
+    log,
+    markdown_table,
+    platform_name,
+    save_figure,
+    serving,
+    side_by_side,
+    write_results,
+    wrk,
+)
 from PIL import Image
 from task_networks import export_onnx, parameters, random_depth, random_detector
 from tasks import CAT, PHOTO, medians, serve_detector
@@ -409,19 +420,11 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = [name for name in ("depth", "builtin") if name in results]
-    figure, axes = plt.subplots(1, max(1, len(panels)), figsize=(6 * max(1, len(panels)), 4))
-    axes = list(np.atleast_1d(axes))
+    figure, axes = side_by_side(len(panels))
     for axis, name in zip(axes, panels, strict=False):
         if name == "depth":
-            servers = results["depth"]["servers"]
-            series = {server: [points[c]["req_per_s"] for c in ("1", "100")] for server, points in servers.items()}
-            grouped_bars(axis, ["1 connection", "100 connections"], series, "req/s")
+            connection_bars(axis, results["depth"]["servers"])
             axis.set_title("depth via --task examples.tasks.depth:Depth (random weights)")
         else:
             compared = results["builtin"]
