@@ -98,6 +98,34 @@ def test_dense_detections_are_thresholded_suppressed_and_capped_per_image() -> N
     np.testing.assert_allclose(second[0][:, 4], [0.9], rtol=1e-6)  # its own threshold and cap
 
 
+def test_end_to_end_rows_are_thresholded_ranked_and_capped_without_nms() -> None:
+    # (N, K, 6) x1, y1, x2, y2, score, class as YOLO26 exports them: NMS is the model's, overlaps stand
+    rows = np.array(
+        [
+            [10, 10, 50, 50, 0.5, 3],
+            [11, 11, 51, 51, 0.9, 3],  # overlaps the first, same class: kept (no NMS here)
+            [0, 0, 5, 5, 0.1, 1],  # under the default threshold
+            [0, 0, 0, 0, 0.0, 0],  # padding
+            [60, 60, 90, 90, 0.7, 2],
+        ]
+        + [[0, 0, 0, 0, 0.0, 0]] * 3,
+        np.float32,
+    )
+    heads = Heads.bind(["detect"], output_shapes([rows[None]]), (640, 640))
+    assert heads.describe() == {"detect": {"layout": "end-to-end", "rows": 8}}
+    broken = rows.copy()
+    broken[1, 0] = np.nan  # an answer's box: the image fails alone
+    options = [DetectOptions(), DetectOptions(0.6, 0.45, 1), DetectOptions()]
+    first, capped, bad = heads.decode([np.stack([rows, rows, broken])], ["detect"] * 3, options)
+    assert isinstance(first, tuple) and isinstance(capped, tuple) and isinstance(bad, InvalidModelOutput)
+    np.testing.assert_allclose(first[0][:, 4], [0.9, 0.7, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(first[0][:, 5], [3, 2, 3])
+    np.testing.assert_allclose(first[0][0, :4], [11, 11, 51, 51])
+    np.testing.assert_allclose(capped[0][:, 4], [0.9], rtol=1e-6)  # its own threshold and cap
+    # (6, A) stays the dense layout (4 + 2 classes over A candidates)
+    assert Heads.bind(["detect"], [(6, 8400)], (640, 640)).describe()["detect"]["layout"] == "dense"
+
+
 def test_an_image_whose_outputs_hold_nan_fails_alone() -> None:
     image = dense_outputs([[10, 10, 50, 50]], [[0.9, 0.0]])
     broken = image.copy()

@@ -4,6 +4,8 @@
               pixels), then C class scores (the layout Ultralytics exports); the server does class-aware NMS
     post-NMS  boxes (N, K, 4) x1, y1, x2, y2 (input pixels), scores (N, K), class ids (N, K), and optionally
               a count (N,); rows past the count or with a score <= 0 are padding
+    end-to-end one output (N, K, 6): rows of x1, y1, x2, y2 (input pixels), score, class id, as YOLO26 and
+              RT-DETR-style exports give them (NMS done, or none needed); thresholded and capped, no NMS
 
 Per request: score_threshold (0.25), iou_threshold (0.45), max_detections (100, at most 1000). NMS runs once
 per batch on the inference thread, vectorised over the batch's images with torch (each image its own
@@ -114,22 +116,56 @@ class PostNmsDetectHead:
         boxes = torch.from_numpy(np.asarray(outputs[first][rows], dtype=np.float32))
         scores = torch.from_numpy(np.asarray(outputs[first + 1][rows], dtype=np.float32))
         classes = torch.from_numpy(np.asarray(outputs[first + 2][rows])).to(torch.int64)
-        with torch.inference_mode():
-            threshold = torch.tensor([o.score_threshold for o in options], dtype=torch.float32)
-            live = (scores > 0) & (scores > threshold[:, None])
-            if self.counted:
-                count = torch.from_numpy(np.asarray(outputs[first + 3][rows])).to(torch.int64).reshape(-1)
-                live &= torch.arange(scores.shape[1])[None, :] < count[:, None]
-            finite = (torch.isfinite(boxes).all(dim=2) | ~live).all(dim=1).tolist()  # its answers', not padding
-            scores = torch.where(live, scores.masked_fill(scores.isnan(), -torch.inf), -torch.inf)
-            scores, order = scores.sort(dim=1, descending=True)
-            boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))
-            classes = classes.gather(1, order)
-            kept = scores > -torch.inf
-        return packed(boxes, scores, classes, kept, options, finite)
+        count = None
+        if self.counted:
+            count = torch.from_numpy(np.asarray(outputs[first + 3][rows])).to(torch.int64).reshape(-1)
+        return ranked(boxes, scores, classes, count, options)
 
     def describe(self) -> dict[str, object]:
         return {"layout": self.layout, "counted": self.counted}
+
+
+@dataclass(frozen=True, slots=True)
+class EndToEndDetectHead:
+    """(N, K, 6) rows of x1, y1, x2, y2, score, class -> thresholded, most confident first (no NMS)."""
+
+    first: int  # which of the model's outputs it reads
+    rows: int  # K, the rows each image has (-1: any)
+    task = NAME
+    layout = "end-to-end"
+    classes = -1  # class ids are values: the labels say how many
+
+    def decode(self, outputs: Sequence[np.ndarray], rows: Rows, options: Sequence[DetectOptions]) -> list[Decoded]:
+        found = torch.from_numpy(np.asarray(outputs[self.first][rows], dtype=np.float32))
+        classes = found[..., 5].nan_to_num(-1.0).to(torch.int64)
+        return ranked(found[..., :4], found[..., 4], classes, None, options)
+
+    def describe(self) -> dict[str, object]:
+        return {"layout": self.layout, "rows": self.rows}
+
+
+def ranked(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    classes: torch.Tensor,
+    count: torch.Tensor | None,
+    options: Sequence[DetectOptions],
+) -> list[Decoded]:
+    """Boxes a model already chose ((n, K, 4), (n, K) scores and class ids; `count`: each image's rows that
+    are answers) -> each image's above its threshold, most confident first, capped. A row with a score <= 0
+    is padding; an image whose answers (not its padding) hold NaN or infinity fails alone."""
+    with torch.inference_mode():
+        threshold = torch.tensor([o.score_threshold for o in options], dtype=torch.float32)
+        live = (scores > 0) & (scores > threshold[:, None])
+        if count is not None:
+            live &= torch.arange(scores.shape[1])[None, :] < count[:, None]
+        finite = (torch.isfinite(boxes).all(dim=2) | ~live).all(dim=1).tolist()  # its answers', not padding
+        scores = torch.where(live, scores.masked_fill(scores.isnan(), -torch.inf), -torch.inf)
+        scores, order = scores.sort(dim=1, descending=True)
+        boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))
+        classes = classes.gather(1, order)
+        kept = scores > -torch.inf
+    return packed(boxes, scores, classes, kept, options, finite)
 
 
 def suppressed_boxes(
@@ -246,11 +282,13 @@ class Detect(Task):
 
     def bind(
         self, outputs: Sequence[OutputShape], first: int, input_size: tuple[int, int]
-    ) -> tuple[DenseDetectHead | PostNmsDetectHead, int]:
+    ) -> tuple[DenseDetectHead | PostNmsDetectHead | EndToEndDetectHead, int]:
         shapes = list(outputs[first:])
         if len(shapes) >= 3 and _post_nms(shapes):
             counted = len(shapes) >= 4 and len(shapes[3]) == 0
             return PostNmsDetectHead(first, counted), 4 if counted else 3
+        if shapes and len(shapes[0]) == 2 and shapes[0][1] == 6 and shapes[0][0] != 6:  # (6, A) would be dense
+            return EndToEndDetectHead(first, shapes[0][0]), 1
         if shapes and len(shapes[0]) == 2 and 5 <= shapes[0][0] <= shapes[0][1]:
             return DenseDetectHead(first, shapes[0][0] - 4, shapes[0][1]), 1
         found = ", ".join(shown(shape) for shape in shapes) or "nothing"
@@ -258,8 +296,9 @@ class Detect(Task):
         if shapes and len(shapes[0]) == 2 and shapes[0][0] > shapes[0][1] >= 5:
             hint = " (candidates first? export (N, 4 + classes, candidates), as Ultralytics does, or transpose it)"
         raise ModelLoadError(
-            "task detect expects one output (N, 4 + classes, candidates), or boxes (N, K, 4), scores (N, K), "
-            f"class ids (N, K) and optionally a count (N,); found {found}{hint}"
+            "task detect expects one output (N, 4 + classes, candidates), or one (N, K, 6) of x1, y1, x2, y2, "
+            "score, class, or boxes (N, K, 4), scores (N, K), class ids (N, K) and optionally a count (N,); "
+            f"found {found}{hint}"
         )
 
     def options(self, parameters: Mapping[str, object]) -> DetectOptions:
@@ -381,8 +420,9 @@ class DetectGate(Fidelity):
         if getattr(head, "layout", "") == "dense":  # boxes in pixels and class scores, each its own scale
             ref, cand = reference[head.output], candidate[head.output]
             return relative_l2([ref[:, :4]], [cand[:, :4]]) + relative_l2([ref[:, 4:]], [cand[:, 4:]])
-        boxes_scores_classes = range(head.first, head.first + 3)
-        return relative_l2([reference[i] for i in boxes_scores_classes], [candidate[i] for i in boxes_scores_classes])
+        # the rows (end-to-end), or the boxes, scores and classes (post-NMS)
+        read = range(head.first, head.first + (1 if head.layout == "end-to-end" else 3))
+        return relative_l2([reference[i] for i in read], [candidate[i] for i in read])
 
     def notes(self, reference: Any) -> list[str]:
         found = sum(len(answer) for answer in reference if answer is not None)
