@@ -122,7 +122,7 @@ def test_the_circle_finder_finds_a_circle() -> None:
 
 
 # -- each task owns all of itself: outside torchrest/tasks/ nothing names one ------------------------------
-TASK_NAMES = ("classify", "embed", "detect", "segment")  # the built-ins (a user's own are named nowhere here)
+TASK_NAMES = ("classify", "embed", "detect", "segment", "obb")  # the built-ins (a user's own are named nowhere here)
 # where a model is what it is, its tasks are its data (the built-in networks classify and embed); --help's
 # examples show real commands
 MAY_NAME_TASKS = ("torchrest.tasks", "torchrest.models.registry", "torchrest.cli")

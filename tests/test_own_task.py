@@ -44,6 +44,19 @@ class Brightness(nn.Module):
         return 1 + nn.functional.avg_pool2d(x.mean(dim=1, keepdim=True), 2)
 
 
+class CentredBox(nn.Module):
+    """An obb model known by construction, end-to-end (N, 8, 7): one box in the middle of the input, half its
+    width and a quarter of its height, turned 0.5 rad, class 1, scored by the image's mean brightness."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        side = float(SIZE)
+        rows = torch.zeros(8, 7)
+        rows[0] = torch.tensor([side / 2, side / 2, side / 2, side / 4, 0.0, 1.0, 0.5])
+        score = torch.zeros(8, 7)
+        score[0, 4] = 1.0
+        return rows + x.mean(dim=(1, 2, 3))[:, None, None] * score
+
+
 class FragileHead(DepthHead):
     def decode(self, outputs: Sequence[np.ndarray], rows: Rows, options: Sequence[str]) -> list[Decoded]:
         if "batch" in options:
@@ -81,11 +94,13 @@ def half_black_half_white() -> bytes:
 
 
 def write_repository(root: Path) -> Path:
-    """Two model folders of the same network: `depth` (the example's task) and `fragile` (this module's)."""
-    for name, task in (("depth", DEPTH), ("fragile", "tests.test_own_task:Fragile")):
+    """Two model folders of the same network: `depth` (the example's task) and `fragile` (this module's); and
+    `rotated`, a model for obb, a task added to torchrest as one module and one entry point."""
+    models = (("depth", DEPTH, Brightness()), ("fragile", "tests.test_own_task:Fragile", Brightness()))
+    for name, task, network in (*models, ("rotated", "obb", CentredBox())):
         folder = root / name
         (folder / "1").mkdir(parents=True)
-        export(Brightness(), (SIZE, SIZE), folder / "1" / "model.pt2")
+        export(network, (SIZE, SIZE), folder / "1" / "model.pt2")
         config = {"name": name, "backend": "torch", "artifact": "1/model.pt2", "task": task, "normalize": "unit"}
         config |= {"input_size": SIZE, "layout": {"instances": 1, "threads": 1, "max_batch_size": 4}}
         (folder / "config.json").write_text(json.dumps(config) + "\n")
@@ -168,6 +183,26 @@ def test_a_tasks_own_failures_are_500_task_failed_and_the_server_goes_on(depth_s
         assert "fragile-depth" in failed.json()["message"]
     assert "batch step broke" in batch.json()["message"] and "answer step broke" in answer.json()["message"]
     assert fine.status_code == 200 and other.status_code == 200
+
+
+def test_a_task_added_as_one_module_and_one_entry_point_is_served_whole(depth_server: Server) -> None:
+    # obb (torchrest/tasks/obb.py): nothing else in torchrest names it; its route, answer and v2 outputs
+    photo = half_black_half_white()  # 200 x 100 into 64 x 64: scale 0.32, 16 pixels of padding above
+    with depth_server.client() as client:
+        answer = client.post("/obb", params={"model": "rotated"}, files={"image": photo}).json()
+        strict = client.post("/obb", params={"model": "rotated", "score_threshold": "0.9"}, files={"image": photo})
+        image = {"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(photo).decode()]}
+        tensors = client.post("/v2/models/rotated/infer", json={"inputs": [image]}).json()
+        info = client.get("/").json()
+    (found,) = answer["detections"]
+    assert found["label"] == "class_1" and 0.25 < found["confidence"] < 0.9
+    assert found["box"] == {"center": [100.0, 50.0], "size": [100.0, 50.0], "angle": 0.5}
+    assert len(found["corners"]) == 4 and np.mean(found["corners"], axis=0) == pytest.approx([100, 50], abs=0.01)
+    assert strict.json()["detections"] == []
+    outputs = {output["name"]: output for output in tensors["outputs"]}
+    assert outputs["boxes"]["shape"] == [1, 1, 5] and outputs["boxes"]["data"] == pytest.approx([100, 50, 100, 50, 0.5])
+    assert outputs["corners"]["shape"] == [1, 1, 4, 2] and outputs["num_detections"]["data"] == [1]
+    assert "POST /obb" in info["endpoints"]
 
 
 def test_a_task_that_cannot_be_had_is_one_line(tmp_path: Path) -> None:

@@ -97,6 +97,8 @@ class ModelSource:
 
         task = first_task(self.task)
         resize, normalize = self.resize or task.resize, self.normalize or task.normalize
+        if refused := task.fit_refused(resize):
+            raise ValueError(refused)
         return input_spec(input_size(self.input_size), self.resize_size, resize, normalize)
 
 

@@ -87,6 +87,8 @@ class ModelConfig:
         size = input_size(self.input_size) if self.input_size is not None else (self.crop_size, self.crop_size)
         task = first_task(self.task)
         resize, normalize = self.resize or task.resize, self.normalize or task.normalize
+        if refused := task.fit_refused(resize):
+            raise ValueError(refused)
         return input_spec(size, self.resize_size, resize, normalize, self.fill)
 
     def write(self, path: Path) -> None:

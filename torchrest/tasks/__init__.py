@@ -8,6 +8,7 @@ else names one.
     embed      (N, D) features                           -> the vector                       crop
     detect     (N, 4 + C, A) dense, or post-NMS boxes    -> boxes in the original's pixels   letterbox
     segment    (N, C, h, w) class scores                 -> a class per original pixel       letterbox
+    obb        (N, 4 + C + 1, A) or (N, K, 7)            -> rotated boxes in the original's  letterbox
 
 The built-ins are registered as entry points (group `torchrest.tasks`), as a package's own are; a task of
 one's own is also named by its import path (`--task package.module:Class`). This package is the public

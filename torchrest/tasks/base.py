@@ -200,6 +200,10 @@ class Task:
 
         return Closeness(self.name)
 
+    def fit_refused(self, resize: str) -> str:
+        """Why this task cannot take images fitted so (one line), or "" when it can."""
+        return ""
+
     # -- the engine side -----------------------------------------------------------------------------------
     def bind(self, outputs: Sequence[OutputShape], first: int, input_size: tuple[int, int]) -> tuple[Any, int]:
         """The head that reads the model's outputs from `first` on (each output's shape for one image), and

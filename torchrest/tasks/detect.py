@@ -273,12 +273,7 @@ class Detect(Task):
             "required": ["image", "detections"],
             "properties": {"image": IMAGE_SIZE, "detections": {"type": "array", "items": detection}},
         }
-        parameters = [
-            _query("score_threshold", 0, 1, 0.25),
-            _query("iou_threshold", 0, 1, 0.45),
-            _query("max_detections", 1, MAX_DETECTIONS, 100, integer=True),
-        ]
-        return parameters, answer
+        return query_parameters(), answer
 
     def bind(
         self, outputs: Sequence[OutputShape], first: int, input_size: tuple[int, int]
@@ -371,6 +366,15 @@ def _post_nms(shapes: list[OutputShape]) -> bool:
         return False
     sides = {boxes[0], scores[0], classes[0]} - {-1}
     return len(sides) <= 1
+
+
+def query_parameters() -> list[Schema]:
+    """The options as OpenAPI query parameters (detect's, and every task that takes DetectOptions)."""
+    return [
+        _query("score_threshold", 0, 1, 0.25),
+        _query("iou_threshold", 0, 1, 0.45),
+        _query("max_detections", 1, MAX_DETECTIONS, 100, integer=True),
+    ]
 
 
 def _query(name: str, low: float, high: float, default: float, integer: bool = False) -> Schema:
