@@ -21,7 +21,8 @@ import numpy as np
 
 from torchrest.errors import BadRequest, NotFound, NotReady
 from torchrest.model_input import InputSpec
-from torchrest.tasks.registry import Answer, Heads
+from torchrest.tasks import Task
+from torchrest.tasks.registry import Answer, Heads, installed_tasks
 from torchrest.timing import StageTimes
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -207,3 +208,14 @@ def serving(entry: ServedEntry, runtime: Runtime | None) -> Runtime:
     if runtime is None or entry.state != READY:
         raise NotReady(f"model {entry.name!r} is {entry.state.lower()}{': ' + entry.reason if entry.reason else ''}")
     return runtime
+
+
+def tasks_by_route(models: ServedModels) -> dict[str, Task]:
+    """Every task a route answers for, by its route: those installed, then those the models served bring
+    (a task of one's own, `--task package.module:Class`), once their outputs are bound."""
+    tasks = {task.route: task for task in installed_tasks()}
+    for entry in models.entries.values():
+        heads = entry.model.heads
+        for task in heads.tasks_by_name.values() if heads is not None else ():
+            tasks.setdefault(task.route, task)
+    return tasks

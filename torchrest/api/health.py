@@ -6,7 +6,7 @@ from torchrest import __version__
 from torchrest.api.app import AppState
 from torchrest.api.http import Request, Response, json_response
 from torchrest.errors import NotReady
-from torchrest.tasks.registry import installed_tasks
+from torchrest.served import tasks_by_route
 
 
 async def health(request: Request, state: AppState) -> Response:
@@ -56,7 +56,7 @@ async def info(request: Request, state: AppState) -> Response:
                 for entry in state.models.entries.values()
             ],
             "endpoints": [
-                *(f"POST {route}" for route in task_routes(state)),
+                *(f"POST {route}" for route in tasks_by_route(state.models)),
                 "GET /health",
                 "GET /metrics",
                 "GET /openapi.json",
@@ -64,12 +64,3 @@ async def info(request: Request, state: AppState) -> Response:
             ],
         },
     )
-
-
-def task_routes(state: AppState) -> list[str]:
-    """Every task's route: those installed, then those the served models bring."""
-    routes = [task.route for task in installed_tasks()]
-    for entry in state.models.entries.values():
-        heads = entry.model.heads
-        routes += [task.route for task in (heads.tasks_by_name.values() if heads is not None else ())]
-    return list(dict.fromkeys(routes))

@@ -23,7 +23,7 @@ from torchrest.api.guards import inference
 from torchrest.api.http import Request, Response
 from torchrest.api.lifecycle import deadline_s, in_time, until_disconnect
 from torchrest.errors import AnswerTooLarge, TaskFailed, TaskNotServed, TorchrestError
-from torchrest.served import ServedModel
+from torchrest.served import ServedModel, tasks_by_route
 from torchrest.tasks import Task
 from torchrest.tasks.registry import installed_tasks
 
@@ -89,12 +89,10 @@ _served_routes: dict[tuple[str, str], dict[str, Handler]] = {}  # (route, the ta
 def served_route(state: AppState, path: str) -> dict[str, Handler] | None:
     """The route of a task that is not installed but that a loaded model serves (`--task package.module:Class`,
     a folder's config.json); None when no model's task has this route."""
-    for entry in state.models.entries.values():
-        heads = entry.model.heads
-        for task in heads.tasks_by_name.values() if heads is not None else ():
-            if task.route == path:
-                key = (path, f"{type(task).__module__}:{type(task).__qualname__}")
-                if key not in _served_routes:
-                    _served_routes[key] = {"POST": inference(endpoint(task))}
-                return _served_routes[key]
-    return None
+    task = tasks_by_route(state.models).get(path)
+    if task is None:
+        return None
+    key = (path, f"{type(task).__module__}:{type(task).__qualname__}")
+    if key not in _served_routes:
+        _served_routes[key] = {"POST": inference(endpoint(task))}
+    return _served_routes[key]

@@ -13,10 +13,9 @@ from typing import Any
 
 from torchrest import __version__
 from torchrest.api.app import AppState
-from torchrest.api.health import task_routes
 from torchrest.api.http import Request, Response
 from torchrest.errors import all_errors
-from torchrest.served import MODEL_NAME
+from torchrest.served import MODEL_NAME, tasks_by_route
 from torchrest.served import VERSION as VERSION_RE
 from torchrest.tasks import Task
 from torchrest.tasks.registry import installed_tasks
@@ -431,14 +430,10 @@ _bodies: dict[tuple[str, ...], bytes] = {}  # the document for a set of task rou
 
 async def openapi(request: Request, state: AppState) -> Response:
     """The document for every task installed and every task a served model brings."""
-    routes = tuple(task_routes(state))
-    body = _bodies.get(routes)
+    tasks = tasks_by_route(state.models)
+    body = _bodies.get(tuple(tasks))
     if body is None:
-        tasks = {task.route: task for task in installed_tasks()}
-        for entry in state.models.entries.values():
-            heads = entry.model.heads
-            tasks |= {task.route: task for task in (heads.tasks_by_name.values() if heads is not None else ())}
-        body = _bodies[routes] = json.dumps(document(list(tasks.values())), separators=(",", ":")).encode()
+        body = _bodies[tuple(tasks)] = json.dumps(document(list(tasks.values())), separators=(",", ":")).encode()
     return Response(200, body)
 
 
