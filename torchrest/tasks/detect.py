@@ -24,7 +24,7 @@ front-end maps the boxes to the original image.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -232,14 +232,16 @@ def packed(
     kept: torch.Tensor,
     options: Sequence[DetectOptions],
     finite: list[bool],
+    broken: str = "the model's detections for this image hold NaN or infinite values",
 ) -> list[Decoded]:
-    """Each image's kept boxes (in score order), at most its max_detections, as (k, 6) float32 rows."""
+    """Each image's kept boxes (in score order), at most its max_detections, as (k, box columns + 2) float32
+    rows: the box, the score, the class (an image whose answers are not finite gets `broken`)."""
     rows = torch.cat((boxes, scores[..., None], classes[..., None].to(torch.float32)), dim=2).numpy()
     kept_rows = kept.numpy()
     decoded: list[Decoded] = []
     for image, choice in enumerate(options):
         if not finite[image]:
-            decoded.append(InvalidModelOutput("the model's detections for this image hold NaN or infinite values"))
+            decoded.append(InvalidModelOutput(broken))
             continue
         decoded.append((np.ascontiguousarray(rows[image][kept_rows[image]][: choice.max_detections]), -1))
     return decoded
@@ -329,34 +331,46 @@ class Detect(Task):
     def v2_outputs(
         self, answers: list[Answer], options: DetectOptions, head: object, labels: list[str], wanted: Mapping[str, bool]
     ) -> list[Output]:
-        n = len(answers)
-        most = max((len(a.value) for a in answers), default=0)
-        counts = np.zeros(n, np.int32)
-        boxes = np.zeros((n, most, 4), np.float32)
-        scores = np.zeros((n, most), np.float32)
-        classes = np.zeros((n, most), np.int32)
-        names: list[bytes] = [b""] * (n * most)
-        for image, answer in enumerate(answers):
-            rows = answer.value
-            k = len(rows)
-            counts[image] = k
-            geometry = answer.geometry
-            boxes[image, :k] = geometry.boxes_to_original(rows[:, :4]) if geometry is not None else rows[:, :4]
-            scores[image, :k] = rows[:, 4]
-            classes[image, :k] = rows[:, 5].astype(np.int32)
-            names[image * most : image * most + k] = [label(labels, int(c)).encode() for c in rows[:, 5]]
-        tensors: dict[str, tuple[str, list[int], np.ndarray | list[bytes]]] = {
-            "num_detections": ("INT32", [n], counts),
-            "boxes": ("FP32", [n, most, 4], boxes),
-            "scores": ("FP32", [n, most], scores),
-            "classes": ("INT32", [n, most], classes),
-            "labels": ("BYTES", [n, most], names),
-        }
-        outputs = []
-        for name, binary in wanted.items():
-            datatype, shape, data = tensors[name]
-            outputs.append(Output(name, datatype, shape, data, binary))
-        return outputs
+        tensors = detection_tensors(answers, labels, 4, _original_boxes)
+        return [Output(name, *tensors[name], binary) for name, binary in wanted.items()]
+
+
+Tensor = tuple[str, list[int], np.ndarray | list[bytes]]  # an output's datatype, shape and data
+
+
+def detection_tensors(
+    answers: list[Answer], labels: list[str], columns: int, original: Callable[[Answer], np.ndarray]
+) -> dict[str, Tensor]:
+    """A request's images' detections ((k, columns + 2) rows: box, score, class) as the protocol's padded
+    tensors, K the most any image has (the rest zeros and ""): num_detections, boxes (each answer's boxes as
+    `original` maps them back), scores, classes, labels."""
+    n = len(answers)
+    most = max((len(a.value) for a in answers), default=0)
+    counts = np.zeros(n, np.int32)
+    boxes = np.zeros((n, most, columns), np.float32)
+    scores = np.zeros((n, most), np.float32)
+    classes = np.zeros((n, most), np.int32)
+    names: list[bytes] = [b""] * (n * most)
+    for image, answer in enumerate(answers):
+        rows = answer.value
+        k = len(rows)
+        counts[image] = k
+        boxes[image, :k] = original(answer)
+        scores[image, :k] = rows[:, columns]
+        classes[image, :k] = rows[:, columns + 1].astype(np.int32)
+        names[image * most : image * most + k] = [label(labels, int(c)).encode() for c in rows[:, columns + 1]]
+    return {
+        "num_detections": ("INT32", [n], counts),
+        "boxes": ("FP32", [n, most, columns], boxes),
+        "scores": ("FP32", [n, most], scores),
+        "classes": ("INT32", [n, most], classes),
+        "labels": ("BYTES", [n, most], names),
+    }
+
+
+def _original_boxes(answer: Answer) -> np.ndarray:
+    geometry, rows = answer.geometry, answer.value
+    return geometry.boxes_to_original(rows[:, :4]) if geometry is not None else rows[:, :4]
 
 
 def _post_nms(shapes: list[OutputShape]) -> bool:

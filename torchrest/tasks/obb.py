@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchrest.errors import InvalidModelOutput, ModelLoadError
+from torchrest.errors import ModelLoadError
 from torchrest.tasks.base import (
     IMAGE_SIZE,
     Answer,
@@ -46,11 +46,19 @@ from torchrest.tasks.base import (
     label,
     shown,
 )
-from torchrest.tasks.detect import MAX_CANDIDATES, DetectOptions, detect_options, query_parameters
+from torchrest.tasks.detect import (
+    MAX_CANDIDATES,
+    DetectOptions,
+    detect_options,
+    detection_tensors,
+    packed,
+    query_parameters,
+)
 
 NAME = "obb"
 OUTPUTS = ("num_detections", "boxes", "corners", "scores", "classes", "labels")
 EPS = 1e-7
+BROKEN = "the model's rotated boxes for this image hold NaN or infinite values"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +87,7 @@ class DenseObbHead:
             chosen = classes.gather(1, order)
             finite &= (torch.isfinite(boxes).all(dim=2) | (scores == -torch.inf)).all(dim=1)
             kept = suppressed(boxes, scores, chosen, options)
-        return packed(boxes, scores, chosen, kept, options, finite.tolist())
+        return packed(boxes, scores, chosen, kept, options, finite.tolist(), BROKEN)
 
     def describe(self) -> dict[str, object]:
         return {"layout": self.layout, "classes": self.classes, "candidates": self.candidates}
@@ -107,7 +115,7 @@ class EndToEndObbHead:
             scores, order = scores.sort(dim=1, descending=True)
             boxes = boxes.gather(1, order[..., None].expand(-1, -1, 5))
             classes = classes.gather(1, order)
-        return packed(boxes, scores, classes, scores > -torch.inf, options, finite)
+        return packed(boxes, scores, classes, scores > -torch.inf, options, finite, BROKEN)
 
     def describe(self) -> dict[str, object]:
         return {"layout": self.layout, "rows": self.rows}
@@ -164,27 +172,6 @@ def suppressed(
             break
         kept = now
     return kept
-
-
-def packed(
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    classes: torch.Tensor,
-    kept: torch.Tensor,
-    options: Sequence[DetectOptions],
-    finite: list[bool],
-) -> list[Decoded]:
-    """Each image's kept boxes in score order, at most its max_detections: (k, 7) rows cx, cy, w, h, angle,
-    score, class."""
-    rows = torch.cat((boxes, scores[..., None], classes[..., None].to(torch.float32)), dim=2).numpy()
-    chosen = kept.numpy()
-    decoded: list[Decoded] = []
-    for image, choice in enumerate(options):
-        if not finite[image]:
-            decoded.append(InvalidModelOutput("the model's rotated boxes for this image hold NaN or infinite values"))
-            continue
-        decoded.append((np.ascontiguousarray(rows[image][chosen[image]][: choice.max_detections]), -1))
-    return decoded
 
 
 def to_original(rows: np.ndarray, geometry: Geometry | None) -> np.ndarray:
@@ -301,29 +288,9 @@ class Obb(Task):
     def v2_outputs(
         self, answers: list[Answer], options: DetectOptions, head: Any, labels: list[str], wanted: Mapping[str, bool]
     ) -> list[Output]:
-        n = len(answers)
-        most = max((len(a.value) for a in answers), default=0)
-        counts = np.zeros(n, np.int32)
-        boxes = np.zeros((n, most, 5), np.float32)
-        points = np.zeros((n, most, 4, 2), np.float32)
-        scores = np.zeros((n, most), np.float32)
-        classes = np.zeros((n, most), np.int32)
-        names: list[bytes] = [b""] * (n * most)
-        for image, answer in enumerate(answers):
-            rows = answer.value
-            k = len(rows)
-            counts[image] = k
-            boxes[image, :k] = to_original(rows, answer.geometry)
-            points[image, :k] = corners(boxes[image, :k])
-            scores[image, :k] = rows[:, 5]
-            classes[image, :k] = rows[:, 6].astype(np.int32)
-            names[image * most : image * most + k] = [label(labels, int(c)).encode() for c in rows[:, 6]]
-        tensors: dict[str, tuple[str, list[int], np.ndarray | list[bytes]]] = {
-            "num_detections": ("INT32", [n], counts),
-            "boxes": ("FP32", [n, most, 5], boxes),
-            "corners": ("FP32", [n, most, 4, 2], points),
-            "scores": ("FP32", [n, most], scores),
-            "classes": ("INT32", [n, most], classes),
-            "labels": ("BYTES", [n, most], names),
-        }
+        tensors = detection_tensors(answers, labels, 5, lambda answer: to_original(answer.value, answer.geometry))
+        boxes = tensors["boxes"][2]
+        assert isinstance(boxes, np.ndarray)
+        count, most = boxes.shape[:2]
+        tensors["corners"] = ("FP32", [count, most, 4, 2], corners(boxes.reshape(-1, 5)).reshape(count, most, 4, 2))
         return [Output(name, *tensors[name], binary) for name, binary in wanted.items()]
