@@ -80,19 +80,10 @@ class DenseDetectHead:
 
     def decode(self, outputs: Sequence[np.ndarray], rows: Rows, options: Sequence[DetectOptions]) -> list[Decoded]:
         predictions = torch.from_numpy(np.asarray(outputs[self.output][rows], dtype=np.float32))
-        score_threshold = torch.tensor([o.score_threshold for o in options], dtype=torch.float32)
         with torch.inference_mode():
-            confidence, classes = predictions[:, 4:, :].max(dim=1)  # (n, A): each candidate's best class
-            finite = torch.isfinite(confidence).all(dim=1)  # a NaN class score wins its candidate's max: broken
-            confidence = torch.where(confidence > score_threshold[:, None], confidence, -torch.inf)
-            confidence = confidence.masked_fill(confidence.isnan(), -torch.inf)
-            count = min(MAX_CANDIDATES, confidence.shape[1])
-            scores, order = confidence.topk(count, dim=1)  # most confident first
-            live = int((scores > -torch.inf).sum(dim=1).max()) if len(scores) else 0
-            scores, order = scores[:, :live], order[:, :live]  # past the last candidate any image has: none
+            scores, order, chosen, finite = most_confident(predictions[:, 4:, :], options)
             centres = predictions[:, :4, :].gather(2, order[:, None, :].expand(-1, 4, -1)).transpose(1, 2)
             boxes = torch.cat((centres[..., :2] - centres[..., 2:] / 2, centres[..., :2] + centres[..., 2:] / 2), 2)
-            chosen = classes.gather(1, order)
             finite &= (torch.isfinite(boxes).all(dim=2) | (scores == -torch.inf)).all(dim=1)  # its candidates
             kept = suppressed_boxes(boxes, scores, chosen, options)
         return packed(boxes, scores, chosen, kept, options, finite.tolist())
@@ -166,6 +157,24 @@ def ranked(
         classes = classes.gather(1, order)
         kept = scores > -torch.inf
     return packed(boxes, scores, classes, kept, options, finite)
+
+
+def most_confident(
+    class_scores: torch.Tensor, options: Sequence[DetectOptions]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A dense layout's (n, C, A) class scores -> the candidates above each image's threshold, the
+    MAX_CANDIDATES most confident of each, most confident first (n, K) (-inf: none; trimmed past the last one
+    any image has), their indices, their best classes, and whether each image's scores are all finite (a NaN
+    class score wins its candidate's max: broken)."""
+    threshold = torch.tensor([o.score_threshold for o in options], dtype=torch.float32)
+    confidence, classes = class_scores.max(dim=1)  # (n, A): each candidate's best class
+    finite = torch.isfinite(confidence).all(dim=1)
+    confidence = torch.where(confidence > threshold[:, None], confidence, -torch.inf)
+    confidence = confidence.masked_fill(confidence.isnan(), -torch.inf)
+    scores, order = confidence.topk(min(MAX_CANDIDATES, confidence.shape[1]), dim=1)
+    live = int((scores > -torch.inf).sum(dim=1).max()) if len(scores) else 0
+    scores, order = scores[:, :live], order[:, :live]
+    return scores, order, classes.gather(1, order), finite
 
 
 def suppressed_boxes(

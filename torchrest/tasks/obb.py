@@ -47,10 +47,10 @@ from torchrest.tasks.base import (
     shown,
 )
 from torchrest.tasks.detect import (
-    MAX_CANDIDATES,
     DetectOptions,
     detect_options,
     detection_tensors,
+    most_confident,
     packed,
     query_parameters,
 )
@@ -73,18 +73,10 @@ class DenseObbHead:
 
     def decode(self, outputs: Sequence[np.ndarray], rows: Rows, options: Sequence[DetectOptions]) -> list[Decoded]:
         predictions = torch.from_numpy(np.asarray(outputs[self.output][rows], dtype=np.float32))
-        threshold = torch.tensor([o.score_threshold for o in options], dtype=torch.float32)
         with torch.inference_mode():
-            confidence, classes = predictions[:, 4:-1, :].max(dim=1)  # (n, A)
-            finite = torch.isfinite(confidence).all(dim=1)
-            confidence = torch.where(confidence > threshold[:, None], confidence, -torch.inf)
-            confidence = confidence.masked_fill(confidence.isnan(), -torch.inf)
-            scores, order = confidence.topk(min(MAX_CANDIDATES, confidence.shape[1]), dim=1)
-            live = int((scores > -torch.inf).sum(dim=1).max()) if len(scores) else 0
-            scores, order = scores[:, :live], order[:, :live]
+            scores, order, chosen, finite = most_confident(predictions[:, 4:-1, :], options)
             picked = torch.cat((predictions[:, :4, :], predictions[:, -1:, :]), dim=1)  # cx, cy, w, h, angle
             boxes = picked.gather(2, order[:, None, :].expand(-1, 5, -1)).transpose(1, 2)  # (n, K, 5)
-            chosen = classes.gather(1, order)
             finite &= (torch.isfinite(boxes).all(dim=2) | (scores == -torch.inf)).all(dim=1)
             kept = suppressed(boxes, scores, chosen, options)
         return packed(boxes, scores, chosen, kept, options, finite.tolist(), BROKEN)
