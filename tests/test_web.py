@@ -22,6 +22,7 @@ from PIL import Image
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.conftest import CAT_LABELS, DATA, PHOTOS, Server, running_server
+from tests.own_task_models import ROOT, half_black_half_white, write_repository
 from tests.task_models import photo_with_shapes
 
 pytestmark = pytest.mark.slow(seconds=20)
@@ -352,8 +353,6 @@ def test_embed_compares_two_photos(task_page: Page, task_server: Server) -> None
 
 def test_a_task_that_says_nothing_of_its_view_shows_its_answer_as_text(browser: Browser, tmp_path: Path) -> None:
     # a task of one's own (examples/tasks/depth.py) declares no view: the page shows its JSON, long strings cut
-    from tests.test_own_task import ROOT, half_black_half_white, write_repository
-
     repository = write_repository(tmp_path / "models")
     with (
         running_server(tmp_path, "--model-repository", str(repository), env={"PYTHONPATH": str(ROOT)}) as server,
