@@ -10,6 +10,7 @@ import base64
 import contextlib
 import io
 import json
+import math
 import os
 import threading
 from collections.abc import Iterator
@@ -351,8 +352,9 @@ def test_embed_compares_two_photos(task_page: Page, task_server: Server) -> None
     assert page.evaluate("document.scrollingElement.scrollWidth") <= 376
 
 
-def test_a_task_that_says_nothing_of_its_view_shows_its_answer_as_text(browser: Browser, tmp_path: Path) -> None:
-    # a task of one's own (examples/tasks/depth.py) declares no view: the page shows its JSON, long strings cut
+def test_a_task_without_a_view_shows_as_text_and_rotated_boxes_turned(browser: Browser, tmp_path: Path) -> None:
+    # a task of one's own (examples/tasks/depth.py) declares no view: the page shows its JSON, long strings cut;
+    # obb's view is the boxes one, its boxes turned by their angle
     repository = write_repository(tmp_path / "models")
     with (
         running_server(tmp_path, "--model-repository", str(repository), env={"PYTHONPATH": str(ROOT)}) as server,
@@ -367,3 +369,16 @@ def test_a_task_that_says_nothing_of_its_view_shows_its_answer_as_text(browser: 
         assert shown["depth"].endswith("characters)") and len(shown["depth"]) < 260  # the PNG, cut short
         assert "inference" in page.inner_text("#timing")
         screenshot(page, "web-own-task.png", "#try")
+        # obb's rotated boxes, drawn turned: the box of CentredBox, 100 x 50 about (100, 50), turned 0.5 rad
+        page.select_option("#model", "rotated")
+        assert task_choice(page) == (["obb"], "obb", False)
+        page.set_input_files("#file", photo_file(tmp_path, "halves-again.png", half_black_half_white()))
+        page.wait_for_selector("#boxes .box")
+        transform = page.eval_on_selector("#boxes .box", "box => box.style.transform")
+        ((tag, (x1, y1, x2, y2), natural),) = drawn_boxes(page)  # the turned box's bounds, as the page shows it
+        assert transform == "rotate(0.5rad)" and tag.startswith("class_1 ") and natural == [200, 100]
+        spread_x = 100 * math.cos(0.5) + 50 * math.sin(0.5)  # the bounds of a 100 x 50 box turned 0.5 rad
+        spread_y = 100 * math.sin(0.5) + 50 * math.cos(0.5)
+        expected = [100 - spread_x / 2, 50 - spread_y / 2, 100 + spread_x / 2, 50 + spread_y / 2]
+        assert np.allclose([x1, y1, x2, y2], expected, atol=2.5), ([x1, y1, x2, y2], expected)
+        assert "turned 29°" in page.inner_text("#detections")

@@ -196,6 +196,7 @@ class Obb(Task):
     normalize = "unit"  # the models that give rotated boxes are Ultralytics' -obb, trained on pixels / 255
     outputs: tuple[str, ...] = OUTPUTS
     default_outputs: tuple[str, ...] = OUTPUTS
+    view = "boxes"  # drawn turned by their angle
 
     def fit_refused(self, resize: str) -> str:
         if resize == "stretch":

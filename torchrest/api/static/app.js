@@ -170,10 +170,15 @@ function swatch(color) {
 
 // each box over the photo in percent of its size (the boxes are in its original pixels, EXIF orientation
 // applied, as the browser shows it), so they follow the photo however it is scaled; and listed beside it
+// a rotated box before its turn: [x1, y1, x2, y2] around its centre
+const upright = ({ center: [cx, cy], size: [w, h] }) => [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2];
+
 function showDetections(answer) {
   const { width, height } = answer.image;
   for (const detection of answer.detections) {
-    const [x1, y1, x2, y2] = detection.box;
+    // a box is [x1, y1, x2, y2], or rotated: {center, size, angle}, drawn upright and turned about its centre
+    const turned = !Array.isArray(detection.box);
+    const [x1, y1, x2, y2] = turned ? upright(detection.box) : detection.box;
     const color = css(detection.class_id);
     const name = `${detection.label} ${percent(detection.confidence)}`;
     const box = document.createElement("div");
@@ -183,6 +188,7 @@ function showDetections(answer) {
     Object.assign(box.style, {
       left: percent(x1 / width), top: percent(y1 / height),
       width: percent((x2 - x1) / width), height: percent((y2 - y1) / height), borderColor: color,
+      transform: turned ? `rotate(${detection.box.angle}rad)` : "",
     });
     const tag = document.createElement("span");
     tag.className = "tag";
@@ -192,8 +198,12 @@ function showDetections(answer) {
     $("boxes").append(box);
     const item = document.createElement("li");
     const at = [x1, y1, x2, y2].map(Math.round);
+    const where = turned
+      ? `centre ${detection.box.center.map(Math.round).join(", ")}, ${detection.box.size.map(Math.round).join(" × ")}, ` +
+        `turned ${Math.round((detection.box.angle * 180) / Math.PI)}°`
+      : `at x ${at[0]}–${at[2]}, y ${at[1]}–${at[3]}`;
     item.append(swatch(color), ` ${name} `, Object.assign(document.createElement("span"), {
-      className: "muted", textContent: `at x ${at[0]}–${at[2]}, y ${at[1]}–${at[3]}`,
+      className: "muted", textContent: where,
     }));
     $("detections").append(item);
   }
