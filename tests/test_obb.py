@@ -99,3 +99,22 @@ def test_layouts_that_do_not_fit_and_a_stretched_fit_are_one_line() -> None:
         Heads.bind(["obb"], [(1000,)], (640, 640))
     refused = run_cli("serve", "--model", "nowhere.onnx", "--task", "obb", "--resize", "stretch", "--port", "0")
     assert_one_line_failure(refused, "task obb cannot use --resize stretch: it would skew the boxes' angles")
+
+
+def test_optimize_judges_rotated_boxes_by_detects_gate_with_probiou() -> None:
+    from torchrest.optimize.gates import Gate
+
+    image = dense([(100, 100, 60, 20, 0.9, 0.0, 0.3), (300, 200, 40, 40, 0.0, 0.8, 1.0)])
+    heads = Heads.bind(["obb"], output_shapes([image[None]]), (640, 640))
+    gate = Gate(heads)
+    reference = gate.answers((np.stack([image, image]),))
+    turned = image.copy()
+    turned[-1, 0] += 0.6  # the thin box turned a third of a right angle: its ProbIoU with fp32's falls
+    same, moved = (
+        gate.judge(reference, gate.answers((np.stack([image, image]),))),
+        gate.judge(reference, gate.answers((np.stack([image, turned]),))),
+    )
+    assert [(v.task, v.measure, v.passed, v.value) for v in same] == [("obb", "box match", True, 1.0)]
+    (verdict,) = moved
+    assert not verdict.passed and verdict.value == 0.75 and verdict.reason.startswith("boxes matched (IoU >= 0.9)")
+    assert verdict.details["extra_boxes"] == 0.25  # the turned box, unmatched

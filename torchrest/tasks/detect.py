@@ -408,10 +408,12 @@ def _query(name: str, low: float, high: float, default: float, integer: bool = F
 MIN_BOX_MATCH = Bound(
     "min_box_match",
     "99%",
-    "detect: the share of fp32's boxes a candidate must match (same class, IoU at least --box-iou)",
+    "detect, obb: the share of fp32's boxes a candidate must match (same class, IoU at least --box-iou)",
 )
-BOX_IOU = Bound("box_iou", "0.9", "detect: the IoU at which a candidate's box matches fp32's", share=False, low=1e-9)
-MAX_EXTRA_BOXES = Bound("max_extra_boxes", "1%", "detect: unmatched candidate boxes allowed, per fp32 box")
+BOX_IOU = Bound(
+    "box_iou", "0.9", "detect, obb: the IoU at which a candidate's box matches fp32's", share=False, low=1e-9
+)
+MAX_EXTRA_BOXES = Bound("max_extra_boxes", "1%", "detect, obb: unmatched candidate boxes allowed, per fp32 box")
 
 
 class DetectGate(Fidelity):
@@ -419,6 +421,8 @@ class DetectGate(Fidelity):
 
     measure = "box match"
     bounds = (MIN_BOX_MATCH, BOX_IOU, MAX_EXTRA_BOXES)
+    columns = 4  # an answer's box columns (x1, y1, x2, y2), then its score and class
+    overlap: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None  # default: axis-aligned IoU
 
     def answers(self, task: str, head: Any, outputs: Sequence[np.ndarray], read: range) -> list[np.ndarray | None]:
         count = len(outputs[0])
@@ -431,7 +435,7 @@ class DetectGate(Fidelity):
     def judge(self, task: str, reference: Any, candidate: Any, bounds: BoundValues, labels: Any) -> Verdict:
         least, iou, most = bounds[MIN_BOX_MATCH.name], bounds[BOX_IOU.name], bounds[MAX_EXTRA_BOXES.name]
         assert least is not None and iou is not None and most is not None
-        matched, extra, boxes = box_agreement(reference, candidate, iou)
+        matched, extra, boxes = box_agreement(reference, candidate, iou, self.columns, self.overlap)
         reasons = []
         if matched < least - 1e-9:
             reasons.append(f"boxes matched (IoU >= {iou:g}) {matched:.1%} < {least:.1%}")
@@ -453,7 +457,8 @@ class DetectGate(Fidelity):
 
     def notes(self, reference: Any) -> list[str]:
         found = sum(len(answer) for answer in reference if answer is not None)
-        classes = len({int(c) for answer in reference if answer is not None for c in answer[:, 5]})
+        kind = self.columns + 1
+        classes = len({int(c) for answer in reference if answer is not None for c in answer[:, kind]})
         if found < 10 * max(1, classes) or classes < 2:
             return [
                 f"fp32 found {found} boxes of {classes} classes over the held-out set: the box gate checks little; "
@@ -463,11 +468,18 @@ class DetectGate(Fidelity):
 
 
 def box_agreement(
-    reference: list[np.ndarray | None], candidate: list[np.ndarray | None], iou: float
+    reference: list[np.ndarray | None],
+    candidate: list[np.ndarray | None],
+    iou: float,
+    columns: int = 4,
+    overlap: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> tuple[float, float, int]:
-    """Each image's (K, 6) boxes (x1, y1, x2, y2, score, class) -> (share of the reference's boxes matched by
-    a candidate box of the same class with IoU >= `iou`, unmatched candidate boxes per reference box, the
-    reference's boxes). Greedy matching, the reference's most confident box first, each box used once."""
+    """Each image's (K, columns + 2) boxes (the box, score, class: x1, y1, x2, y2 by default, or any box
+    `overlap` compares pairwise) -> (share of the reference's boxes matched by a candidate box of the same
+    class with IoU >= `iou`, unmatched candidate boxes per reference box, the reference's boxes). Greedy
+    matching, the reference's most confident box first, each box used once."""
+    compared = overlap or pairwise_iou
+    score, kind = columns, columns + 1
     matched = extra = total = 0
     empty = np.zeros((0, 6), np.float32)
     for ref, cand in zip(reference, candidate, strict=True):
@@ -478,11 +490,11 @@ def box_agreement(
         if len(ref) == 0 or len(cand) == 0:
             extra += len(cand)
             continue
-        overlap = pairwise_iou(ref[:, :4], cand[:, :4])
-        overlap[ref[:, 5][:, None] != cand[:, 5][None, :]] = 0.0
+        overlaps = compared(ref[:, :columns], cand[:, :columns])
+        overlaps[ref[:, kind][:, None] != cand[:, kind][None, :]] = 0.0
         free = np.ones(len(cand), bool)
-        for row in np.argsort(-ref[:, 4], kind="stable"):
-            scores = np.where(free, overlap[row], -1.0)
+        for row in np.argsort(-ref[:, score], kind="stable"):
+            scores = np.where(free, overlaps[row], -1.0)
             best = int(np.argmax(scores))
             if scores[best] >= iou:
                 free[best] = False

@@ -19,7 +19,8 @@ and is refused).
            "confidence", "box": {"center": [x, y], "size": [w, h], "angle": radians}, "corners": [[x, y] x 4]}]}
     v2     num_detections INT32 [n], boxes FP32 [n, K, 5] (cx, cy, w, h, angle), corners FP32 [n, K, 4, 2],
            scores FP32 [n, K], classes INT32 [n, K], labels BYTES [n, K]
-    optimize   the closeness of the raw outputs to fp32's (--obb-min-closeness)
+    optimize   detect's gate on rotated boxes: fp32's matched by a candidate's of the same class with ProbIoU
+           >= --box-iou for >= --min-box-match of them, at most --max-extra-boxes extra
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from torchrest.tasks.base import (
     shown,
 )
 from torchrest.tasks.detect import (
+    DetectGate,
     DetectOptions,
     detect_options,
     detection_tensors,
@@ -54,6 +56,7 @@ from torchrest.tasks.detect import (
     packed,
     query_parameters,
 )
+from torchrest.tasks.fidelity import Fidelity
 
 NAME = "obb"
 OUTPUTS = ("num_detections", "boxes", "corners", "scores", "classes", "labels")
@@ -166,6 +169,21 @@ def suppressed(
     return kept
 
 
+class ObbGate(DetectGate):
+    """detect's gate (--min-box-match, --box-iou, --max-extra-boxes) on rotated boxes: fp32's matched by a
+    candidate's of the same class with ProbIoU >= --box-iou."""
+
+    columns = 5  # cx, cy, w, h, angle
+
+    @staticmethod
+    def overlap(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return probiou(torch.from_numpy(first)[None], torch.from_numpy(second)[None])[0].numpy().astype(np.float64)
+
+    def harm(self, head: Any, reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], read: range) -> float:
+        return Fidelity.harm(self, head, reference, candidate, read)
+
+
 def to_original(rows: np.ndarray, geometry: Geometry | None) -> np.ndarray:
     """(K, 7) rows in input pixels -> (K, 5) cx, cy, w, h, angle in the original's (one scale along both axes:
     the angle stands)."""
@@ -197,6 +215,10 @@ class Obb(Task):
     outputs: tuple[str, ...] = OUTPUTS
     default_outputs: tuple[str, ...] = OUTPUTS
     view = "boxes"  # drawn turned by their angle
+
+    @property
+    def fidelity(self) -> Fidelity:
+        return ObbGate()
 
     def fit_refused(self, resize: str) -> str:
         if resize == "stretch":
