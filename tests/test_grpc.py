@@ -149,7 +149,10 @@ def test_a_short_deadline_on_a_busy_server_is_never_computed(served: tuple[Serve
 
 
 def test_sigterm_finishes_admitted_grpc_calls(repository: Path, tmp_path: Path) -> None:
+    # a deadline as long as the calls' own: 64 images one at a time can take past the default 10 s on a busy
+    # machine, and admission would rightly refuse the calls that could not make it
     args = ("--model-repository", str(repository), "--grpc-port", "0", "--max-batch-size", "1")
+    args += ("--timeout-ms", "120000")
     photo = (ROOT / "tests/data/cat.jpg").read_bytes()
     with running_server(tmp_path, *args) as server, grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         call = _model_infer(channel)
